@@ -1,0 +1,45 @@
+# cri-async: `make run` sets up and serves on the default config; `make test` sets up and
+# runs every check. Both work as root on a fresh Debian 12 machine.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?=
+
+.PHONY: setup run test lint unit proto bench clean
+
+# System packages first (python3-venv on a bare Debian), then the project into .venv.
+$(STAMP): pyproject.toml
+	@if ! command -v $(PY) >/dev/null || ! $(PY) -c 'import ensurepip, venv' 2>/dev/null; then \
+		echo "setup: installing python3 and python3-venv from Debian"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv; \
+	fi
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/cri-async serve $(if $(CONFIG),--config $(CONFIG))
+
+lint: setup
+	$(BIN)/ruff check cri_async tests scripts bench
+	$(BIN)/ruff format --check cri_async tests scripts bench
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/python -m pytest -q
+
+test: lint unit
+
+proto: setup
+	$(BIN)/python scripts/gen_proto.py
+
+bench: setup
+	$(BIN)/python bench/proto_codecs.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

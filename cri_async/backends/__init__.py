@@ -1,0 +1,1 @@
+"""OCI runtime backends: the OCIRuntime protocol and its implementations."""

@@ -1,0 +1,115 @@
+"""The shape every OCI runtime backend implements.
+
+The core calls these with domain records only. Every method must be idempotent where it
+says so, because kubelet retries and startup recovery call them again after a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cri_async.core.model import Container, Image, Resources, Sandbox
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerFeatures:
+    recursive_read_only_mounts: bool = False
+    user_namespaces: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BackendStatus:
+    ready: bool
+    reason: str = ""
+    message: str = ""
+    features: HandlerFeatures = field(default_factory=HandlerFeatures)
+    info: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ExitStatus:
+    exit_code: int
+    finished_at: int  # unix ns
+    reason: str = ""  # "OOMKilled" when the kernel killed it; the core fills the rest
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessStatus:
+    """What recovery finds for a container the database says was running."""
+
+    pid: int
+    exit: ExitStatus | None  # None: still running
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+class StartError(Exception):
+    """The container's process could not be started (bad binary, runtime refused...)."""
+
+
+class OCIRuntime(Protocol):
+    """A runtime handler's backend (one instance per configured handler)."""
+
+    handler: str
+
+    async def probe(self) -> BackendStatus:
+        """Readiness and features; called at startup and for Status."""
+        ...
+
+    async def create_sandbox(self, sandbox: Sandbox) -> Sandbox:
+        """Create the pod's namespaces/infra; returns the record with network and
+        backend_info filled. Must leave nothing behind if it raises."""
+        ...
+
+    async def stop_sandbox(self, sandbox: Sandbox) -> None:
+        """Release what a stopped pod no longer needs. Idempotent."""
+        ...
+
+    async def remove_sandbox(self, sandbox: Sandbox) -> None:
+        """Remove everything create_sandbox made. Idempotent; unknown sandboxes are fine."""
+        ...
+
+    async def create_container(
+        self, sandbox: Sandbox, container: Container, image: Image
+    ) -> Container:
+        """Prepare the container (rootfs, spec, supervisor) without starting it."""
+        ...
+
+    async def start_container(self, container: Container) -> int:
+        """Start the process; returns its pid. Raises StartError if it cannot start."""
+        ...
+
+    async def wait(self, container: Container) -> ExitStatus:
+        """Complete when the container's process has exited."""
+        ...
+
+    async def kill(self, container: Container, signal: int) -> None:
+        """Send a signal to the container's process; a no-op if it already exited."""
+        ...
+
+    async def recover(self, container: Container) -> ProcessStatus:
+        """After a cri-async restart: is the process still running, or how did it end?"""
+        ...
+
+    async def delete_container(self, container: Container) -> None:
+        """Remove the container's runtime state and rootfs. Idempotent."""
+        ...
+
+    async def exec_sync(
+        self, container: Container, cmd: Sequence[str], timeout: float | None, limit: int
+    ) -> ExecResult:
+        """Run ``cmd`` in the container and collect its output (each stream capped at
+        ``limit`` bytes). On timeout the process is killed and DeadlineExceeded raised."""
+        ...
+
+    async def update_resources(self, container: Container, resources: Resources) -> None: ...
+
+    async def reopen_log(self, container: Container) -> None: ...

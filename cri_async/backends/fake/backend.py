@@ -1,0 +1,244 @@
+"""The ``fake`` backend: containers are simulated processes (see script.py).
+
+It keeps a tiny on-disk record per container under its root directory, the way conmon
+keeps exit files, so containers "keep running" across a cri-async restart and their exits
+are not lost. Logs are real CRI-format files at the kubelet-given path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from cri_async.backends.base import (
+    BackendStatus,
+    ExecResult,
+    ExitStatus,
+    HandlerFeatures,
+    ProcessStatus,
+    StartError,
+)
+from cri_async.backends.fake.process import FakeProcess, LogFile
+from cri_async.backends.fake.script import NotFound, Timeline, simulate
+from cri_async.core.errors import DeadlineExceeded, Internal
+from cri_async.core.model import Container, Image, NamespaceMode, NetworkStatus, Resources, Sandbox
+from cri_async.logs.crilog import OutputCapture, Stream
+
+ExecHook = Callable[[Container, Sequence[str]], Awaitable[ExecResult]]
+
+_pids = itertools.count(1000)
+
+
+def fake_pod_ip(sandbox_id: str) -> str:
+    """A stable address in 198.18.0.0/15 (reserved for benchmarks, never routed)."""
+    h = hashlib.sha256(sandbox_id.encode()).digest()
+    n = int.from_bytes(h[:4], "big") % (2**17 - 2) + 1
+    return f"198.{18 + (n >> 16)}.{(n >> 8) & 0xFF}.{n & 0xFF}"
+
+
+class FakeBackend:
+    def __init__(self, handler: str, root: Path) -> None:
+        self.handler = handler
+        self.root = root
+        self.hooks: dict[str, ExecHook] = {}
+        self._procs: dict[str, FakeProcess] = {}
+        self._logs: dict[str, LogFile] = {}
+
+    # -- readiness -------------------------------------------------------------------
+    async def probe(self) -> BackendStatus:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return BackendStatus(
+            ready=True,
+            features=HandlerFeatures(recursive_read_only_mounts=True, user_namespaces=True),
+            info={"backend": "fake", "root": str(self.root)},
+        )
+
+    # -- sandboxes -------------------------------------------------------------------
+    async def create_sandbox(self, sandbox: Sandbox) -> Sandbox:
+        if sandbox.config.security.namespaces.network == NamespaceMode.NODE:
+            return sandbox.evolve(network=NetworkStatus())
+        return sandbox.evolve(network=NetworkStatus(ip=fake_pod_ip(sandbox.id)))
+
+    async def stop_sandbox(self, sandbox: Sandbox) -> None:
+        return None
+
+    async def remove_sandbox(self, sandbox: Sandbox) -> None:
+        return None
+
+    # -- containers ------------------------------------------------------------------
+    def _dir(self, container: Container) -> Path:
+        return self.root / container.id
+
+    async def create_container(
+        self, sandbox: Sandbox, container: Container, image: Image
+    ) -> Container:
+        d = self._dir(container)
+        d.mkdir(parents=True, exist_ok=True)
+        argv = list(container.config.command or image.entrypoint) + list(
+            container.config.args
+            if container.config.command or container.config.args
+            else image.cmd
+        )
+        env = dict(e.split("=", 1) for e in image.env if "=" in e)
+        env.update(dict(container.config.envs))
+        spec = {
+            "argv": argv,
+            "env": env,
+            "hostname": sandbox.config.hostname or sandbox.metadata.name,
+            "workdir": container.config.working_dir or image.working_dir or "/",
+        }
+        (d / "spec.json").write_text(json.dumps(spec))
+        try:
+            self._logs[container.id] = LogFile(container.log_path)
+        except OSError as e:
+            raise Internal(f"cannot open log file {container.log_path}: {e.strerror}") from None
+        return container.evolve(backend_info={"root": str(d)})
+
+    def _spec(self, container: Container) -> dict[str, object]:
+        try:
+            data = json.loads((self._dir(container) / "spec.json").read_text())
+        except FileNotFoundError:
+            raise Internal(f"fake container {container.id} has no spec (was it created?)") from None
+        assert isinstance(data, dict)
+        return data
+
+    def _timeline(self, spec: dict[str, object], argv: Sequence[str]) -> Timeline:
+        env = spec["env"]
+        assert isinstance(env, dict)
+        return simulate(argv, env, hostname=str(spec["hostname"]), workdir=str(spec["workdir"]))
+
+    def _spawn(self, container: Container, timeline: Timeline, started_at: int) -> FakeProcess:
+        log = self._logs.get(container.id)
+        if log is None:
+            log = self._logs[container.id] = LogFile(container.log_path)
+        pid = next(_pids)
+        exit_file = self._dir(container) / "exit"
+
+        def on_exit(status: ExitStatus) -> None:
+            log.flush()
+            tmp = exit_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"code": status.exit_code, "at": status.finished_at}))
+            os.replace(tmp, exit_file)
+
+        proc = FakeProcess(pid, timeline, log.write, on_exit)
+        self._procs[container.id] = proc
+        return proc
+
+    async def start_container(self, container: Container) -> int:
+        spec = self._spec(container)
+        argv = spec["argv"]
+        assert isinstance(argv, list)
+        try:
+            timeline = self._timeline(spec, argv)
+        except NotFound as e:
+            raise StartError(str(e)) from None
+        started = time.time_ns()
+        state = {"started_at": started}
+        (self._dir(container) / "process.json").write_text(json.dumps(state))
+        return self._spawn(container, timeline, started).pid
+
+    def _read_exit(self, container: Container) -> ExitStatus | None:
+        try:
+            data = json.loads((self._dir(container) / "exit").read_text())
+        except FileNotFoundError:
+            return None
+        return ExitStatus(exit_code=int(data["code"]), finished_at=int(data["at"]))
+
+    async def wait(self, container: Container) -> ExitStatus:
+        proc = self._procs.get(container.id)
+        if proc is None:
+            status = self._read_exit(container)
+            if status is None:
+                raise Internal(f"fake container {container.id} is not running")
+            return status
+        return await asyncio.shield(proc.exited)
+
+    async def kill(self, container: Container, signal: int) -> None:
+        proc = self._procs.get(container.id)
+        if proc is not None:
+            proc.kill(signal)
+
+    async def recover(self, container: Container) -> ProcessStatus:
+        done = self._read_exit(container)
+        if done is not None:
+            return ProcessStatus(pid=container.pid, exit=done)
+        try:
+            state = json.loads((self._dir(container) / "process.json").read_text())
+            spec = self._spec(container)
+        except (FileNotFoundError, Internal):
+            lost = ExitStatus(255, time.time_ns(), message="process state lost (host reboot?)")
+            return ProcessStatus(pid=container.pid, exit=lost)
+        argv = spec["argv"]
+        assert isinstance(argv, list)
+        started = int(state["started_at"])
+        elapsed = (time.time_ns() - started) / 1e9
+        timeline = self._timeline(spec, argv)
+        if elapsed >= timeline.exit_at:
+            status = ExitStatus(timeline.exit_code, started + int(timeline.exit_at * 1e9))
+            (self._dir(container) / "exit").write_text(
+                json.dumps({"code": status.exit_code, "at": status.finished_at})
+            )
+            return ProcessStatus(pid=container.pid, exit=status)
+        self._spawn(container, timeline.after(elapsed), started)
+        return ProcessStatus(pid=container.pid, exit=None)
+
+    async def delete_container(self, container: Container) -> None:
+        proc = self._procs.pop(container.id, None)
+        if proc is not None:
+            proc.kill(9)
+        log = self._logs.pop(container.id, None)
+        if log is not None:
+            log.close()
+        shutil.rmtree(self._dir(container), ignore_errors=True)
+
+    async def exec_sync(
+        self, container: Container, cmd: Sequence[str], timeout: float | None, limit: int
+    ) -> ExecResult:
+        hook = self.hooks.get(os.path.basename(cmd[0])) if cmd else None
+        if hook is not None:
+            coro = hook(container, cmd)
+            try:
+                return await asyncio.wait_for(coro, timeout) if timeout else await coro
+            except TimeoutError:
+                why = f"command {list(cmd)!r} timed out after {timeout}s"
+                raise DeadlineExceeded(why) from None
+        try:
+            timeline = self._timeline(self._spec(container), cmd)
+        except NotFound as e:
+            raise Internal(f"failed to exec in container {container.id}: {e}") from None
+        capture = OutputCapture(limit)
+        proc = FakeProcess(next(_pids), timeline, capture.write, lambda _s: None)
+        try:
+            status = await asyncio.wait_for(asyncio.shield(proc.exited), timeout)
+        except TimeoutError:
+            proc.kill(9)
+            raise DeadlineExceeded(f"command {list(cmd)!r} timed out after {timeout}s") from None
+        finally:
+            proc.cancel()
+        return ExecResult(
+            status.exit_code, capture.output(Stream.STDOUT), capture.output(Stream.STDERR)
+        )
+
+    async def update_resources(self, container: Container, resources: Resources) -> None:
+        return None
+
+    async def reopen_log(self, container: Container) -> None:
+        log = self._logs.get(container.id)
+        if log is not None:
+            log.reopen()
+
+    async def close(self) -> None:
+        """Server shutdown: stop playing back; on-disk state lets a restart resume."""
+        for proc in self._procs.values():
+            proc.cancel()
+        for log in self._logs.values():
+            log.close()
+        self._procs.clear()
+        self._logs.clear()

@@ -1,0 +1,72 @@
+"""Command line: ``cri-async serve | config --default | version``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+
+from cri_async import CRI_API_VERSION, __version__, logsetup
+from cri_async.config import DEFAULT_TOML, ConfigError, load
+from cri_async.core.errors import CRIError
+
+
+async def _serve(config_path: str | None) -> int:
+    from cri_async.server import Server
+
+    config = load(config_path)
+    logsetup.setup(config.log.level, config.log.format)
+    server = Server(config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.stop()))
+    await server.wait()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cri-async", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the CRI server")
+    serve.add_argument("--config", help="TOML config file (default: built-in defaults)")
+    cfg = sub.add_parser("config", help="print configuration")
+    cfg.add_argument("--default", action="store_true", help="print the documented defaults")
+    cfg.add_argument("--check", metavar="PATH", help="validate a config file")
+    sub.add_parser("version", help="print the version")
+    args = parser.parse_args(argv)
+
+    if args.command == "version":
+        print(f"cri-async {__version__} (CRI {CRI_API_VERSION})")
+        return 0
+    if args.command == "config":
+        if args.check:
+            try:
+                load(args.check)
+            except ConfigError as e:
+                print(f"cri-async: {args.check}: {e}", file=sys.stderr)
+                return 2
+            print(f"{args.check}: ok")
+            return 0
+        print(DEFAULT_TOML, end="")
+        return 0
+    try:
+        if getattr(load(args.config).server, "uvloop", False):
+            import uvloop  # type: ignore[import-not-found]
+
+            uvloop.install()
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(_serve(args.config))
+        return 0
+    except ConfigError as e:
+        print(f"cri-async: config: {e}", file=sys.stderr)
+        return 2
+    except CRIError as e:
+        print(f"cri-async: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""Configuration: TOML into frozen dataclasses, every key validated and documented.
+
+``cri-async config --default`` prints DEFAULT_TOML, which is the documentation of every key;
+a test checks that it parses to exactly ``Config()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+BACKENDS = ("fake",)  # real OCI backends arrive with the real-pods work
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """A bad config file; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    socket: str = "/run/cri-async/cri-async.sock"
+    socket_mode: str = "0660"
+    rpc_timeout: float = 240.0
+    shutdown_timeout: float = 10.0
+    uvloop: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            mode = int(self.socket_mode, 8)
+        except ValueError:
+            raise ConfigError(f"server.socket_mode: {self.socket_mode!r} is not octal") from None
+        if not 0 <= mode <= 0o777:
+            raise ConfigError(f"server.socket_mode: {self.socket_mode!r} is out of range")
+        if not self.socket.startswith("/"):
+            raise ConfigError(f"server.socket: {self.socket!r} must be an absolute path")
+        if len(self.socket.encode()) > 107:
+            raise ConfigError(f"server.socket: {self.socket!r} is longer than sun_path allows")
+        _positive("server.rpc_timeout", self.rpc_timeout)
+        _positive("server.shutdown_timeout", self.shutdown_timeout)
+
+    @property
+    def mode(self) -> int:
+        return int(self.socket_mode, 8)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "text"
+
+    def __post_init__(self) -> None:
+        _choice("log.level", self.level, LOG_LEVELS)
+        _choice("log.format", self.format, ("text", "json"))
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    root: str = "/var/lib/cri-async"
+    run_root: str = "/run/cri-async"
+    sync: str = "full"
+
+    def __post_init__(self) -> None:
+        _choice("state.sync", self.sync, ("full", "normal"))
+        for key in ("root", "run_root"):
+            if not getattr(self, key).startswith("/"):
+                raise ConfigError(f"state.{key}: must be an absolute path")
+
+
+@dataclass(frozen=True)
+class RuntimeSection:
+    default_handler: str = ""
+    cgroup_driver: str = "cgroupfs"
+    event_queue_size: int = 1024
+    cleanup_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        _choice("runtime.cgroup_driver", self.cgroup_driver, ("cgroupfs", "systemd"))
+        if self.event_queue_size < 1:
+            raise ConfigError("runtime.event_queue_size: must be at least 1")
+        _positive("runtime.cleanup_timeout", self.cleanup_timeout)
+
+
+@dataclass(frozen=True)
+class HandlerConfig:
+    backend: str = "fake"
+    root: str = ""  # empty: <state.run_root>/<backend>/<handler or "default">
+    binary: str = ""
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(
+                f"backend: {self.backend!r} is not available (available: {', '.join(BACKENDS)})"
+            )
+
+
+@dataclass(frozen=True)
+class FakeImageConfig:
+    ref: str
+    size: int = 1 << 20
+    entrypoint: list[str] = field(default_factory=list)
+    cmd: list[str] = field(default_factory=lambda: ["sh"])
+    env: list[str] = field(
+        default_factory=lambda: [
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        ]
+    )
+    user: str = ""
+    working_dir: str = ""
+    stop_signal: str = ""
+
+
+def _default_fake_images() -> list[FakeImageConfig]:
+    return [
+        FakeImageConfig("docker.io/library/busybox:latest", size=2_167_176),
+        FakeImageConfig("docker.io/library/busybox:1.36", size=2_167_176),
+        FakeImageConfig(
+            "docker.io/library/nginx:latest",
+            size=67_000_000,
+            entrypoint=["/docker-entrypoint.sh"],
+            cmd=["nginx", "-g", "daemon off;"],
+            stop_signal="SIGQUIT",
+        ),
+        FakeImageConfig("registry.k8s.io/pause:3.10", size=320_368, cmd=["/pause"], user="65535"),
+    ]
+
+
+@dataclass(frozen=True)
+class FakeConfig:
+    images: list[FakeImageConfig] = field(default_factory=_default_fake_images)
+
+
+@dataclass(frozen=True)
+class ImagesConfig:
+    pinned: list[str] = field(default_factory=lambda: ["registry.k8s.io/pause:3.10"])
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    runtimes: dict[str, HandlerConfig] = field(default_factory=lambda: {"": HandlerConfig()})
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    fake: FakeConfig = field(default_factory=FakeConfig)
+
+    def __post_init__(self) -> None:
+        if self.runtime.default_handler not in self.runtimes:
+            raise ConfigError(
+                f"runtime.default_handler: {self.runtime.default_handler!r} has no "
+                f'[runtimes."{self.runtime.default_handler}"] section'
+            )
+
+    def handler_root(self, name: str) -> Path:
+        h = self.runtimes[name]
+        if h.root:
+            return Path(h.root)
+        return Path(self.state.run_root) / h.backend / (name or "default")
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.state.root) / "state.db"
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}: must be positive, got {value}")
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        if value is None:
+            return None
+        tp = next(a for a in get_args(tp) if a is not type(None))
+        origin = get_origin(tp)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        (item,) = get_args(tp)
+        return [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {type(value).__name__}")
+        _, vt = get_args(tp)
+        return {k: _convert(vt, v, f'{key}."{k}"') for k, v in value.items()}
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _build(tp, value, key)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (str, int, bool, float) and (
+        not isinstance(value, tp) or (tp is int and isinstance(value, bool))
+    ):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a table, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            where = f"{prefix}.{k}" if prefix else k
+            raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {k: _convert(hints[k], v, f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required key is missing
+        raise ConfigError(f"{prefix or 'config'}: {e}") from None
+    except ConfigError as e:
+        if prefix and not str(e).startswith(prefix.split(".")[0]):
+            raise ConfigError(f"{prefix}.{e}") from None
+        raise
+
+
+def parse(text: str) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"invalid TOML: {e}") from None
+    cfg: Config = _build(Config, data, "")
+    return cfg
+
+
+def load(path: str | Path | None) -> Config:
+    if path is None:
+        return Config()
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    return parse(text)
+
+
+DEFAULT_TOML = """\
+# cri-async configuration. Every key is shown with its default value.
+# Unknown keys and bad values are rejected at startup with a message naming the key.
+
+[server]
+# The CRI gRPC endpoint (kubelet: --container-runtime-endpoint=unix://<socket>).
+socket = "/run/cri-async/cri-async.sock"
+# Permissions of the socket file (octal).
+socket_mode = "0660"
+# Upper bound in seconds for any RPC; a shorter client deadline wins.
+rpc_timeout = 240.0
+# On SIGTERM/SIGINT: how long in-flight RPCs may finish before they are cancelled.
+shutdown_timeout = 10.0
+# Run the event loop on uvloop (needs the "uvloop" extra installed).
+uvloop = false
+
+[log]
+# debug | info | warning | error. At debug every RPC is logged with its duration.
+level = "info"
+# text | json (one JSON object per line).
+format = "text"
+
+[state]
+# Durable state: the SQLite database (state.db) and, later, content and snapshots.
+root = "/var/lib/cri-async"
+# Runtime state that must not outlive a reboot (backend roots, bundles).
+run_root = "/run/cri-async"
+# full: fsync every commit (survives power loss); normal: survives a crash of cri-async.
+sync = "full"
+
+[runtime]
+# The handler used when a pod names no RuntimeClass handler.
+default_handler = ""
+# cgroupfs | systemd, reported to kubelet by the RuntimeConfig RPC.
+cgroup_driver = "cgroupfs"
+# Events buffered per GetContainerEvents subscriber; a subscriber that falls this far
+# behind is disconnected rather than slowing the runtime down.
+event_queue_size = 1024
+# Seconds allowed for each cleanup step when a create fails or is cancelled.
+cleanup_timeout = 30.0
+
+# One table per RuntimeClass handler: [runtimes."<handler>"]. "" is the default handler.
+# backend: fake (simulated containers, no root needed). Real OCI backends (runc, crun,
+#          youki, runsc) are not available yet.
+# root:    the backend's state directory; empty means <state.run_root>/<backend>/<handler>.
+# binary:  the OCI runtime binary (real backends only).
+[runtimes.""]
+backend = "fake"
+root = ""
+binary = ""
+
+[images]
+# Images that kubelet's image garbage collection must never remove.
+pinned = ["registry.k8s.io/pause:3.10"]
+
+# The images the fake backend's simulated registry serves ([[fake.images]] per image):
+# ref, size (bytes), entrypoint, cmd, env, user, working_dir, stop_signal.
+[[fake.images]]
+ref = "docker.io/library/busybox:latest"
+size = 2167176
+entrypoint = []
+cmd = ["sh"]
+env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+user = ""
+working_dir = ""
+stop_signal = ""
+
+[[fake.images]]
+ref = "docker.io/library/busybox:1.36"
+size = 2167176
+entrypoint = []
+cmd = ["sh"]
+env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+user = ""
+working_dir = ""
+stop_signal = ""
+
+[[fake.images]]
+ref = "docker.io/library/nginx:latest"
+size = 67000000
+entrypoint = ["/docker-entrypoint.sh"]
+cmd = ["nginx", "-g", "daemon off;"]
+env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+user = ""
+working_dir = ""
+stop_signal = "SIGQUIT"
+
+[[fake.images]]
+ref = "registry.k8s.io/pause:3.10"
+size = 320368
+entrypoint = []
+cmd = ["/pause"]
+env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+user = "65535"
+working_dir = ""
+stop_signal = ""
+"""

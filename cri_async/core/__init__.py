@@ -1,0 +1,1 @@
+"""The CRI state machine: pods, containers, names, events. Knows nothing about protobuf."""

@@ -1,0 +1,175 @@
+"""The runtime as a whole: wiring, startup recovery, Version/Status/RuntimeConfig."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+
+from cri_async import CRI_API_VERSION, RUNTIME_NAME, __version__
+from cri_async.backends.base import BackendStatus, OCIRuntime
+from cri_async.core.containers import ContainerManager
+from cri_async.core.context import Context, Limits
+from cri_async.core.events import EventBus
+from cri_async.core.images import ImageStore
+from cri_async.core.model import Container, ContainerState, Phase, Sandbox
+from cri_async.core.sandboxes import SandboxManager, sandbox_key
+from cri_async.core.tables import Table
+from cri_async.store.db import StateStore
+
+log = logging.getLogger("cri_async.core.runtime")
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    version: str = "0.1.0"
+    runtime_name: str = RUNTIME_NAME
+    runtime_version: str = __version__
+    runtime_api_version: str = CRI_API_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    type: str
+    status: bool
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeStatus:
+    conditions: tuple[Condition, ...]
+    handlers: dict[str, BackendStatus]
+    info: dict[str, str] = field(default_factory=dict)
+
+
+class Runtime:
+    def __init__(
+        self,
+        store: StateStore,
+        backends: dict[str, OCIRuntime],
+        images: ImageStore,
+        *,
+        default_handler: str = "",
+        cgroup_driver: str = "cgroupfs",
+        limits: Limits | None = None,
+        event_queue: int = 1024,
+        info: dict[str, str] | None = None,
+    ) -> None:
+        if default_handler not in backends:
+            raise ValueError(f"default runtime handler {default_handler!r} is not configured")
+        self.ctx = Context(
+            store=store,
+            backends=backends,
+            default_handler=default_handler,
+            images=images,
+            events=EventBus(event_queue),
+            sandboxes=Table("pod sandbox", Sandbox, store),
+            containers=Table("container", Container, store),
+            limits=limits or Limits(),
+        )
+        self.containers = ContainerManager(self.ctx)
+        self.sandboxes = SandboxManager(self.ctx, self.containers)
+        self.cgroup_driver = cgroup_driver
+        self.pod_cidr = ""
+        self._info = info or {}
+
+    @property
+    def events(self) -> EventBus:
+        return self.ctx.events
+
+    # -- startup ---------------------------------------------------------------------
+    async def start(self) -> None:
+        ctx = self.ctx
+        await ctx.images.load()
+        sandboxes = await ctx.sandboxes.load()
+        containers = await ctx.containers.load()
+        self.pod_cidr = await ctx.store.get_meta("pod_cidr") or ""
+        for c in containers:
+            if c.phase is Phase.CREATING:
+                log.warning("rolling back container %s left half-created by a crash", c.id)
+                await self._rollback_container(c)
+        for s in sandboxes:
+            if s.phase is Phase.CREATING:
+                log.warning("rolling back pod sandbox %s left half-created by a crash", s.id)
+                await ctx.backend_for(s).remove_sandbox(s)
+                await ctx.sandboxes.delete(s.id)
+            else:
+                ctx.sandbox_names.bind(sandbox_key(s.config), s.id)
+        for c in ctx.containers.live():
+            ctx.container_names.bind((c.sandbox_id, c.metadata.name, c.metadata.attempt), c.id)
+            if c.state is ContainerState.RUNNING:
+                await self._recover_running(c)
+        log.info(
+            "state loaded: %d pod sandboxes, %d containers",
+            len(ctx.sandboxes.live()),
+            len(ctx.containers.live()),
+        )
+
+    async def _rollback_container(self, c: Container) -> None:
+        sb = self.ctx.sandboxes.peek(c.sandbox_id)
+        if sb is not None:
+            await self.ctx.backend_for(sb).delete_container(c)
+        await self.ctx.containers.delete(c.id)
+
+    async def _recover_running(self, c: Container) -> None:
+        sb = self.ctx.sandboxes.peek(c.sandbox_id)
+        if sb is None:
+            log.error("container %s belongs to missing pod sandbox %s", c.id, c.sandbox_id)
+            return
+        status = await self.ctx.backend_for(sb).recover(c)
+        if status.exit is not None:
+            log.info("container %s exited while cri-async was down", c.id)
+            await self.containers.record_exit(c.id, status.exit)
+        else:
+            self.containers.watch(c.id)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Stop background work. Containers keep running; their state is on disk."""
+        self.ctx.events.close()
+        inflight = [
+            *self.ctx.sandbox_names.inflight,
+            *self.ctx.container_names.inflight,
+        ]
+        if inflight:
+            await asyncio.wait(inflight, timeout=timeout)
+        tasks = list(self.ctx.tasks)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        for backend in self.ctx.backends.values():
+            close = getattr(backend, "close", None)
+            if close is not None:
+                await close()
+
+    # -- runtime-level RPCs --------------------------------------------------------------
+    def version(self) -> VersionInfo:
+        return VersionInfo()
+
+    async def status(self, verbose: bool = False) -> RuntimeStatus:
+        handlers: dict[str, BackendStatus] = {}
+        for name, backend in self.ctx.backends.items():
+            try:
+                handlers[name] = await asyncio.wait_for(backend.probe(), 5.0)
+            except Exception as e:  # a broken handler is reported, never fatal
+                handlers[name] = BackendStatus(False, "ProbeFailed", str(e))
+        default = handlers[self.ctx.default_handler]
+        conditions = (
+            Condition("RuntimeReady", default.ready, default.reason, default.message),
+            Condition("NetworkReady", True),
+        )
+        info: dict[str, str] = {}
+        if verbose:
+            info = dict(self._info)
+            info["handlers"] = json.dumps(
+                {n: {"ready": h.ready, **h.info} for n, h in handlers.items()}, sort_keys=True
+            )
+            info["podCIDR"] = self.pod_cidr
+        return RuntimeStatus(conditions, handlers, info)
+
+    async def update_runtime_config(self, pod_cidr: str) -> None:
+        if pod_cidr and pod_cidr != self.pod_cidr:
+            await self.ctx.store.set_meta("pod_cidr", pod_cidr)
+            self.pod_cidr = pod_cidr

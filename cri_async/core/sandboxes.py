@@ -1,0 +1,119 @@
+"""Pod sandbox lifecycle: run, stop, remove, status, list."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from cri_async.core import validate
+from cri_async.core.containers import ContainerManager
+from cri_async.core.context import Context, now_ns
+from cri_async.core.errors import FailedPrecondition
+from cri_async.core.events import EventType
+from cri_async.core.filters import Filter, matches_labels
+from cri_async.core.model import Phase, Sandbox, SandboxConfig, SandboxState
+
+log = logging.getLogger("cri_async.core.sandboxes")
+
+
+def sandbox_key(config: SandboxConfig) -> tuple[str, str, str, int]:
+    m = config.metadata
+    return (m.name, m.namespace, m.uid, m.attempt)
+
+
+class SandboxManager:
+    def __init__(self, ctx: Context, containers: ContainerManager) -> None:
+        self.ctx = ctx
+        self.containers = containers
+
+    async def run(self, config: SandboxConfig, handler: str) -> str:
+        ctx = self.ctx
+        m = config.metadata
+        validate.name_field(m.name, "pod sandbox metadata.name")
+        validate.name_field(m.namespace, "pod sandbox metadata.namespace")
+        validate.name_field(m.uid, "pod sandbox metadata.uid")
+        validate.key_values(config.labels, config.annotations, "pod sandbox config")
+        backend = ctx.backend(handler)
+        status = await backend.probe()
+        if not status.ready:
+            raise FailedPrecondition(
+                f"runtime handler {handler!r} is not ready: {status.reason}: {status.message}"
+            )
+        key = sandbox_key(config)
+        display = f"{m.name}_{m.namespace}_{m.uid}_{m.attempt}"
+
+        async def make() -> str:
+            sid = secrets.token_hex(32)
+            rec = Sandbox(
+                id=sid,
+                config=config,
+                runtime_handler=handler,
+                created_at=now_ns(),
+                phase=Phase.CREATING,
+            )
+            await ctx.sandboxes.put(rec)
+            try:
+                rec = await backend.create_sandbox(rec)
+                rec = await ctx.sandboxes.put(rec.evolve(phase=Phase.LIVE))
+            except BaseException:
+                await ctx.cleanup(f"roll back pod sandbox {sid}", lambda: self._discard(rec))
+                raise
+            ctx.sandbox_names.bind(key, sid)
+            ctx.publish(sid, EventType.CREATED, rec)
+            ctx.publish(sid, EventType.STARTED, rec)
+            return sid
+
+        return await ctx.sandbox_names.create(key, display, make)
+
+    async def _discard(self, rec: Sandbox) -> None:
+        await self.ctx.backend_for(rec).remove_sandbox(rec)
+        await self.ctx.sandboxes.delete(rec.id)
+
+    async def stop(self, sandbox_id: str) -> None:
+        sb = self.ctx.sandboxes.get(validate.require(sandbox_id, "pod_sandbox_id"))
+        await self.ctx.single_flight("stop-sandbox", sb.id, lambda: self._stop(sb.id))
+
+    async def _stop(self, sandbox_id: str) -> None:
+        ctx = self.ctx
+        for c in ctx.sandbox_containers(sandbox_id):
+            # Pod stop kills its containers outright, as containerd does.
+            await self.containers.stop(c.id, 0)
+        sb = ctx.sandboxes.get(sandbox_id)
+        await ctx.backend_for(sb).stop_sandbox(sb)
+        if sb.state is SandboxState.READY:
+            sb = await ctx.sandboxes.update(sb.id, lambda r: r.evolve(state=SandboxState.NOTREADY))
+            ctx.publish(sb.id, EventType.STOPPED, sb)
+
+    async def remove(self, sandbox_id: str) -> None:
+        sb = self.ctx.sandboxes.find(validate.require(sandbox_id, "pod_sandbox_id"))
+        if sb is None:
+            return
+        await self.ctx.single_flight("remove-sandbox", sb.id, lambda: self._remove(sb.id))
+
+    async def _remove(self, sandbox_id: str) -> None:
+        ctx = self.ctx
+        if ctx.sandboxes.peek(sandbox_id) is None:
+            return
+        await self._stop(sandbox_id)
+        for c in ctx.sandbox_containers(sandbox_id):
+            await self.containers.remove(c.id)
+        sb = ctx.sandboxes.get(sandbox_id)
+        await ctx.backend_for(sb).remove_sandbox(sb)
+        await ctx.sandboxes.delete(sb.id)
+        ctx.sandbox_names.release(sandbox_key(sb.config), sb.id)
+        ctx.publish(sb.id, EventType.DELETED, sb)
+
+    def status(self, sandbox_id: str) -> Sandbox:
+        return self.ctx.sandboxes.get(validate.require(sandbox_id, "pod_sandbox_id"))
+
+    def list(self, flt: Filter[SandboxState]) -> list[Sandbox]:
+        items = self.ctx.sandboxes.live()
+        if flt.id:
+            sb = self.ctx.sandboxes.match(flt.id)
+            items = [sb] if sb is not None else []
+        return [
+            s
+            for s in items
+            if (flt.state is None or s.state is flt.state)
+            and matches_labels(s.config.labels, flt.labels)
+        ]

@@ -1,0 +1,38 @@
+"""Request validation shared by pod and container creates. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from cri_async.core.errors import InvalidArgument
+
+MAX_NAME = 253  # a DNS subdomain, the longest name Kubernetes gives anything
+MAX_METADATA_BYTES = 256 * 1024  # the API server's cap on a pod's annotations
+
+
+def require(value: str, what: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{what} must not be empty")
+    return value
+
+
+def name_field(value: str, what: str) -> str:
+    require(value, what)
+    if len(value.encode()) > MAX_NAME:
+        raise InvalidArgument(f"{what} is {len(value.encode())} bytes; at most {MAX_NAME} allowed")
+    if any(c in value for c in "\x00/\n"):
+        raise InvalidArgument(f"{what} {value!r} must not contain '/', NUL or newlines")
+    return value
+
+
+def key_values(labels: Mapping[str, str], annotations: Mapping[str, str], what: str) -> None:
+    size = 0
+    for kind, items in (("label", labels), ("annotation", annotations)):
+        for k, v in items.items():
+            if not k:
+                raise InvalidArgument(f"{what} has a {kind} with an empty key")
+            size += len(k.encode()) + len(v.encode())
+    if size > MAX_METADATA_BYTES:
+        raise InvalidArgument(
+            f"{what} labels and annotations total {size} bytes; at most {MAX_METADATA_BYTES}"
+        )

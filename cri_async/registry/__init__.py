@@ -1,0 +1,1 @@
+"""Image registry client, references, content store."""

@@ -1,0 +1,171 @@
+"""An in-memory image store for the fake backend, fed from a seeded catalog.
+
+The catalog plays the registry: pulling a reference it lists makes that image local;
+pulling anything else fails as a registry would ("not found"). Local images are persisted
+in the state database, so they survive a restart like real ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from cri_async.core.errors import InvalidArgument, NotFound
+from cri_async.core.images import AuthConfig, FilesystemUsage
+from cri_async.core.model import Image, ImageSpec
+from cri_async.registry.reference import Reference, ReferenceError, normalize, parse_image_id
+from cri_async.store import serde
+from cri_async.store.db import StateStore
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogImage:
+    """A seeded image: what the fake "registry" serves for ``ref``."""
+
+    ref: str
+    size: int = 1 << 20
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ("sh",)
+    env: tuple[str, ...] = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
+    user: str = ""
+    working_dir: str = ""
+    stop_signal: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def image_id(self) -> str:
+        return "sha256:" + hashlib.sha256(f"fake-config:{normalize(self.ref)}".encode()).hexdigest()
+
+    def manifest_digest(self) -> str:
+        return "sha256:" + hashlib.sha256(f"fake-manifest:{self.image_id()}".encode()).hexdigest()
+
+
+def _ref(text: str) -> Reference:
+    try:
+        return normalize(text)
+    except ReferenceError as e:
+        raise InvalidArgument(str(e)) from None
+
+
+class FakeImageStore:
+    kind = "image"
+
+    def __init__(
+        self,
+        store: StateStore,
+        catalog: Iterable[CatalogImage],
+        pinned: Iterable[str] = (),
+        mountpoint: str = "/",
+    ) -> None:
+        self._store = store
+        self._catalog = {str(_ref(c.ref)): c for c in catalog}
+        self._pinned = {str(_ref(p)) for p in pinned}
+        self._mountpoint = mountpoint
+        self._images: dict[str, Image] = {}
+
+    async def load(self) -> None:
+        self._images = {i: serde.loads(Image, d) for i, d in await self._store.load(self.kind)}
+
+    def _lookup_catalog(self, ref: Reference) -> CatalogImage | None:
+        if ref.digest is None:
+            return self._catalog.get(str(ref))
+        for c in self._catalog.values():
+            if c.manifest_digest() == ref.digest and _ref(c.ref).name == ref.name:
+                return c
+        return None
+
+    async def pull(self, spec: ImageSpec, auth: AuthConfig | None) -> str:
+        if not spec.image:
+            raise InvalidArgument("image reference must not be empty")
+        ref = _ref(spec.image)
+        item = self._lookup_catalog(ref)
+        if item is None:
+            raise NotFound(f"failed to pull {spec.image!r}: {ref} not found in the fake registry")
+        image_id = item.image_id()
+        src = _ref(item.ref)
+        tag = str(src)
+        digest = f"{src.name}@{item.manifest_digest()}"
+        cur = self._images.get(image_id)
+        user = item.user.split(":", 1)[0]
+        if cur is None:
+            cur = Image(
+                id=image_id,
+                size=item.size,
+                uid=int(user) if user.isdigit() else (0 if not user else None),
+                username="" if (not user or user.isdigit()) else user,
+                entrypoint=item.entrypoint,
+                cmd=item.cmd,
+                env=item.env,
+                working_dir=item.working_dir,
+                stop_signal=item.stop_signal,
+                user=item.user,
+            )
+        tags = cur.repo_tags if (ref.digest or tag in cur.repo_tags) else (*cur.repo_tags, tag)
+        digests = cur.repo_digests if digest in cur.repo_digests else (*cur.repo_digests, digest)
+        new = replace(
+            cur,
+            repo_tags=tags,
+            repo_digests=digests,
+            pinned=any(t in self._pinned for t in tags),
+        )
+        await self._store.put(self.kind, image_id, serde.dumps(new))
+        self._images[image_id] = new
+        return image_id
+
+    def get(self, spec: ImageSpec) -> Image | None:
+        text = spec.image
+        if not text:
+            return None
+        image_id = parse_image_id(text)
+        if image_id is not None:
+            return self._images.get(image_id)
+        matches = [i for i in self._images if i.removeprefix("sha256:").startswith(text)]
+        if len(matches) == 1 and len(text) >= 3:
+            return self._images[matches[0]]
+        try:
+            ref = normalize(text)
+        except ReferenceError:
+            return None
+        for img in self._images.values():
+            if ref.digest is not None:
+                if f"{ref.name}@{ref.digest}" in img.repo_digests:
+                    return img
+            elif str(ref) in img.repo_tags:
+                return img
+        return None
+
+    def list_images(self, spec: ImageSpec | None = None) -> list[Image]:
+        if spec is not None and spec.image:
+            img = self.get(spec)
+            return [] if img is None else [img]
+        return list(self._images.values())
+
+    async def remove(self, spec: ImageSpec) -> None:
+        img = self.get(spec)
+        if img is None:
+            return
+        tag = None
+        if parse_image_id(spec.image) is None:
+            try:
+                ref = normalize(spec.image)
+                tag = str(ref) if ref.digest is None else None
+            except ReferenceError:
+                tag = None
+        if tag is not None and len(img.repo_tags) > 1:
+            new = replace(img, repo_tags=tuple(t for t in img.repo_tags if t != tag))
+            await self._store.put(self.kind, img.id, serde.dumps(new))
+            self._images[img.id] = new
+            return
+        await self._store.delete(self.kind, [img.id])
+        self._images.pop(img.id, None)
+
+    def fs_usage(self) -> list[FilesystemUsage]:
+        return [
+            FilesystemUsage(
+                timestamp=time.time_ns(),
+                mountpoint=self._mountpoint,
+                used_bytes=sum(i.size for i in self._images.values()),
+                inodes_used=len(self._images),
+            )
+        ]

@@ -1,0 +1,167 @@
+"""Builds the object graph from config, serves the CRI socket, shuts down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import socket
+import stat
+from pathlib import Path
+
+from grpclib._typing import IServable
+from grpclib.server import Server as GRPCServer
+
+from cri_async import __version__
+from cri_async.backends.base import OCIRuntime
+from cri_async.backends.fake.backend import FakeBackend
+from cri_async.config import Config
+from cri_async.core.context import Limits
+from cri_async.core.errors import Unavailable
+from cri_async.core.runtime import Runtime
+from cri_async.registry.fake_store import CatalogImage, FakeImageStore
+from cri_async.services.image import ImageService
+from cri_async.services.runtime import RuntimeService
+from cri_async.store.db import StateStore
+
+log = logging.getLogger("cri_async.server")
+
+
+def build_backends(config: Config) -> dict[str, OCIRuntime]:
+    backends: dict[str, OCIRuntime] = {}
+    for name, h in config.runtimes.items():
+        if h.backend == "fake":
+            backends[name] = FakeBackend(name, config.handler_root(name))
+    return backends
+
+
+def catalog(config: Config) -> list[CatalogImage]:
+    return [
+        CatalogImage(
+            ref=i.ref,
+            size=i.size,
+            entrypoint=tuple(i.entrypoint),
+            cmd=tuple(i.cmd),
+            env=tuple(i.env),
+            user=i.user,
+            working_dir=i.working_dir,
+            stop_signal=i.stop_signal,
+        )
+        for i in config.fake.images
+    ]
+
+
+def prepare_socket_path(path: Path) -> None:
+    """Create parent dirs; replace a stale socket file only if nothing listens on it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise Unavailable(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError as e:
+        if e.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise
+        log.info("removing stale socket %s", path)
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise Unavailable(f"another server is listening on {path}")
+
+
+class Server:
+    """One CRI server: ``await start()``, then ``await stop()`` (or ``async with``)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.rpc_timeout = config.server.rpc_timeout
+        self.socket_path = Path(config.server.socket)
+        self.store = StateStore(config.db_path, sync=config.state.sync)
+        self.backends = build_backends(config)
+        self.images = FakeImageStore(
+            self.store, catalog(config), config.images.pinned, mountpoint=config.state.root
+        )
+        self.runtime = Runtime(
+            self.store,
+            self.backends,
+            self.images,
+            default_handler=config.runtime.default_handler,
+            cgroup_driver=config.runtime.cgroup_driver,
+            limits=Limits(cleanup_timeout=config.runtime.cleanup_timeout),
+            event_queue=config.runtime.event_queue_size,
+            info={"version": __version__, "socket": str(self.socket_path)},
+        )
+        self._grpc: GRPCServer | None = None
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopped = asyncio.Event()
+
+    # Tracker protocol (services/errors.py)
+    def begin(self) -> None:
+        self._inflight += 1
+        self._idle.clear()
+
+    def end(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._idle.set()
+
+    async def start(self) -> None:
+        await self.store.open()
+        try:
+            await self.runtime.start()
+            services: list[IServable] = [
+                RuntimeService(self.runtime, self, self.config.runtime.cgroup_driver),
+                ImageService(self.images, self),
+            ]
+            prepare_socket_path(self.socket_path)
+            self._grpc = GRPCServer(services)
+            old_umask = os.umask(0o777 ^ self.config.server.mode)
+            try:
+                await self._grpc.start(path=str(self.socket_path))
+            finally:
+                os.umask(old_umask)
+            os.chmod(self.socket_path, self.config.server.mode)
+        except BaseException:
+            await self.runtime.close()
+            await self.store.close()
+            raise
+        log.info("cri-async %s serving on unix://%s", __version__, self.socket_path)
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight RPCs finish (bounded), then flush and close."""
+        grpc = self._grpc
+        if grpc is None or self._stopped.is_set():
+            return
+        listener = grpc._server  # grpclib keeps the asyncio server private
+        if listener is not None:
+            listener.close()
+        self.runtime.events.close()
+        try:
+            await asyncio.wait_for(self._idle.wait(), self.config.server.shutdown_timeout)
+        except TimeoutError:
+            log.warning("shutdown: cancelling %d RPCs still running", self._inflight)
+        grpc.close()
+        await grpc.wait_closed()
+        await self.runtime.close(self.config.server.shutdown_timeout)
+        await self.store.close()
+        self.socket_path.unlink(missing_ok=True)
+        self._stopped.set()
+        log.info("cri-async stopped")
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

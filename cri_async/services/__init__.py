@@ -1,0 +1,1 @@
+"""The gRPC edge: protobuf <-> domain conversion and error mapping. No Linux here."""

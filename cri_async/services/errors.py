@@ -1,0 +1,142 @@
+"""The one place domain errors become gRPC statuses, plus the per-RPC wrapper.
+
+Every handler goes through ``unary``/``server_stream``: it gets the decoded request,
+runs under a deadline (the client's, capped by ``server.rpc_timeout``), is logged at debug
+with its duration, and any domain error leaves as the status below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from typing import Any, Protocol, TypeVar
+
+from grpclib import GRPCError, Status
+from grpclib.server import Stream
+
+from cri_async.core import errors
+
+log = logging.getLogger("cri_async.rpc")
+
+STATUS_FOR: dict[type[errors.CRIError], Status] = {
+    errors.InvalidArgument: Status.INVALID_ARGUMENT,
+    errors.NotFound: Status.NOT_FOUND,
+    errors.AlreadyExists: Status.ALREADY_EXISTS,
+    errors.FailedPrecondition: Status.FAILED_PRECONDITION,
+    errors.DeadlineExceeded: Status.DEADLINE_EXCEEDED,
+    errors.Unimplemented: Status.UNIMPLEMENTED,
+    errors.Unavailable: Status.UNAVAILABLE,
+    errors.Internal: Status.INTERNAL,
+}
+
+
+def to_status(exc: errors.CRIError) -> Status:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_FOR:
+            return STATUS_FOR[cls]
+    return Status.INTERNAL
+
+
+class Tracker(Protocol):
+    """What a service needs from the server: the RPC time cap and in-flight accounting."""
+
+    rpc_timeout: float
+
+    def begin(self) -> None: ...
+    def end(self) -> None: ...
+
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+S = TypeVar("S", bound="Service")
+
+
+class Service:
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+
+
+@contextlib.contextmanager
+def _errors_mapped(name: str) -> Iterator[None]:
+    try:
+        yield
+    except errors.CRIError as e:
+        log.debug("%s failed: %s", name, e)
+        raise GRPCError(to_status(e), str(e)) from None
+    except (GRPCError, asyncio.CancelledError):
+        raise
+    except TimeoutError:
+        raise GRPCError(Status.DEADLINE_EXCEEDED, f"{name}: deadline exceeded") from None
+    except Exception as e:
+        log.exception("%s failed unexpectedly", name)
+        raise GRPCError(Status.INTERNAL, f"{name}: internal error: {e!r}") from None
+
+
+def _budget(svc: Service, stream: Stream[Any, Any]) -> float:
+    cap = svc.tracker.rpc_timeout
+    if stream.deadline is not None:
+        return min(cap, max(stream.deadline.time_remaining(), 0.0))
+    return cap
+
+
+def unary(
+    fn: Callable[[S, Req], Awaitable[Resp]],
+) -> Callable[[S, Stream[Req, Resp]], Coroutine[Any, Any, None]]:
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    async def handler(self: S, stream: Stream[Req, Resp]) -> None:
+        start = time.perf_counter()
+        self.tracker.begin()
+        try:
+            request = await stream.recv_message()
+            assert request is not None
+            with _errors_mapped(name):
+                async with asyncio.timeout(_budget(self, stream)):
+                    reply = await fn(self, request)
+            await stream.send_message(reply)
+        finally:
+            self.tracker.end()
+            log.debug("rpc %s took %.3f ms", name, (time.perf_counter() - start) * 1e3)
+
+    return handler
+
+
+def server_stream(
+    fn: Callable[[S, Req], AsyncIterator[Resp]],
+    *,
+    bounded: bool = True,
+) -> Callable[[S, Stream[Req, Resp]], Coroutine[Any, Any, None]]:
+    """A server-streaming RPC. ``bounded=False`` for subscriptions that live as long as
+    the client wants (GetContainerEvents), which the shutdown ends instead of a timer."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    async def handler(self: S, stream: Stream[Req, Resp]) -> None:
+        start = time.perf_counter()
+        if bounded:
+            self.tracker.begin()
+        try:
+            request = await stream.recv_message()
+            assert request is not None
+            with _errors_mapped(name):
+                budget = _budget(self, stream) if bounded else None
+                async with asyncio.timeout(budget):
+                    async for reply in fn(self, request):
+                        await stream.send_message(reply)
+        finally:
+            if bounded:
+                self.tracker.end()
+            log.debug("rpc %s took %.3f ms", name, (time.perf_counter() - start) * 1e3)
+
+    return handler
+
+
+def unbounded_stream(
+    fn: Callable[[S, Req], AsyncIterator[Resp]],
+) -> Callable[[S, Stream[Req, Resp]], Coroutine[Any, Any, None]]:
+    return server_stream(fn, bounded=False)

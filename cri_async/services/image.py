@@ -1,0 +1,76 @@
+"""ImageService: one short handler per RPC."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from cri_async.api.runtime.v1 import api_grpc
+from cri_async.api.runtime.v1 import api_pb2 as pb
+from cri_async.core.images import ImageStore
+from cri_async.core.model import Image
+from cri_async.services import convert
+from cri_async.services.errors import Service, Tracker, server_stream, unary
+from cri_async.services.runtime import chunks
+
+
+def _image_info(img: Image) -> str:
+    return json.dumps(
+        {
+            "id": img.id,
+            "config": {
+                "Entrypoint": list(img.entrypoint),
+                "Cmd": list(img.cmd),
+                "Env": list(img.env),
+                "WorkingDir": img.working_dir,
+                "User": img.user,
+                "StopSignal": img.stop_signal,
+            },
+        },
+        sort_keys=True,
+    )
+
+
+class ImageService(Service, api_grpc.ImageServiceBase):
+    def __init__(self, images: ImageStore, tracker: Tracker) -> None:
+        super().__init__(tracker)
+        self.images = images
+
+    def _items(self, f: pb.ImageFilter) -> list[pb.Image]:
+        spec = convert.image_spec(f.image) if f.HasField("image") else None
+        return [convert.image(i) for i in self.images.list_images(spec)]
+
+    @unary
+    async def ListImages(self, req: pb.ListImagesRequest) -> pb.ListImagesResponse:
+        return pb.ListImagesResponse(images=self._items(req.filter))
+
+    @server_stream
+    async def StreamImages(
+        self, req: pb.StreamImagesRequest
+    ) -> AsyncIterator[pb.StreamImagesResponse]:
+        for chunk in chunks(self._items(req.filter)):
+            yield pb.StreamImagesResponse(images=chunk)
+
+    @unary
+    async def ImageStatus(self, req: pb.ImageStatusRequest) -> pb.ImageStatusResponse:
+        img = self.images.get(convert.image_spec(req.image))
+        if img is None:  # kubelet expects an empty answer, not an error
+            return pb.ImageStatusResponse()
+        info = {"info": _image_info(img)} if req.verbose else {}
+        return pb.ImageStatusResponse(image=convert.image(img), info=info)
+
+    @unary
+    async def PullImage(self, req: pb.PullImageRequest) -> pb.PullImageResponse:
+        auth = convert.auth(req.auth) if req.HasField("auth") else None
+        ref = await self.images.pull(convert.image_spec(req.image), auth)
+        return pb.PullImageResponse(image_ref=ref)
+
+    @unary
+    async def RemoveImage(self, req: pb.RemoveImageRequest) -> pb.RemoveImageResponse:
+        await self.images.remove(convert.image_spec(req.image))
+        return pb.RemoveImageResponse()
+
+    @unary
+    async def ImageFsInfo(self, req: pb.ImageFsInfoRequest) -> pb.ImageFsInfoResponse:
+        usage = [convert.fs_usage(u) for u in self.images.fs_usage()]
+        return pb.ImageFsInfoResponse(image_filesystems=usage)

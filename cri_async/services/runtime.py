@@ -1,0 +1,321 @@
+"""RuntimeService: one short handler per RPC (convert, call the core, convert back)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import TypeVar
+
+from cri_async.api.runtime.v1 import api_grpc
+from cri_async.api.runtime.v1 import api_pb2 as pb
+from cri_async.core.errors import Unimplemented
+from cri_async.core.runtime import Runtime
+from cri_async.services import convert
+from cri_async.services.errors import (
+    Service,
+    Tracker,
+    server_stream,
+    unary,
+    unbounded_stream,
+)
+from cri_async.store import serde
+
+STREAM_CHUNK = 256  # items per message on the Stream* list RPCs
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int = STREAM_CHUNK) -> list[Sequence[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class RuntimeService(Service, api_grpc.RuntimeServiceBase):
+    def __init__(self, runtime: Runtime, tracker: Tracker, cgroup_driver: str) -> None:
+        super().__init__(tracker)
+        self.rt = runtime
+        self.cgroup_driver = cgroup_driver
+        self._containers = convert.MessageCache(convert.container)
+        self._sandboxes = convert.MessageCache(convert.pod_sandbox)
+
+    # -- runtime ---------------------------------------------------------------------
+    @unary
+    async def Version(self, req: pb.VersionRequest) -> pb.VersionResponse:
+        v = self.rt.version()
+        return pb.VersionResponse(
+            version=v.version,
+            runtime_name=v.runtime_name,
+            runtime_version=v.runtime_version,
+            runtime_api_version=v.runtime_api_version,
+        )
+
+    @unary
+    async def Status(self, req: pb.StatusRequest) -> pb.StatusResponse:
+        st = await self.rt.status(req.verbose)
+        return pb.StatusResponse(
+            status=pb.RuntimeStatus(
+                conditions=[
+                    pb.RuntimeCondition(
+                        type=c.type, status=c.status, reason=c.reason, message=c.message
+                    )
+                    for c in st.conditions
+                ]
+            ),
+            info=st.info,
+            runtime_handlers=[
+                pb.RuntimeHandler(
+                    name=name,
+                    features=pb.RuntimeHandlerFeatures(
+                        recursive_read_only_mounts=h.features.recursive_read_only_mounts,
+                        user_namespaces=h.features.user_namespaces,
+                    ),
+                )
+                for name, h in st.handlers.items()
+            ],
+            features=pb.RuntimeFeatures(),
+        )
+
+    @unary
+    async def RuntimeConfig(self, req: pb.RuntimeConfigRequest) -> pb.RuntimeConfigResponse:
+        driver = pb.SYSTEMD if self.cgroup_driver == "systemd" else pb.CGROUPFS
+        return pb.RuntimeConfigResponse(linux=pb.LinuxRuntimeConfiguration(cgroup_driver=driver))
+
+    @unary
+    async def UpdateRuntimeConfig(
+        self, req: pb.UpdateRuntimeConfigRequest
+    ) -> pb.UpdateRuntimeConfigResponse:
+        await self.rt.update_runtime_config(req.runtime_config.network_config.pod_cidr)
+        return pb.UpdateRuntimeConfigResponse()
+
+    # -- pod sandboxes -----------------------------------------------------------------
+    @unary
+    async def RunPodSandbox(self, req: pb.RunPodSandboxRequest) -> pb.RunPodSandboxResponse:
+        sid = await self.rt.sandboxes.run(convert.sandbox_config(req.config), req.runtime_handler)
+        return pb.RunPodSandboxResponse(pod_sandbox_id=sid)
+
+    @unary
+    async def StopPodSandbox(self, req: pb.StopPodSandboxRequest) -> pb.StopPodSandboxResponse:
+        await self.rt.sandboxes.stop(req.pod_sandbox_id)
+        return pb.StopPodSandboxResponse()
+
+    @unary
+    async def RemovePodSandbox(
+        self, req: pb.RemovePodSandboxRequest
+    ) -> pb.RemovePodSandboxResponse:
+        await self.rt.sandboxes.remove(req.pod_sandbox_id)
+        return pb.RemovePodSandboxResponse()
+
+    @unary
+    async def PodSandboxStatus(
+        self, req: pb.PodSandboxStatusRequest
+    ) -> pb.PodSandboxStatusResponse:
+        sb = self.rt.sandboxes.status(req.pod_sandbox_id)
+        containers = self.rt.ctx.sandbox_containers(sb.id)
+        info = {"info": serde.dumps(sb)} if req.verbose else {}
+        return pb.PodSandboxStatusResponse(
+            status=convert.pod_sandbox_status(sb),
+            info=info,
+            containers_statuses=[convert.container_status(c) for c in containers],
+            timestamp=time.time_ns(),
+        )
+
+    def _sandbox_items(self, f: pb.PodSandboxFilter) -> list[pb.PodSandbox]:
+        items = self.rt.sandboxes.list(convert.sandbox_filter(f))
+        out = [self._sandboxes.get(s.id, s) for s in items]
+        if len(self._sandboxes._cache) > 2 * len(self.rt.ctx.sandboxes) + 64:
+            self._sandboxes.prune({s.id for s in self.rt.ctx.sandboxes})
+        return out
+
+    @unary
+    async def ListPodSandbox(self, req: pb.ListPodSandboxRequest) -> pb.ListPodSandboxResponse:
+        return pb.ListPodSandboxResponse(items=self._sandbox_items(req.filter))
+
+    @server_stream
+    async def StreamPodSandboxes(
+        self, req: pb.StreamPodSandboxesRequest
+    ) -> AsyncIterator[pb.StreamPodSandboxesResponse]:
+        for chunk in chunks(self._sandbox_items(req.filter)):
+            yield pb.StreamPodSandboxesResponse(pod_sandboxes=chunk)
+
+    # -- containers --------------------------------------------------------------------
+    @unary
+    async def CreateContainer(self, req: pb.CreateContainerRequest) -> pb.CreateContainerResponse:
+        cid = await self.rt.containers.create(
+            req.pod_sandbox_id, convert.container_config(req.config)
+        )
+        return pb.CreateContainerResponse(container_id=cid)
+
+    @unary
+    async def StartContainer(self, req: pb.StartContainerRequest) -> pb.StartContainerResponse:
+        await self.rt.containers.start(req.container_id)
+        return pb.StartContainerResponse()
+
+    @unary
+    async def StopContainer(self, req: pb.StopContainerRequest) -> pb.StopContainerResponse:
+        await self.rt.containers.stop(req.container_id, max(req.timeout, 0))
+        return pb.StopContainerResponse()
+
+    @unary
+    async def RemoveContainer(self, req: pb.RemoveContainerRequest) -> pb.RemoveContainerResponse:
+        await self.rt.containers.remove(req.container_id)
+        return pb.RemoveContainerResponse()
+
+    def _container_items(self, f: pb.ContainerFilter) -> list[pb.Container]:
+        items = self.rt.containers.list(convert.container_filter(f))
+        out = [self._containers.get(c.id, c) for c in items]
+        if len(self._containers._cache) > 2 * len(self.rt.ctx.containers) + 64:
+            self._containers.prune({c.id for c in self.rt.ctx.containers})
+        return out
+
+    @unary
+    async def ListContainers(self, req: pb.ListContainersRequest) -> pb.ListContainersResponse:
+        return pb.ListContainersResponse(containers=self._container_items(req.filter))
+
+    @server_stream
+    async def StreamContainers(
+        self, req: pb.StreamContainersRequest
+    ) -> AsyncIterator[pb.StreamContainersResponse]:
+        for chunk in chunks(self._container_items(req.filter)):
+            yield pb.StreamContainersResponse(containers=chunk)
+
+    @unary
+    async def ContainerStatus(self, req: pb.ContainerStatusRequest) -> pb.ContainerStatusResponse:
+        c = self.rt.containers.status(req.container_id)
+        info = {"info": serde.dumps(c)} if req.verbose else {}
+        return pb.ContainerStatusResponse(status=convert.container_status(c), info=info)
+
+    @unary
+    async def UpdateContainerResources(
+        self, req: pb.UpdateContainerResourcesRequest
+    ) -> pb.UpdateContainerResourcesResponse:
+        await self.rt.containers.update_resources(
+            req.container_id, convert.resources(req.linux), dict(req.annotations)
+        )
+        return pb.UpdateContainerResourcesResponse()
+
+    @unary
+    async def ReopenContainerLog(
+        self, req: pb.ReopenContainerLogRequest
+    ) -> pb.ReopenContainerLogResponse:
+        await self.rt.containers.reopen_log(req.container_id)
+        return pb.ReopenContainerLogResponse()
+
+    @unary
+    async def ExecSync(self, req: pb.ExecSyncRequest) -> pb.ExecSyncResponse:
+        timeout = float(req.timeout) if req.timeout > 0 else None
+        res = await self.rt.containers.exec_sync(req.container_id, list(req.cmd), timeout)
+        return pb.ExecSyncResponse(stdout=res.stdout, stderr=res.stderr, exit_code=res.exit_code)
+
+    # -- events ------------------------------------------------------------------------
+    @unbounded_stream
+    async def GetContainerEvents(
+        self, req: pb.GetEventsRequest
+    ) -> AsyncIterator[pb.ContainerEventResponse]:
+        sub = self.rt.events.subscribe()
+        try:
+            async for ev in sub:
+                yield convert.event(ev)
+        finally:
+            sub.close()
+
+    # -- not implemented yet: UNIMPLEMENTED, naming the piece that will bring each ---------
+
+    @unary
+    async def Exec(self, req: pb.ExecRequest) -> pb.ExecResponse:
+        raise Unimplemented("Exec needs the streaming server, which cri-async does not have yet")
+
+    @unary
+    async def Attach(self, req: pb.AttachRequest) -> pb.AttachResponse:
+        raise Unimplemented("Attach needs the streaming server, which cri-async does not have yet")
+
+    @unary
+    async def PortForward(self, req: pb.PortForwardRequest) -> pb.PortForwardResponse:
+        raise Unimplemented(
+            "PortForward needs the streaming server, which cri-async does not have yet"
+        )
+
+    @unary
+    async def ContainerStats(self, req: pb.ContainerStatsRequest) -> pb.ContainerStatsResponse:
+        raise Unimplemented("ContainerStats needs cgroup stats, which cri-async does not have yet")
+
+    @unary
+    async def ListContainerStats(
+        self, req: pb.ListContainerStatsRequest
+    ) -> pb.ListContainerStatsResponse:
+        raise Unimplemented(
+            "ListContainerStats needs cgroup stats, which cri-async does not have yet"
+        )
+
+    @unary
+    async def StreamContainerStats(
+        self, req: pb.StreamContainerStatsRequest
+    ) -> pb.StreamContainerStatsResponse:
+        raise Unimplemented(
+            "StreamContainerStats needs cgroup stats, which cri-async does not have yet"
+        )
+
+    @unary
+    async def PodSandboxStats(self, req: pb.PodSandboxStatsRequest) -> pb.PodSandboxStatsResponse:
+        raise Unimplemented("PodSandboxStats needs cgroup stats, which cri-async does not have yet")
+
+    @unary
+    async def ListPodSandboxStats(
+        self, req: pb.ListPodSandboxStatsRequest
+    ) -> pb.ListPodSandboxStatsResponse:
+        raise Unimplemented(
+            "ListPodSandboxStats needs cgroup stats, which cri-async does not have yet"
+        )
+
+    @unary
+    async def StreamPodSandboxStats(
+        self, req: pb.StreamPodSandboxStatsRequest
+    ) -> pb.StreamPodSandboxStatsResponse:
+        raise Unimplemented(
+            "StreamPodSandboxStats needs cgroup stats, which cri-async does not have yet"
+        )
+
+    @unary
+    async def ListMetricDescriptors(
+        self, req: pb.ListMetricDescriptorsRequest
+    ) -> pb.ListMetricDescriptorsResponse:
+        raise Unimplemented(
+            "ListMetricDescriptors needs cgroup stats, which cri-async does not have yet"
+        )
+
+    @unary
+    async def ListPodSandboxMetrics(
+        self, req: pb.ListPodSandboxMetricsRequest
+    ) -> pb.ListPodSandboxMetricsResponse:
+        raise Unimplemented(
+            "ListPodSandboxMetrics needs cgroup stats, which cri-async does not have yet"
+        )
+
+    @unary
+    async def StreamPodSandboxMetrics(
+        self, req: pb.StreamPodSandboxMetricsRequest
+    ) -> pb.StreamPodSandboxMetricsResponse:
+        raise Unimplemented(
+            "StreamPodSandboxMetrics needs cgroup stats, which cri-async does not have yet"
+        )
+
+    @unary
+    async def UpdatePodSandboxResources(
+        self, req: pb.UpdatePodSandboxResourcesRequest
+    ) -> pb.UpdatePodSandboxResourcesResponse:
+        raise Unimplemented(
+            "UpdatePodSandboxResources needs pod cgroups, which cri-async does not have yet"
+        )
+
+    @unary
+    async def CheckpointContainer(
+        self, req: pb.CheckpointContainerRequest
+    ) -> pb.CheckpointContainerResponse:
+        raise Unimplemented(
+            "CheckpointContainer needs CRIU support, which cri-async does not have yet"
+        )
+
+    @unary
+    async def CheckpointPod(self, req: pb.CheckpointPodRequest) -> pb.CheckpointPodResponse:
+        raise Unimplemented("CheckpointPod needs CRIU support, which cri-async does not have yet")
+
+    @unary
+    async def RestorePod(self, req: pb.RestorePodRequest) -> pb.RestorePodResponse:
+        raise Unimplemented("RestorePod needs CRIU support, which cri-async does not have yet")

@@ -1,0 +1,1 @@
+"""Durable state: SQLite (WAL) behind in-memory indexes."""

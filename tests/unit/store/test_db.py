@@ -1,0 +1,45 @@
+from pathlib import Path
+
+import pytest
+
+from cri_async.core.errors import Unavailable
+from cri_async.store.db import Delete, Put, StateStore
+
+
+async def test_apply_is_atomic_and_durable(tmp_path: Path) -> None:
+    db = StateStore(tmp_path / "state.db")
+    await db.open()
+    await db.apply([Put("k", "a", "1"), Put("k", "b", "2")])
+    with pytest.raises(Exception):  # noqa: B017, PT011 - any failure mid-transaction
+        await db.apply([Put("k", "c", "3"), Put("k", None, "x")])  # type: ignore[arg-type]
+    await db.apply([Delete("k", "a")])
+    await db.set_meta("pod_cidr", "10.0.0.0/16")
+    await db.close()
+
+    again = StateStore(tmp_path / "state.db")
+    await again.open()
+    assert sorted(await again.load("k")) == [("b", "2")]  # "c" rolled back with the bad row
+    assert await again.get_meta("pod_cidr") == "10.0.0.0/16"
+    await again.close()
+
+
+async def test_second_store_on_same_db_is_refused(tmp_path: Path) -> None:
+    first = StateStore(tmp_path / "state.db")
+    await first.open()
+    second = StateStore(tmp_path / "state.db")
+    with pytest.raises(Unavailable, match="in use by another cri-async"):
+        await second.open()
+    await second.close()
+    await first.close()
+    # The lock goes with its holder: no stale lock after close (or a crash).
+    third = StateStore(tmp_path / "state.db")
+    await third.open()
+    await third.close()
+
+
+async def test_closed_store_refuses_work(tmp_path: Path) -> None:
+    db = StateStore(tmp_path / "state.db")
+    await db.open()
+    await db.close()
+    with pytest.raises(Unavailable):
+        await db.load("k")

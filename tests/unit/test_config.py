@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+
+from cri_async import config
+from cri_async.config import Config, ConfigError
+
+
+def test_documented_defaults_are_the_defaults() -> None:
+    assert config.parse(config.DEFAULT_TOML) == Config()
+    assert config.load(None) == Config()
+
+
+def test_every_key_is_documented_in_the_default_toml() -> None:
+    import dataclasses
+    import tomllib
+
+    data = tomllib.loads(config.DEFAULT_TOML)
+    for section in ("server", "log", "state", "runtime", "images"):
+        fields = {f.name for f in dataclasses.fields(getattr(Config(), section))}
+        assert set(data[section]) == fields, section
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[server]\nsockt = '/x'", "server.sockt: unknown key"),
+        ("bogus = 1", "bogus: unknown key"),
+        ("[server]\nrpc_timeout = 'soon'", "server.rpc_timeout: expected float"),
+        ("[server]\nrpc_timeout = -1", "server.rpc_timeout: must be positive"),
+        ("[server]\nsocket = 'relative.sock'", "server.socket: "),
+        ("[server]\nsocket_mode = '999'", "server.socket_mode"),
+        ("[log]\nlevel = 'loud'", "log.level"),
+        ("[state]\nsync = 'sometimes'", "state.sync"),
+        ("[runtime]\ndefault_handler = 'gvisor'", "runtime.default_handler"),
+        ('[runtimes.runc]\nbackend = "runc"', 'runtimes."runc".backend'),
+        ("[runtimes.x]\nbinaryy = 'a'", 'runtimes."x".binaryy: unknown key'),
+        ("[[fake.images]]\nsize = 1", "fake.images[0]"),
+        ("[images]\npinned = 'pause'", "images.pinned: expected a list"),
+        ("[server\n", "invalid TOML"),
+        ("[runtime]\nevent_queue_size = true", "runtime.event_queue_size: expected int"),
+    ],
+)
+def test_bad_config_names_the_key(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.parse(text)
+    assert message in str(err.value)
+
+
+def test_handlers_and_roots(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[state]\nrun_root = "/run/x"\n[runtimes.""]\nbackend = "fake"\n'
+        '[runtimes.sim]\nbackend = "fake"\nroot = "/srv/sim"\n'
+    )
+    cfg = config.load(path)
+    assert set(cfg.runtimes) == {"", "sim"}
+    assert str(cfg.handler_root("")) == "/run/x/fake/default"
+    assert str(cfg.handler_root("sim")) == "/srv/sim"
+
+
+def test_unreadable_config() -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        config.load("/nonexistent/cri-async.toml")
