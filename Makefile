@@ -39,7 +39,8 @@ proto: setup
 	$(BIN)/python scripts/gen_proto.py
 
 bench: setup
-	$(BIN)/python bench/proto_codecs.py
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/python bench/proto_codecs.py --loop-latency
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -51,8 +51,11 @@ class Subscription:
         except asyncio.QueueFull:
             return False
 
-    def _close(self) -> None:
-        # Make room for the sentinel: a closed subscription's backlog is discarded.
+    def _close(self, *, discard: bool = False) -> None:
+        """End the stream: after its backlog, or at once (``discard``) for a subscriber
+        that fell behind; it must resync with a list anyway."""
+        while discard and not self._queue.empty():
+            self._queue.get_nowait()
         while True:
             try:
                 self._queue.put_nowait(_CLOSED)
@@ -102,7 +105,7 @@ class EventBus:
             if not sub._offer(event):
                 sub.dropped = True
                 self._subs.discard(sub)
-                sub._close()
+                sub._close(discard=True)
                 log.warning(
                     "dropped a GetContainerEvents subscriber: %d events queued and unread",
                     self._queue_size,

@@ -7,6 +7,7 @@ from typing import Any, Generic, TypeVar
 
 from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.core import model as m
+from cri_async.core.errors import InvalidArgument
 from cri_async.core.events import ContainerEvent, EventType
 from cri_async.core.filters import Filter
 from cri_async.core.images import AuthConfig, FilesystemUsage
@@ -54,8 +55,6 @@ EVENT_TYPE = {
 
 
 def _enum(table: Mapping[Any, Any], value: int, what: str) -> Any:
-    from cri_async.core.errors import InvalidArgument
-
     try:
         return table[value]
     except KeyError:
@@ -66,6 +65,8 @@ def signal_name(value: int) -> str:
     """``SIGNAL_SIGRTMINPLUS3`` -> ``SIGRTMIN+3``; runtime default -> ``""``."""
     if value == pb.SIGNAL_RUNTIME_DEFAULT:
         return ""
+    if value not in pb.Signal.values():
+        raise InvalidArgument(f"stop_signal: unknown enum value {value}")
     name = pb.Signal.Name(value).removeprefix("SIGNAL_")  # type: ignore[arg-type]
     return name.replace("PLUS", "+").replace("MINUS", "-")
 
@@ -140,8 +141,6 @@ def image_spec(s: pb.ImageSpec) -> m.ImageSpec:
 
 
 def sandbox_config(c: pb.PodSandboxConfig) -> m.SandboxConfig:
-    from cri_async.core.errors import InvalidArgument
-
     if not c.HasField("metadata"):
         raise InvalidArgument("pod sandbox config.metadata is required")
     md = c.metadata
@@ -203,8 +202,6 @@ def _mount(x: pb.Mount) -> m.Mount:
 
 
 def container_config(c: pb.ContainerConfig) -> m.ContainerConfig:
-    from cri_async.core.errors import InvalidArgument
-
     if not c.HasField("metadata"):
         raise InvalidArgument("container config.metadata is required")
     lx = c.linux

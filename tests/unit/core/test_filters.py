@@ -12,7 +12,12 @@ from cri_async.core.filters import (
 
 label_name = st.from_regex(r"\A[A-Za-z0-9]([-A-Za-z0-9_.]{0,20}[A-Za-z0-9])?\Z")
 label_key = st.one_of(
-    label_name, st.builds(lambda p, n: f"{p}/{n}", st.from_regex(r"\A[a-z0-9]{1,10}(\.[a-z0-9]{1,8}){0,2}\Z"), label_name)
+    label_name,
+    st.builds(
+        lambda p, n: f"{p}/{n}",
+        st.from_regex(r"\A[a-z0-9]{1,10}(\.[a-z0-9]{1,8}){0,2}\Z"),
+        label_name,
+    ),
 )
 labels = st.dictionaries(label_key, st.one_of(st.just(""), label_name), max_size=6)
 
