@@ -53,9 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         print(DEFAULT_TOML, end="")
         return 0
     try:
-        if getattr(load(args.config).server, "uvloop", False):
-            import uvloop  # type: ignore[import-not-found]
-
+        if load(args.config).server.uvloop:
+            try:
+                import uvloop  # type: ignore[import-not-found]
+            except ImportError:
+                raise ConfigError(
+                    "server.uvloop: uvloop is not installed (pip install 'cri-async[uvloop]')"
+                ) from None
             uvloop.install()
         with contextlib.suppress(KeyboardInterrupt):
             return asyncio.run(_serve(args.config))

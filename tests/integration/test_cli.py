@@ -105,3 +105,16 @@ async def test_a_file_in_the_sockets_place_is_not_replaced(tmp_path: Path) -> No
         assert p.sock.read_text() == "precious"
     finally:
         p.sock.unlink()
+
+
+def test_uvloop_switch_without_uvloop_is_a_clear_error(tmp_path: Path) -> None:
+    try:
+        import uvloop  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("uvloop is installed here")
+    path = tmp_path / "c.toml"
+    path.write_text("[server]\nuvloop = true\n")
+    out = cli("serve", "--config", str(path))
+    assert out.returncode == 2 and "server.uvloop: uvloop is not installed" in out.stderr

@@ -359,3 +359,60 @@ async def test_update_runtime_config_persists(srv: CRIServer) -> None:
     await srv.restart()
     st = await srv.client.runtime.Status(pb.StatusRequest(verbose=True))
     assert st.info["podCIDR"] == "10.1.0.0/16"
+
+
+async def test_container_events_stream(cli: CRIClient) -> None:
+    events: list[pb.ContainerEventResponse] = []
+    ready = asyncio.Event()
+
+    async def collect() -> None:
+        async with cli.runtime.GetContainerEvents.open() as stream:
+            await stream.send_message(pb.GetEventsRequest(), end=True)
+            ready.set()
+            async for ev in stream:
+                events.append(ev)
+
+    # Two subscribers see the same events.
+    task = asyncio.create_task(collect())
+    other: list[int] = []
+
+    async def collect_types() -> None:
+        async with cli.runtime.GetContainerEvents.open() as stream:
+            await stream.send_message(pb.GetEventsRequest(), end=True)
+            async for ev in stream:
+                other.append(ev.container_event_type)
+
+    task2 = asyncio.create_task(collect_types())
+    await ready.wait()
+    await asyncio.sleep(0.1)
+    pod, pcfg = await new_pod(cli)
+    cid = await cli.create_container(
+        pod, container_config("c", "busybox", command=["sh", "-c", "sleep 0.1; exit 2"]), pcfg
+    )
+    await cli.start_container(cid)
+    await wait_state(cli, cid, pb.CONTAINER_EXITED)
+    await cli.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
+    await cli.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    task2.cancel()
+
+    seq = [(e.container_id, e.container_event_type) for e in events]
+    assert seq == [
+        (pod, pb.CONTAINER_CREATED_EVENT),
+        (pod, pb.CONTAINER_STARTED_EVENT),
+        (cid, pb.CONTAINER_CREATED_EVENT),
+        (cid, pb.CONTAINER_STARTED_EVENT),
+        (cid, pb.CONTAINER_STOPPED_EVENT),
+        (cid, pb.CONTAINER_DELETED_EVENT),
+        (pod, pb.CONTAINER_STOPPED_EVENT),
+        (pod, pb.CONTAINER_DELETED_EVENT),
+    ]
+    assert other == [t for _, t in seq]
+    stopped = events[4]
+    assert stopped.pod_sandbox_status.id == pod
+    assert stopped.pod_sandbox_status.state == pb.SANDBOX_READY
+    [cs] = stopped.containers_statuses
+    assert (cs.id, cs.state, cs.exit_code) == (cid, pb.CONTAINER_EXITED, 2)
+    assert all(e.created_at > 0 for e in events)
+    assert events[-1].pod_sandbox_status.state == pb.SANDBOX_NOTREADY
