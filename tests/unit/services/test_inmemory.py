@@ -55,7 +55,7 @@ async def stubs(tmp_path: Path) -> AsyncIterator[Stubs]:
     await store.close()
 
 
-async def test_lifecycle_in_memory(stubs: Stubs) -> None:
+async def running_sleeper(stubs: Stubs) -> str:
     await stubs.img.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image="busybox")))
     cfg = pod_config("p")
     pod = (await stubs.rt.RunPodSandbox(pb.RunPodSandboxRequest(config=cfg))).pod_sandbox_id
@@ -68,6 +68,11 @@ async def test_lifecycle_in_memory(stubs: Stubs) -> None:
         )
     ).container_id
     await stubs.rt.StartContainer(pb.StartContainerRequest(container_id=cid))
+    return cid
+
+
+async def test_lifecycle_in_memory(stubs: Stubs) -> None:
+    cid = await running_sleeper(stubs)
     listed = await stubs.rt.ListContainers(pb.ListContainersRequest())
     assert [(c.id, c.state) for c in listed.containers] == [(cid, pb.CONTAINER_RUNNING)]
     rc = await stubs.rt.RuntimeConfig(pb.RuntimeConfigRequest())
@@ -76,19 +81,7 @@ async def test_lifecycle_in_memory(stubs: Stubs) -> None:
 
 
 async def test_server_caps_rpcs_without_a_client_deadline(stubs: Stubs) -> None:
-    await stubs.img.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image="busybox")))
-    pod = (
-        await stubs.rt.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_config("p")))
-    ).pod_sandbox_id
-    cid = (
-        await stubs.rt.CreateContainer(
-            pb.CreateContainerRequest(
-                pod_sandbox_id=pod,
-                config=container_config("c", "busybox", command=["sleep", "infinity"]),
-            )
-        )
-    ).container_id
-    await stubs.rt.StartContainer(pb.StartContainerRequest(container_id=cid))
+    cid = await running_sleeper(stubs)
     with pytest.raises(GRPCError) as err:  # no client timeout; the server's 1 s cap applies
         await stubs.rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["sleep", "10"]))
     assert err.value.status is Status.DEADLINE_EXCEEDED
