@@ -158,10 +158,12 @@ class ContainerManager:
 
     async def _watch(self, container_id: str) -> None:
         ctx = self.ctx
-        c = ctx.containers.get(container_id)
-        backend = ctx.backend_for(ctx.sandboxes.get(c.sandbox_id))
+        c = ctx.containers.peek(container_id)
+        sandbox = ctx.sandboxes.peek(c.sandbox_id) if c else None
+        if c is None or sandbox is None:
+            return
         try:
-            status = await backend.wait(c)
+            status = await ctx.backend_for(sandbox).wait(c)
         except asyncio.CancelledError:
             raise
         except Exception as e:

@@ -96,12 +96,8 @@ class Context:
             except Exception:
                 log.exception("cleanup failed: %s", what)
 
-        task = self.spawn(bounded(), name=f"cleanup {what}")
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            # The cleanup goes on; the caller still has to see its cancellation.
-            raise
+        # A cancelled caller sees its cancellation; the cleanup itself goes on.
+        await asyncio.shield(self.spawn(bounded(), name=f"cleanup {what}"))
 
     def sandbox_containers(self, sandbox_id: str) -> list[Container]:
         return [c for c in self.containers.live() if c.sandbox_id == sandbox_id]

@@ -192,7 +192,7 @@ async def test_half_created_objects_are_rolled_back_at_startup(tmp_path: Path) -
     db = StateStore(store_path)
     await db.open()
     await db.put("pod sandbox", ghost.id, serde.dumps(ghost))
-    sb_id = (await db.load("pod sandbox"))[0][0]
+    sb_id = next(i for i, _ in await db.load("pod sandbox") if i != ghost.id)
     c = m.Container(
         id="f" * 64,
         sandbox_id=sb_id,
