@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?=
 
-.PHONY: setup run test lint unit proto bench clean
+.PHONY: setup test-deps run test lint unit proto bench clean
 
 # System packages first (python3-venv on a bare Debian), then the project into .venv.
 $(STAMP): pyproject.toml
@@ -22,6 +22,15 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# What the test suite runs for real: a CNCF registry and a static busybox for test images.
+TEST_DEBS := docker-registry busybox-static
+test-deps:
+	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "test-deps: installing$$missing from Debian"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
 run: setup
 	$(BIN)/cri-async serve $(if $(CONFIG),--config $(CONFIG))
 
@@ -30,7 +39,7 @@ lint: setup
 	$(BIN)/ruff format --check cri_async tests scripts bench
 	$(BIN)/mypy
 
-unit: setup
+unit: setup test-deps
 	$(BIN)/python -m pytest -q
 
 test: lint unit

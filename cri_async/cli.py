@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 
 from cri_async import CRI_API_VERSION, __version__, logsetup
-from cri_async.config import DEFAULT_TOML, ConfigError, load
+from cri_async.config import DEFAULT_TOML, ConfigError, ServerConfig, load
 from cri_async.core.errors import CRIError
 
 
@@ -27,6 +28,9 @@ async def _serve(config_path: str | None) -> int:
     return 0
 
 
+DEFAULT_SOCKET = ServerConfig().socket
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cri-async", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -36,7 +40,26 @@ def main(argv: list[str] | None = None) -> int:
     cfg.add_argument("--default", action="store_true", help="print the documented defaults")
     cfg.add_argument("--check", metavar="PATH", help="validate a config file")
     sub.add_parser("version", help="print the version")
+    images = sub.add_parser("images", help="pull or import images through a running server")
+    images.add_argument("--socket", default=DEFAULT_SOCKET, help="the server's socket")
+    isub = images.add_subparsers(dest="images_command", required=True)
+    ipull = isub.add_parser("pull", help="pull an image, showing progress")
+    ipull.add_argument("ref")
+    ipull.add_argument("--user", default="", help="registry user (password from $CRI_PASSWORD)")
+    iimp = isub.add_parser("import", help="import an OCI layout or docker save archive")
+    iimp.add_argument("path")
+    iimp.add_argument("--name", default="", help="reference for an image the layout leaves unnamed")
     args = parser.parse_args(argv)
+
+    if args.command == "images":
+        from cri_async import images_cli
+
+        if args.images_command == "import":
+            args.path = os.path.abspath(args.path)  # the server resolves it, not us
+        try:
+            return asyncio.run(images_cli.run(args))
+        except KeyboardInterrupt:
+            return 130
 
     if args.command == "version":
         print(f"cri-async {__version__} (CRI {CRI_API_VERSION})")

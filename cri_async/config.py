@@ -136,7 +136,37 @@ class FakeConfig:
 
 @dataclass(frozen=True)
 class ImagesConfig:
+    backend: str = "registry"
     pinned: list[str] = field(default_factory=lambda: ["registry.k8s.io/pause:3.10"])
+    platform: str = ""
+    max_concurrent_downloads: int = 3
+    stall_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        _choice("images.backend", self.backend, ("registry", "fake"))
+        if self.platform:
+            parts = self.platform.split("/")
+            if len(parts) not in (2, 3) or not all(parts):
+                raise ConfigError(f"images.platform: {self.platform!r} is not os/arch[/variant]")
+        if self.max_concurrent_downloads < 1:
+            raise ConfigError("images.max_concurrent_downloads: must be at least 1")
+        _positive("images.stall_timeout", self.stall_timeout)
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    config_path: str = ""
+    credentials_file: str = ""
+    insecure: list[str] = field(default_factory=list)
+    mirrors: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for host, urls in self.mirrors.items():
+            for url in urls:
+                if not url.startswith(("http://", "https://")):
+                    raise ConfigError(
+                        f'registry.mirrors."{host}": {url!r} must start with http:// or https://'
+                    )
 
 
 @dataclass(frozen=True)
@@ -147,6 +177,7 @@ class Config:
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
     runtimes: dict[str, HandlerConfig] = field(default_factory=lambda: {"": HandlerConfig()})
     images: ImagesConfig = field(default_factory=ImagesConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
     fake: FakeConfig = field(default_factory=FakeConfig)
 
     def __post_init__(self) -> None:
@@ -296,8 +327,33 @@ root = ""
 binary = ""
 
 [images]
-# Images that kubelet's image garbage collection must never remove.
+# registry: pull from OCI registries into <state.root>/content and <state.root>/snapshots.
+# fake: serve the [[fake.images]] catalog below without any network (for tests, demos).
+backend = "registry"
+# Images that kubelet's image garbage collection must never remove (RemoveImage refuses).
 pinned = ["registry.k8s.io/pause:3.10"]
+# os/arch[/variant] to pick from multi-platform images; empty means this host's.
+platform = ""
+# Layers downloaded at once per node.
+max_concurrent_downloads = 3
+# Seconds without a single byte after which a download fails (no limit on total time).
+stall_timeout = 60.0
+
+[registry]
+# A containerd-style hosts directory: <config_path>/<host>/hosts.toml (and _default/),
+# with server, [host."<url>"] capabilities, skip_verify, ca, header. Empty: not used.
+config_path = ""
+# A Docker config.json with {"auths": {"<host>": {"auth": "<base64 user:pass>"}}}, used
+# when a PullImage request carries no credentials. Empty: none.
+credentials_file = ""
+# Hosts reached over plain HTTP (or TLS without verification). Loopback hosts
+# (localhost, 127.0.0.0/8, ::1) always use plain HTTP, as containerd does.
+insecure = []
+
+# Mirrors per registry host, tried in order before the host itself:
+# [registry.mirrors]
+# "docker.io" = ["https://mirror.example.com"]
+[registry.mirrors]
 
 # The images the fake backend's simulated registry serves ([[fake.images]] per image):
 # ref, size (bytes), entrypoint, cmd, env, user, working_dir, stop_signal.

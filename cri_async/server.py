@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from grpclib._typing import IServable
@@ -19,8 +20,15 @@ from cri_async.backends.fake.backend import FakeBackend
 from cri_async.config import Config
 from cri_async.core.context import Limits
 from cri_async.core.errors import Unavailable
+from cri_async.core.images import ImageStore
 from cri_async.core.runtime import Runtime
+from cri_async.registry.auth import load_credentials_file
+from cri_async.registry.client import RegistryClient
 from cri_async.registry.fake_store import CatalogImage, FakeImageStore
+from cri_async.registry.hosts import HostResolver
+from cri_async.registry.manifest import Platform, host
+from cri_async.registry.store import OCIImageStore
+from cri_async.services.admin import AdminService
 from cri_async.services.image import ImageService
 from cri_async.services.runtime import RuntimeService
 from cri_async.store.db import StateStore
@@ -50,6 +58,35 @@ def catalog(config: Config) -> list[CatalogImage]:
         )
         for i in config.fake.images
     ]
+
+
+def build_image_store(
+    config: Config, store: StateStore, in_use: Callable[[], set[str]]
+) -> ImageStore:
+    if config.images.backend == "fake":
+        return FakeImageStore(
+            store, catalog(config), config.images.pinned, mountpoint=config.state.root
+        )
+    reg = config.registry
+    client = RegistryClient(
+        HostResolver(
+            config_path=reg.config_path,
+            mirrors={h: tuple(u) for h, u in reg.mirrors.items()},
+            insecure=frozenset(reg.insecure),
+        ),
+        credentials=load_credentials_file(reg.credentials_file),
+        stall_timeout=config.images.stall_timeout,
+    )
+    return OCIImageStore(
+        store,
+        Path(config.state.root),
+        client,
+        platform=Platform.parse(config.images.platform) if config.images.platform else host(),
+        pinned=config.images.pinned,
+        handlers=config.runtimes.keys(),
+        max_downloads=config.images.max_concurrent_downloads,
+        in_use=in_use,
+    )
 
 
 def prepare_socket_path(path: Path) -> None:
@@ -84,9 +121,7 @@ class Server:
         self.socket_path = Path(config.server.socket)
         self.store = StateStore(config.db_path, sync=config.state.sync)
         self.backends = build_backends(config)
-        self.images = FakeImageStore(
-            self.store, catalog(config), config.images.pinned, mountpoint=config.state.root
-        )
+        self.images = build_image_store(config, self.store, self._images_in_use)
         self.runtime = Runtime(
             self.store,
             self.backends,
@@ -102,6 +137,9 @@ class Server:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopped = asyncio.Event()
+
+    def _images_in_use(self) -> set[str]:
+        return {c.image_id for c in self.runtime.ctx.containers}
 
     # Tracker protocol (services/errors.py)
     def begin(self) -> None:
@@ -120,6 +158,7 @@ class Server:
             services: list[IServable] = [
                 RuntimeService(self.runtime, self, self.config.runtime.cgroup_driver),
                 ImageService(self.images, self),
+                AdminService(self.images, self),
             ]
             prepare_socket_path(self.socket_path)
             self._grpc = GRPCServer(services)
@@ -131,6 +170,9 @@ class Server:
             os.chmod(self.socket_path, self.config.server.mode)
         except BaseException:
             await self.runtime.close()
+            close = getattr(self.images, "close", None)
+            if close is not None:
+                await close()
             await self.store.close()
             raise
         log.info("cri-async %s serving on unix://%s", __version__, self.socket_path)
@@ -154,6 +196,9 @@ class Server:
         grpc.close()
         await grpc.wait_closed()
         await self.runtime.close(self.config.server.shutdown_timeout)
+        close = getattr(self.images, "close", None)
+        if close is not None:
+            await close()
         await self.store.close()
         self.socket_path.unlink(missing_ok=True)
         self._stopped.set()

@@ -39,6 +39,7 @@ class CRIServer:
         backend: str = "fake",
         handlers: Sequence[str] = ("",),
         images: Sequence[FakeImageConfig] | None = None,
+        image_backend: str = "fake",
         config: Config | None = None,
     ) -> None:
         self.root = Path(root)
@@ -58,6 +59,9 @@ class CRIServer:
             if config is None
             else base.runtimes,
             fake=FakeConfig(list(images)) if images is not None else base.fake,
+            images=dataclasses.replace(base.images, backend=image_backend)
+            if config is None
+            else base.images,
         )
         self.server: Server | None = None
         self._client: CRIClient | None = None

@@ -17,8 +17,14 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTOS = ["runtime/v1/api.proto"]
-PACKAGE_DIRS = ["cri_async/api", "cri_async/api/runtime", "cri_async/api/runtime/v1"]
+PROTOS = ["runtime/v1/api.proto", "admin/v1/admin.proto"]
+PACKAGE_DIRS = [
+    "cri_async/api",
+    "cri_async/api/runtime",
+    "cri_async/api/runtime/v1",
+    "cri_async/api/admin",
+    "cri_async/api/admin/v1",
+]
 
 
 def generate(out_root: Path) -> list[Path]:

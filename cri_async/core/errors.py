@@ -23,6 +23,10 @@ class FailedPrecondition(CRIError):
     """The object exists but is in the wrong state for the operation."""
 
 
+class PermissionDenied(CRIError):
+    """A registry refused the credentials (or their absence)."""
+
+
 class DeadlineExceeded(CRIError):
     """The operation ran out of time (e.g. an ExecSync timeout)."""
 

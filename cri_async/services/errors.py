@@ -27,6 +27,7 @@ STATUS_FOR: dict[type[errors.CRIError], Status] = {
     errors.NotFound: Status.NOT_FOUND,
     errors.AlreadyExists: Status.ALREADY_EXISTS,
     errors.FailedPrecondition: Status.FAILED_PRECONDITION,
+    errors.PermissionDenied: Status.PERMISSION_DENIED,
     errors.DeadlineExceeded: Status.DEADLINE_EXCEEDED,
     errors.Unimplemented: Status.UNIMPLEMENTED,
     errors.Unavailable: Status.UNAVAILABLE,

@@ -6,6 +6,13 @@ import pytest_asyncio
 from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.client import CRIClient, pod_config
 from cri_async.testing import CRIServer
+from tests.support.registry import (  # noqa: F401  (fixtures)
+    basic_registry,
+    mirror_registry,
+    registry,
+    registry_factory,
+    token_registry,
+)
 
 
 @pytest_asyncio.fixture

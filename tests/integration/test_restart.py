@@ -31,7 +31,7 @@ class Proc:
         self.config.write_text(
             f'[server]\nsocket = "{self.sock}"\n'
             f'[state]\nroot = "{root}/state"\nrun_root = "{root}/run"\n'
-            '[log]\nlevel = "debug"\n'
+            '[log]\nlevel = "debug"\n[images]\nbackend = "fake"\n'
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

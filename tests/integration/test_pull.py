@@ -1,0 +1,445 @@
+"""PullImage and friends against a real registry (CNCF distribution on 127.0.0.1)."""
+
+import asyncio
+import dataclasses
+import logging
+import os
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from grpclib import GRPCError, Status
+
+from cri_async.api.runtime.v1 import api_pb2 as pb
+from cri_async.client import CRIClient, container_config, pod_config
+from cri_async.config import Config, ImagesConfig, RegistryConfig
+from cri_async.registry.store import OCIImageStore
+from cri_async.testing import CRIServer
+from tests.support import images as im
+from tests.support.registry import LocalRegistry, MirrorPair, TokenRegistry
+
+pytestmark = pytest.mark.registry
+
+
+def config(**registry: Any) -> Config:
+    return dataclasses.replace(
+        Config(),
+        images=ImagesConfig(backend="registry", stall_timeout=5.0),
+        registry=RegistryConfig(**registry),
+    )
+
+
+@pytest_asyncio.fixture
+async def psrv(tmp_path: Path) -> AsyncIterator[CRIServer]:
+    async with CRIServer(tmp_path, config=config()) as s:
+        yield s
+
+
+def store(srv: CRIServer) -> OCIImageStore:
+    assert srv.server is not None and isinstance(srv.server.images, OCIImageStore)
+    return srv.server.images
+
+
+async def status(cli: CRIClient, ref: str) -> pb.Image | None:
+    r = await cli.images.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=ref)))
+    return r.image if r.HasField("image") else None
+
+
+def layered_image(compressions: tuple[str, ...] = ("gzip", "zstd", "none")) -> im.BuiltImage:
+    base = im.layer(
+        [
+            im.File("etc/motd", b"hello\n"),
+            im.File("etc/gone", b"x"),
+            im.Dir("data"),
+            im.File("data/old1", b"1"),
+            im.File("data/old2", b"2"),
+            im.File("usr/bin/tool", b"#!/bin/sh\n", mode=0o4755, uid=0),
+            im.Symlink("usr/bin/link", "/usr/bin/tool"),
+            im.Hardlink("usr/bin/hard", "usr/bin/tool"),
+        ],
+        compression=compressions[0],
+    )
+    mid = im.layer(
+        [im.Whiteout("etc/gone"), im.Opaque("data"), im.File("data/new", b"n")],
+        compression=compressions[1],
+    )
+    top = im.layer([im.File("app/run", b"run", uid=1000, gid=1000)], compression=compressions[2])
+    return im.build_image(
+        [base, mid, top], cmd=["/app/run"], env=["A=1"], user="1000:1000", stop_signal="SIGINT"
+    )
+
+
+def overlay_view(srv: CRIServer, image_id: str, mnt: Path) -> set[str]:
+    """Mount the image's snapshots as overlayfs (read-only) and list what a container sees."""
+    st = store(srv)
+    rec = st.record(image_id)
+    assert rec is not None
+    lowers = ":".join(str(st.snapshots.path(c)) for c in reversed(rec.chain_ids))
+    mnt.mkdir()
+    subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lowers}", str(mnt)], check=True
+    )
+    try:
+        return {str(p.relative_to(mnt)) for p in mnt.rglob("*")}
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+async def test_pull_by_tag_and_digest_and_unpack(
+    psrv: CRIServer, registry: LocalRegistry, tmp_path: Path
+) -> None:
+    img = layered_image()
+    digest = im.push(registry, "team/app", img, tag="v1")
+    ref = registry.ref("team/app", "v1")
+    image_id = await psrv.client.pull(ref)
+    assert image_id == img.image_id  # kubelet: image_ref is the Image.id
+    got = await status(psrv.client, ref)
+    assert got is not None
+    assert got.id == image_id and list(got.repo_tags) == [ref]
+    assert list(got.repo_digests) == [f"{registry.host}/team/app@{digest}"]
+    assert got.size == img.size and got.uid.value == 1000
+    # by digest, by id, by short id
+    assert await psrv.client.pull(f"{registry.host}/team/app@{digest}") == image_id
+    assert (await status(psrv.client, f"{registry.host}/team/app@{digest}")) == got
+    assert (await status(psrv.client, image_id)) == got
+    assert (await status(psrv.client, image_id[7:19])) == got
+    verbose = await psrv.client.images.ImageStatus(
+        pb.ImageStatusRequest(image=pb.ImageSpec(image=ref), verbose=True)
+    )
+    assert '"Cmd": ["/app/run"]' in verbose.info["info"]
+
+    view = overlay_view(psrv, image_id, tmp_path / "mnt")
+    assert {"etc/motd", "data/new", "app/run", "usr/bin/tool", "usr/bin/link"} <= view
+    assert "etc/gone" not in view  # whiteout
+    assert not {"data/old1", "data/old2"} & view  # opaque directory
+    snaps = [store(psrv).snapshots.path(c) for c in store(psrv).record(image_id).chain_ids]  # type: ignore[union-attr]
+    assert os.stat(snaps[0] / "usr/bin/tool").st_mode & 0o4000
+    assert os.stat(snaps[0] / "usr/bin/hard").st_ino == os.stat(snaps[0] / "usr/bin/tool").st_ino
+    assert os.readlink(snaps[0] / "usr/bin/link") == "/usr/bin/tool"
+    assert os.stat(snaps[2] / "app/run").st_uid == 1000
+
+
+async def test_docker_schema2_and_multi_platform_index(
+    psrv: CRIServer, registry: LocalRegistry
+) -> None:
+    docker_img = im.build_image([im.layer([im.File("d", b"d")], docker=True)], docker=True)
+    im.push(registry, "docker/img", docker_img)
+    assert await psrv.client.pull(registry.ref("docker/img")) == docker_img.image_id
+
+    idx = im.multiarch(("linux/arm64", "linux/amd64", "linux/arm/v7"))
+    idx_digest = im.push(registry, "multi/img", idx)
+    image_id = await psrv.client.pull(registry.ref("multi/img"))
+    assert image_id == idx.for_platform("linux/amd64").image_id
+    got = await status(psrv.client, registry.ref("multi/img"))
+    assert got is not None and list(got.repo_digests) == [f"{registry.host}/multi/img@{idx_digest}"]
+
+
+async def test_concurrent_pulls_share_downloads(psrv: CRIServer, registry: LocalRegistry) -> None:
+    img = layered_image()
+    im.push(registry, "shared/a", img)
+    im.push(registry, "shared/b", img)  # same blobs under another name
+    client = store(psrv).client
+    fetched: list[str] = []
+    real = client.fetch_blob
+
+    async def counting(host: str, repo: str, desc: Any, *a: Any, **kw: Any) -> None:
+        fetched.append(desc.digest)
+        await real(host, repo, desc, *a, **kw)
+
+    client.fetch_blob = counting  # type: ignore[method-assign]
+    refs = [registry.ref("shared/a")] * 4 + [registry.ref("shared/b")] * 2
+    ids = await asyncio.gather(*(psrv.client.pull(r) for r in refs))
+    assert set(ids) == {img.image_id}
+    assert sorted(fetched) == sorted({b.digest for b in img.blobs})  # each blob exactly once
+    got = await status(psrv.client, img.image_id)
+    assert got is not None and set(got.repo_tags) == {
+        registry.ref("shared/a"),
+        registry.ref("shared/b"),
+    }
+
+
+async def test_basic_auth(
+    tmp_path: Path, basic_registry: LocalRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    user, password = basic_registry.credentials  # type: ignore[misc]
+    img = im.build_image([im.layer([im.File("f", b"f")])])
+    im.push(basic_registry, "private/app", img, auth=(user, password))
+    ref = basic_registry.ref("private/app")
+    caplog.set_level(logging.DEBUG)
+    async with CRIServer(tmp_path, config=config()) as srv:
+        with pytest.raises(GRPCError) as err:
+            await srv.client.pull(ref)
+        assert err.value.status is Status.PERMISSION_DENIED
+        bad = pb.AuthConfig(username=user, password="wrong-password-xyz")
+        with pytest.raises(GRPCError) as err:
+            await srv.client.images.PullImage(
+                pb.PullImageRequest(image=pb.ImageSpec(image=ref), auth=bad)
+            )
+        assert err.value.status is Status.PERMISSION_DENIED
+        assert "wrong-password-xyz" not in str(err.value.message)
+        good = pb.AuthConfig(username=user, password=password)
+        r = await srv.client.images.PullImage(
+            pb.PullImageRequest(image=pb.ImageSpec(image=ref), auth=good)
+        )
+        assert r.image_ref == img.image_id
+    assert "wrong-password-xyz" not in caplog.text and password not in caplog.text
+
+
+async def test_token_auth_and_token_reuse(tmp_path: Path, token_registry: TokenRegistry) -> None:
+    reg, tokens = token_registry
+    img = im.build_image([im.layer([im.File("f", b"f")])])
+    img2 = im.build_image([im.layer([im.File("g", b"g")])])
+    im.push(reg, "private/app", img, tag="one", auth=("alice", "secret"))
+    im.push(reg, "private/app", img2, tag="two", auth=("alice", "secret"))
+    tokens.clear()
+    alice = pb.AuthConfig(username="alice", password="secret")
+    async with CRIServer(tmp_path, config=config()) as srv:
+        with pytest.raises(GRPCError) as err:
+            await srv.client.pull(reg.ref("private/app", "one"))
+        assert err.value.status is Status.PERMISSION_DENIED
+        for tag, built in (("one", img), ("two", img2)):
+            r = await srv.client.images.PullImage(
+                pb.PullImageRequest(
+                    image=pb.ImageSpec(image=reg.ref("private/app", tag)), auth=alice
+                )
+            )
+            assert r.image_ref == built.image_id
+    alice_tokens = [t for t in tokens.requests if t.user == "alice" and t.status == 200]
+    assert len(alice_tokens) == 1  # one token served both pulls
+    assert list(alice_tokens[0].scopes) == ["repository:private/app:pull"]
+
+
+async def test_mirror_fallback_and_hosts_toml(tmp_path: Path, mirror_registry: MirrorPair) -> None:
+    mirror, upstream = mirror_registry
+    img = im.build_image([im.layer([im.File("m", b"m")])])
+    im.push(upstream, "lib/app", img)
+    ref = upstream.ref("lib/app")
+    # A dead mirror first, then the real one; the upstream itself is last.
+    cfg = config(mirrors={upstream.host: ["http://127.0.0.1:9", mirror.url]})
+    async with CRIServer(tmp_path / "a", config=cfg) as srv:
+        assert await srv.client.pull(ref) == img.image_id
+    assert im.RegistryClient(mirror).blob_exists("lib/app", img.layers[0].digest)
+
+    # The same through containerd's hosts.toml layout, with the upstream down.
+    certs = tmp_path / "certs.d" / upstream.host
+    certs.mkdir(parents=True)
+    (certs / "hosts.toml").write_text(
+        f'server = "{upstream.url}"\n[host."{mirror.url}"]\n  capabilities = ["pull", "resolve"]\n'
+    )
+    upstream.stop()
+    async with CRIServer(
+        tmp_path / "b", config=config(config_path=str(tmp_path / "certs.d"))
+    ) as srv:
+        assert await srv.client.pull(ref) == img.image_id
+
+
+async def test_bad_content_fails_cleanly(psrv: CRIServer, registry: LocalRegistry) -> None:
+    cli = psrv.client
+
+    async def fails(ref: str, code: Status, needle: str) -> None:
+        with pytest.raises(GRPCError) as err:
+            await cli.pull(ref)
+        assert err.value.status is code, err.value.message
+        assert needle in str(err.value.message), err.value.message
+
+    await fails(registry.ref("no/such"), Status.NOT_FOUND, "not found")
+    await fails("not a ref", Status.INVALID_ARGUMENT, "invalid reference")
+
+    corrupt = im.build_image([im.layer([im.File("c", b"c" * 1000)])])
+    im.push(registry, "bad/corrupt", corrupt)
+    registry.corrupt_blob(corrupt.layers[0].digest)
+    await fails(registry.ref("bad/corrupt"), Status.INTERNAL, "digest mismatch")
+
+    lying = im.build_image(
+        [im.layer([im.File("l", b"l")])],
+        config_overrides={"rootfs": {"diff_ids": [im.sha256_digest(b"x")]}},
+    )
+    im.push(registry, "bad/diffid", lying)
+    await fails(registry.ref("bad/diffid"), Status.INTERNAL, "does not match the image config")
+
+    for kind in im.HOSTILE_KINDS:
+        evil = im.build_image([im.hostile_layer(kind)])
+        im.push(registry, f"bad/{kind}", evil)
+        await fails(registry.ref(f"bad/{kind}"), Status.INTERNAL, "refused")
+
+    st = store(psrv)
+    assert cli is not None and not (await cli.images.ListImages(pb.ListImagesRequest())).images
+    assert not list(st.content.ingest.iterdir())
+    assert not [d for d in st.snapshots.root.iterdir() if d.name.startswith("tmp-")]
+    # The blobs a failed pull verified may stay for a retry; a restart sweeps them.
+    await psrv.restart()
+    st = store(psrv)
+    assert st.content.digests() == [] and list(st.snapshots.root.iterdir()) == []
+    assert st.counters.bytes == 0 and st.counters.inodes == 0
+
+
+async def test_schema1_refused(psrv: CRIServer, registry_factory: Any) -> None:
+    reg = registry_factory(schema1=True)
+    s1 = im.schema1_manifest("old/img", "v1", [im.layer([im.File("o", b"o")])])
+    im.push(reg, "old/img", s1, tag="v1")
+    with pytest.raises(GRPCError) as err:
+        await psrv.client.pull(reg.ref("old/img", "v1"))
+    assert err.value.status is Status.FAILED_PRECONDITION
+    assert "schema 1" in str(err.value.message)
+
+
+async def test_stalled_download_fails_and_leaves_nothing(tmp_path: Path) -> None:
+    img = im.build_image([im.layer([im.File("s", b"s" * 100_000)], compression="none")])
+    blobs = {b.digest: b.data for b in img.blobs}
+    manifest = img.manifest_bytes
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = (await reader.readline()).decode()
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        path = line.split()[1]
+        if "/manifests/" in path:
+            body, ctype = manifest, img.media_type
+        elif path.rsplit("/", 1)[-1] in blobs:
+            body, ctype = blobs[path.rsplit("/", 1)[-1]], "application/octet-stream"
+            if body is img.layers[0].data:  # send half, then go silent
+                writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+                writer.write(body[: len(body) // 2])
+                await writer.drain()
+                await asyncio.sleep(30)
+                return
+        else:
+            writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            writer.close()
+            return
+        writer.write(
+            f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cfg = dataclasses.replace(config(), images=ImagesConfig(backend="registry", stall_timeout=1.0))
+    try:
+        async with CRIServer(tmp_path, config=cfg) as srv:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            with pytest.raises(GRPCError) as err:
+                await srv.client.pull(f"127.0.0.1:{port}/slow/img:latest")
+            assert err.value.status is Status.DEADLINE_EXCEEDED
+            assert "stalled" in str(err.value.message)
+            assert loop.time() - t0 < 15
+            assert not list(store(srv).content.ingest.iterdir())
+            assert not (await srv.client.images.ListImages(pb.ListImagesRequest())).images
+    finally:
+        server.close()
+
+
+async def test_remove_gc_pinned_and_in_use(tmp_path: Path, registry: LocalRegistry) -> None:
+    shared = im.layer([im.File("shared", b"s" * 5000)])
+    a = im.build_image([shared, im.layer([im.File("a", b"a")])])
+    b = im.build_image([shared, im.layer([im.File("b", b"b")])])
+    im.push(registry, "gc/a", a, tag="1")
+    im.push(registry, "gc/a", a, tag="2")
+    im.push(registry, "gc/b", b)
+    im.push(registry, "gc/pinned", b)
+    cfg = dataclasses.replace(
+        config(), images=ImagesConfig(backend="registry", pinned=[registry.ref("gc/pinned")])
+    )
+    async with CRIServer(tmp_path, config=cfg) as srv:
+        cli = srv.client
+        for r in (
+            registry.ref("gc/a", "1"),
+            registry.ref("gc/a", "2"),
+            registry.ref("gc/b"),
+            registry.ref("gc/pinned"),
+        ):
+            await cli.pull(r)
+        st = store(srv)
+        full = (st.counters.bytes, st.counters.inodes)
+        rm = cli.images.RemoveImage
+
+        await rm(pb.RemoveImageRequest(image=pb.ImageSpec(image=registry.ref("gc/a", "1"))))
+        got = await status(cli, a.image_id)
+        assert got is not None and list(got.repo_tags) == [registry.ref("gc/a", "2")]
+        await rm(pb.RemoveImageRequest(image=pb.ImageSpec(image=a.image_id)))
+        assert await status(cli, a.image_id) is None
+        assert not st.content.has(a.layers[1].digest)
+        assert st.content.has(shared.digest)  # still used by b
+        assert (st.counters.bytes, st.counters.inodes) < full
+
+        with pytest.raises(GRPCError) as err:
+            await rm(pb.RemoveImageRequest(image=pb.ImageSpec(image=registry.ref("gc/pinned"))))
+        assert err.value.status is Status.FAILED_PRECONDITION
+        pinned = await status(cli, b.image_id)
+        assert pinned is not None and pinned.pinned
+
+        # An image a container uses disappears from the list but keeps its layers.
+        b_snaps = list(st.record(b.image_id).chain_ids)  # type: ignore[union-attr]
+        # (it is pinned through gc/pinned; unpin by removing that tag's image record)
+        pcfg = pod_config("p")
+        pod = await cli.run_pod(pcfg)
+        cid = await cli.create_container(pod, container_config("c", b.image_id), pcfg)
+        st._pinned.clear()  # operator unpins; the container still holds the image
+        rec = st.record(b.image_id)
+        assert rec is not None
+        st._records[b.image_id] = dataclasses.replace(
+            rec, image=dataclasses.replace(rec.image, pinned=False)
+        )
+        await rm(pb.RemoveImageRequest(image=pb.ImageSpec(image=b.image_id)))
+        assert await status(cli, b.image_id) is None
+        assert all(st.snapshots.has(c) for c in b_snaps)
+        await cli.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
+        await st.gc()
+        assert not any(st.snapshots.has(c) for c in b_snaps)
+        assert st.content.digests() == []
+        assert (st.counters.bytes, st.counters.inodes) == (0, 0)
+
+
+async def test_restart_keeps_images_and_counters_match_disk(
+    tmp_path: Path, registry: LocalRegistry
+) -> None:
+    img = layered_image()
+    im.push(registry, "keep/me", img)
+    async with CRIServer(tmp_path, config=config()) as srv:
+        await srv.client.pull(registry.ref("keep/me"))
+        before = await status(srv.client, registry.ref("keep/me"))
+        counters = (store(srv).counters.bytes, store(srv).counters.inodes)
+        fs1 = await srv.client.images.ImageFsInfo(pb.ImageFsInfoRequest())
+        await srv.restart()
+        assert await status(srv.client, registry.ref("keep/me")) == before
+        assert (store(srv).counters.bytes, store(srv).counters.inodes) == counters
+        fs2 = await srv.client.images.ImageFsInfo(pb.ImageFsInfoRequest())
+        assert (
+            fs2.image_filesystems[0].used_bytes.value == fs1.image_filesystems[0].used_bytes.value
+        )
+        st = store(srv)
+        blob_bytes = sum(st.content.size(d) for d in st.content.digests())
+        snap_bytes = sum(
+            p.stat().st_size
+            for p in st.snapshots.root.rglob("*")
+            if p.is_file() and not p.is_symlink()
+        )
+        assert counters[0] >= blob_bytes + snap_bytes - 10  # hard links count once in the walk
+        streamed: list[str] = []
+        async with srv.client.images.StreamImages.open() as stream:
+            await stream.send_message(pb.StreamImagesRequest(), end=True)
+            async for msg in stream:
+                streamed += [i.id for i in msg.images]
+        assert streamed == [img.image_id]
+
+
+async def test_tag_moves_to_the_new_image(psrv: CRIServer, registry: LocalRegistry) -> None:
+    old = im.build_image([im.layer([im.File("v", b"1")])])
+    new = im.build_image([im.layer([im.File("v", b"2")])])
+    im.push(registry, "mv/app", old)
+    await psrv.client.pull(registry.ref("mv/app"))
+    im.push(registry, "mv/app", new)
+    assert await psrv.client.pull(registry.ref("mv/app")) == new.image_id
+    images = (await psrv.client.images.ListImages(pb.ListImagesRequest())).images
+    # The old image lost its tag but keeps its digest reference, as in containerd.
+    by_id = {i.id: i for i in images}
+    assert list(by_id[new.image_id].repo_tags) == [registry.ref("mv/app")]
+    assert list(by_id[old.image_id].repo_tags) == []
