@@ -94,14 +94,14 @@ class Puller:
         self, ref: Reference, reference: str, creds: Credentials
     ) -> tuple[bytes, str, str]:
         got = await self.client.fetch_manifest(ref.domain, ref.path, reference, creds)
+        by_digest = ":" in reference  # tags cannot contain ':'
+        if by_digest:
+            mf.verify(got.data, reference, f"manifest {reference}")
         media_type = mf.detect_media_type(got.data, got.media_type)
         if media_type in mf.SCHEMA1_TYPES:  # its digest covers a payload, not these bytes
             mf.parse(got.data, media_type)  # raises UnsupportedManifest
-        digest = mf.digest_of(got.data)
-        if ":" in reference:  # a digest (tags cannot contain ':')
-            mf.verify(got.data, reference, f"manifest {reference}")
-            digest = reference
-        elif got.digest and got.digest != digest:
+        digest = reference if by_digest else mf.digest_of(got.data)
+        if not by_digest and got.digest and got.digest != digest:
             raise mf.ManifestError(
                 f"manifest for {ref}: registry says {got.digest}, content is {digest}"
             )

@@ -70,8 +70,8 @@ def _user_fields(user: str) -> tuple[int | None, str]:
     return (int(name), "") if name.isdigit() else (None, name)
 
 
-def _map_error(ref: str, e: Exception) -> CRIError:
-    msg = f"failed to pull {ref}: {e}"
+def _map_error(ref: str, e: Exception, verb: str = "pull") -> CRIError:
+    msg = f"failed to {verb} {ref}: {e}"
     if isinstance(e, RegistryError):
         kind = {
             "not_found": NotFound,
@@ -321,8 +321,12 @@ class OCIImageStore:
                 refs = []
                 for n in names:
                     try:
-                        refs.append(normalize(n))
+                        # OCI allows a bare tag here ("latest"); that names no image.
+                        ok = "/" in n or ":" in n
+                        refs += [normalize(n)] if ok else []
                     except ReferenceError:
+                        ok = False
+                    if not ok:
                         raise InvalidArgument(
                             f"{path}: image {entry.digest} is named {n!r}, not a full "
                             "reference; give one with --name"
@@ -338,7 +342,7 @@ class OCIImageStore:
                 except CRIError:
                     raise
                 except (RegistryError, mf.ManifestError, DigestMismatch, LayerError) as e:
-                    raise _map_error(str(path), e) from None
+                    raise _map_error(str(path), e, "import") from None
                 async with self._lock:
                     for ref in refs:
                         image_id = await self._commit(ref, pulled, snaps, "")

@@ -473,6 +473,11 @@ class _Unpacker:
             raise UnsafeLayer(f"entry {name!r}: hard link to the layer root", entry=name)
         if target == key:
             raise UnsafeLayer(f"entry {name!r}: hard link to itself", entry=name)
+        if any(p.startswith(WHITEOUT_META_PREFIX) for p in target):
+            raise UnsafeLayer(
+                f"entry {name!r}: hard link into aufs metadata {ti.linkname!r} is not supported",
+                entry=name,
+            )
         pfd = self.open_dir(key[:-1], entry=name, create=True)
         try:
             # Remove first: the target may be below the name being replaced (then it is gone).
@@ -660,7 +665,10 @@ class _Unpacker:
     def set_xattrs(self, target: int | str, ti: tarfile.TarInfo, mode: int) -> None:
         for name, value in _xattrs(ti, ti.name):
             try:
-                os.setxattr(target, name, value, follow_symlinks=False)
+                if isinstance(target, int):
+                    os.setxattr(target, name, value)
+                else:
+                    os.setxattr(target, name, value, follow_symlinks=False)
             except OSError as e:
                 if e.errno == errno.ENOTSUP or (
                     e.errno == errno.EPERM

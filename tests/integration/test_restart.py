@@ -24,14 +24,14 @@ pytestmark = [pytest.mark.socket, pytest.mark.subprocess]
 class Proc:
     """`cri-async serve` as a separate process, as an operator runs it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, images_backend: str = "fake") -> None:
         self.root = root
         self.sock = Path(f"/tmp/cri-{os.getpid()}-{id(self)}.sock")
         self.config = root / "config.toml"
         self.config.write_text(
             f'[server]\nsocket = "{self.sock}"\n'
             f'[state]\nroot = "{root}/state"\nrun_root = "{root}/run"\n'
-            '[log]\nlevel = "debug"\n[images]\nbackend = "fake"\n'
+            f'[log]\nlevel = "debug"\n[images]\nbackend = "{images_backend}"\n'
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
