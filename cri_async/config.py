@@ -158,6 +158,7 @@ class RegistryConfig:
     config_path: str = ""
     credentials_file: str = ""
     insecure: list[str] = field(default_factory=list)
+    ca: dict[str, list[str]] = field(default_factory=dict)
     mirrors: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -346,9 +347,16 @@ config_path = ""
 # A Docker config.json with {"auths": {"<host>": {"auth": "<base64 user:pass>"}}}, used
 # when a PullImage request carries no credentials. Empty: none.
 credentials_file = ""
-# Hosts reached over plain HTTP (or TLS without verification). Loopback hosts
-# (localhost, 127.0.0.0/8, ::1) always use plain HTTP, as containerd does.
+# Hosts reached with TLS but no certificate verification, falling back to plain HTTP.
+# Loopback hosts (localhost, 127.0.0.0/8, ::1) use plain HTTP unless [registry.ca]
+# names them, as containerd does.
 insecure = []
+
+# CA certificates (PEM files) to trust per registry host, besides the system's. A host
+# listed here is reached over HTTPS even on loopback:
+# [registry.ca]
+# "registry.internal:5000" = ["/etc/cri-async/certs/internal-ca.pem"]
+[registry.ca]
 
 # Mirrors per registry host, tried in order before the host itself:
 # [registry.mirrors]

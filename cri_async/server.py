@@ -73,6 +73,7 @@ def build_image_store(
             config_path=reg.config_path,
             mirrors={h: tuple(u) for h, u in reg.mirrors.items()},
             insecure=frozenset(reg.insecure),
+            ca={h: tuple(files) for h, files in reg.ca.items()},
         ),
         credentials=load_credentials_file(reg.credentials_file),
         stall_timeout=config.images.stall_timeout,

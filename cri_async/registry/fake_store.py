@@ -8,6 +8,7 @@ in the state database, so they survive a restart like real ones.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -159,6 +160,17 @@ class FakeImageStore:
             return
         await self._store.delete(self.kind, [img.id])
         self._images.pop(img.id, None)
+
+    def verbose_info(self, image: Image) -> dict[str, str]:
+        config = {
+            "Entrypoint": list(image.entrypoint),
+            "Cmd": list(image.cmd),
+            "Env": list(image.env),
+            "WorkingDir": image.working_dir,
+            "User": image.user,
+            "StopSignal": image.stop_signal,
+        }
+        return {"info": json.dumps({"imageSpec": {"config": config}}, sort_keys=True)}
 
     def fs_usage(self) -> list[FilesystemUsage]:
         return [

@@ -47,10 +47,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _server_for(host: str, insecure: bool) -> str:
+def _server_for(host: str, insecure: bool, tls: bool) -> str:
     if host == DOCKER_HUB:
         return DOCKER_HUB_SERVER
-    scheme = "http" if insecure or is_loopback(host) else "https"
+    scheme = "http" if insecure or (is_loopback(host) and not tls) else "https"
     return f"{scheme}://{host}"
 
 
@@ -116,6 +116,7 @@ class HostResolver:
     config_path: str = ""
     mirrors: dict[str, tuple[str, ...]] = field(default_factory=dict)
     insecure: frozenset[str] = frozenset()
+    ca: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def endpoints(self, host: str) -> list[Endpoint]:
         """Endpoints for ``host`` in the order to try; the upstream is always last."""
@@ -143,15 +144,11 @@ class HostResolver:
                         upstream = servers[0]
                     break
         if upstream is None:
-            upstream = Endpoint(base=_v2(_server_for(host, insecure), False), host=host)
-        if insecure:
+            ca = self.ca.get(host, ())
             upstream = Endpoint(
-                upstream.base,
-                host,
-                False,
-                upstream.capabilities,
-                True,
-                upstream.ca,
-                upstream.headers,
+                base=_v2(_server_for(host, insecure, bool(ca)), False), host=host, ca=ca
             )
+        if insecure:  # HTTPS without verification first, then plain HTTP
+            tls = Endpoint(_v2(f"https://{host}", False), host, skip_verify=True)
+            return [*eps, tls, upstream]
         return [*eps, upstream]

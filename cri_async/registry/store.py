@@ -8,6 +8,7 @@ startup garbage collection removes. Sizes for ImageFsInfo are kept as running co
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -416,6 +417,23 @@ class OCIImageStore:
             for b in await asyncio.to_thread(self.content.digests):
                 if b not in keep_blobs:
                     await asyncio.to_thread(self.content.delete, b)
+
+    def verbose_info(self, image: Image) -> dict[str, str]:
+        """As containerd: the full image config (imageSpec) plus where it is stored."""
+        rec = self._records.get(image.id)
+        if rec is None:
+            return {}
+        try:
+            spec = json.loads(self.content.read(rec.config_digest))
+        except (OSError, ValueError):
+            spec = None
+        info = {
+            "imageSpec": spec,
+            "chainIDs": list(rec.chain_ids),
+            "snapshots": [str(self.snapshots.path(c)) for c in rec.chain_ids],
+            "runtimeHandlers": list(rec.handlers),
+        }
+        return {"info": json.dumps(info, sort_keys=True)}
 
     def fs_usage(self) -> list[FilesystemUsage]:
         return [

@@ -12,7 +12,7 @@ here but recorded the way overlayfs reads them (OCI image-spec ``layer.md``, "Wh
   out is opaque for the same reason (``.wh.d`` followed by ``d/`` means "a new, empty ``d``").
 * ``dir/.wh..wh..opq`` sets ``trusted.overlay.opaque=y`` on ``dir`` (created if missing).
 * Other ``.wh..wh.*`` names, and anything under such a directory (aufs metadata such as
-  ``.wh..wh.plnk``), are skipped; a hard link into them fails as "target not in this layer".
+  ``.wh..wh.plnk``), are skipped; a hard link into them is refused as unsupported.
 
 Everything else is created as in the tar: regular files, directories, symbolic links (target
 stored verbatim, never followed), hard links, FIFOs and (when ``allow_devices``) character and
@@ -43,10 +43,15 @@ Deliberate differences from containerd:
 
 * Absolute names and ``..`` components are refused (containerd cleans them and resolves them
   inside the root), and so are parents that are symbolic links (containerd resolves them inside
-  the root). Layers written by docker, buildkit, containerd or GNU tar never contain these.
+  the root). Layers written from a real filesystem (docker, buildkit, containerd, GNU tar)
+  have none of these.
 * Hard links get no metadata of their own: they share the inode the target's entry already set
   up, and a second ``chown`` would drop its setuid bit and file capabilities when the link header
   does not repeat them (GNU tar's do not).
+* A whiteout naming an entry of the same layer follows layer.md (see above); containerd's
+  overlay converter fails on it (``mknod``: file exists).
+* The ``.`` entry sets ``dest``'s metadata, as docker does; containerd ignores it.
+* Sparse members (GNU and PAX sparse formats) keep their holes.
 * ``trusted.*`` xattrs in the tar are skipped with a warning, as containerd does: they belong to
   the host (``trusted.overlay.*`` steers overlayfs itself).
 * Out-of-range mtimes become the epoch (containerd's ``boundTime``); atimes are set to mtimes.
@@ -95,6 +100,7 @@ _MAX_MINOR: Final = (1 << 20) - 1
 # (uid_t)-1 means "leave unchanged" to chown, so the largest usable id is one less.
 _MAX_ID: Final = (1 << 32) - 2
 _MAX_MTIME_NS: Final = (1 << 63) - 1
+_MAX_MTIME_S: Final = Decimal(_MAX_MTIME_NS).scaleb(-9)
 # OSErrors that a bad entry explains (a name too long, a link to something gone, an xattr the
 # kernel rejects). They become UnsafeLayer; any other OSError is the host's and propagates.
 _LAYER_ERRNOS: Final = frozenset(
@@ -222,7 +228,7 @@ def _mtime_ns(ti: tarfile.TarInfo) -> int:
     raw = ti.pax_headers.get("mtime")
     try:
         seconds = Decimal(raw) if raw is not None else Decimal(ti.mtime)
-        if not seconds.is_finite() or not 0 <= seconds <= Decimal(_MAX_MTIME_NS) / 10**9:
+        if not seconds.is_finite() or not 0 <= seconds <= _MAX_MTIME_S:
             return 0
         return min(int(seconds.scaleb(9)), _MAX_MTIME_NS)
     except (DecimalException, ValueError, TypeError, OverflowError):

@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 
 from cri_async.api.runtime.v1 import api_grpc
 from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.core.images import ImageStore
-from cri_async.core.model import Image
 from cri_async.services import convert
 from cri_async.services.errors import Service, Tracker, server_stream, unary
 from cri_async.services.runtime import chunks
-
-
-def _image_info(img: Image) -> str:
-    return json.dumps(
-        {
-            "id": img.id,
-            "config": {
-                "Entrypoint": list(img.entrypoint),
-                "Cmd": list(img.cmd),
-                "Env": list(img.env),
-                "WorkingDir": img.working_dir,
-                "User": img.user,
-                "StopSignal": img.stop_signal,
-            },
-        },
-        sort_keys=True,
-    )
 
 
 class ImageService(Service, api_grpc.ImageServiceBase):
@@ -56,7 +37,7 @@ class ImageService(Service, api_grpc.ImageServiceBase):
         img = self.images.get(convert.image_spec(req.image))
         if img is None:  # kubelet expects an empty answer, not an error
             return pb.ImageStatusResponse()
-        info = {"info": _image_info(img)} if req.verbose else {}
+        info = self.images.verbose_info(img) if req.verbose else {}
         return pb.ImageStatusResponse(image=convert.image(img), info=info)
 
     @unary

@@ -313,7 +313,7 @@ async def test_images(cli: CRIClient) -> None:
     )
     assert st.image.id == ref  # kubelet: image_ref equals Image.id
     assert st.image.repo_tags == ["docker.io/library/busybox:latest"]
-    assert json.loads(st.info["info"])["config"]["Cmd"] == ["sh"]
+    assert json.loads(st.info["info"])["imageSpec"]["config"]["Cmd"] == ["sh"]
     digest_ref = st.image.repo_digests[0]
     assert (await cli.pull(digest_ref)) == ref  # pull by digest
     await cli.pull("busybox:1.36")

@@ -2,6 +2,7 @@
 
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import subprocess
@@ -109,7 +110,9 @@ async def test_pull_by_tag_and_digest_and_unpack(
     verbose = await psrv.client.images.ImageStatus(
         pb.ImageStatusRequest(image=pb.ImageSpec(image=ref), verbose=True)
     )
-    assert '"Cmd": ["/app/run"]' in verbose.info["info"]
+    info = json.loads(verbose.info["info"])
+    assert info["imageSpec"] == img.config  # the whole config, as containerd reports it
+    assert len(info["chainIDs"]) == 3
 
     view = overlay_view(psrv, image_id, tmp_path / "mnt")
     assert {"etc/motd", "data/new", "app/run", "usr/bin/tool", "usr/bin/link"} <= view
@@ -443,3 +446,79 @@ async def test_tag_moves_to_the_new_image(psrv: CRIServer, registry: LocalRegist
     by_id = {i.id: i for i in images}
     assert list(by_id[new.image_id].repo_tags) == [registry.ref("mv/app")]
     assert list(by_id[old.image_id].repo_tags) == []
+
+
+def make_ca_and_cert(d: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cri-async test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(2)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = (d / "ca.pem", d / "cert.pem", d / "key.pem")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+async def test_tls_registry_with_configured_ca(tmp_path: Path, registry: LocalRegistry) -> None:
+    img = im.build_image([im.layer([im.File("t", b"tls")])])
+    im.push(registry, "secure/app", img)
+    ca, cert, key = make_ca_and_cert(tmp_path)
+    # A second registry serving the same storage over HTTPS.
+    with LocalRegistry(
+        tls=(cert, key),
+        extra_config={"storage": {"filesystem": {"rootdirectory": str(registry.storage_root)}}},
+    ) as tls_reg:
+        ref = tls_reg.ref("secure/app")
+        async with CRIServer(
+            tmp_path / "untrusted", config=config(ca={"x": ["/nonexistent"]})
+        ) as srv:
+            with pytest.raises(GRPCError) as err:  # HTTP to an HTTPS port fails
+                await srv.client.pull(ref)
+            assert err.value.status is Status.UNAVAILABLE
+        async with CRIServer(
+            tmp_path / "trusted", config=config(ca={tls_reg.host: [str(ca)]})
+        ) as srv:
+            assert await srv.client.pull(ref) == img.image_id
+        async with CRIServer(tmp_path / "skip", config=config(insecure=[tls_reg.host])) as srv:
+            assert await srv.client.pull(ref) == img.image_id  # TLS, unverified

@@ -32,6 +32,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -52,7 +53,12 @@ TEMP_PREFIX = "cri-async-registry-"
 DEFAULT_BASIC_USERS: Mapping[str, str] = {"testuser": "testpassword"}
 
 # Never through an HTTP proxy from the environment: everything here is on 127.0.0.1.
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_opener = urllib.request.build_opener(
+    urllib.request.ProxyHandler({}),
+    # Readiness only: a TLS test registry's self-signed certificate is checked by the
+    # code under test, not here.
+    urllib.request.HTTPSHandler(context=ssl._create_unverified_context()),
+)
 
 _live: set[subprocess.Popen[bytes]] = set()
 _live_lock = threading.Lock()
@@ -197,11 +203,13 @@ class LocalRegistry:
         extra_config: Mapping[str, Any] | None = None,
         binary: str | None = None,
         startup_timeout: float = 20.0,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
-        """``basic_auth``: users -> passwords (htpasswd). ``token_server``: an existing (maybe
-        not started) server to trust; ``token_options``: kwargs to create one (owned: started
-        and stopped with the registry). ``proxy``: the upstream to mirror. ``extra_config``:
-        merged (deeply) into the generated config."""
+        """``tls``: (certificate, key) PEM files to serve HTTPS with. ``basic_auth``: users ->
+        passwords (htpasswd). ``token_server``: an existing (maybe not started) server to
+        trust; ``token_options``: kwargs to create one (owned: started and stopped with the
+        registry). ``proxy``: the upstream to mirror. ``extra_config``: merged (deeply) into
+        the generated config."""
         if basic_auth is not None and (token_server is not None or token_options is not None):
             raise ValueError("basic_auth and token auth are exclusive")
         self.basic_auth = dict(basic_auth) if basic_auth is not None else None
@@ -217,6 +225,7 @@ class LocalRegistry:
         self.extra_config = dict(extra_config or {})
         self.binary = binary
         self.startup_timeout = startup_timeout
+        self.tls = tls
         self.workdir: Path | None = None
         self.port: int | None = None
         self.process: subprocess.Popen[bytes] | None = None
@@ -232,7 +241,7 @@ class LocalRegistry:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     @property
     def token_server(self) -> TokenServer | None:
@@ -333,6 +342,8 @@ class LocalRegistry:
             cfg["proxy"] = section
         if self.schema1:
             cfg["compatibility"] = {"schema1": {"enabled": True}}
+        if self.tls is not None:
+            cfg["http"]["tls"] = {"certificate": str(self.tls[0]), "key": str(self.tls[1])}
         _merge(cfg, self.extra_config)
         return cfg
 

@@ -30,8 +30,9 @@ def test_mirrors_and_insecure() -> None:
         ("https://m.example/prefix/v2", True),
         ("https://registry-1.docker.io/v2", False),
     ]
-    (ep,) = r.endpoints("reg.internal:5000")
-    assert ep.base == "http://reg.internal:5000/v2" and ep.skip_verify
+    tls, plain = r.endpoints("reg.internal:5000")
+    assert (tls.base, tls.skip_verify) == ("https://reg.internal:5000/v2", True)
+    assert plain.base == "http://reg.internal:5000/v2"
 
 
 def test_containerd_hosts_toml(tmp_path: Path) -> None:

@@ -1,0 +1,647 @@
+"""Cold pull + unpack from a local registry: cri-async against containerd's CRI plugin.
+
+What it measures. Two images are built once in memory and pushed to one local CNCF registry
+(``docker-registry``, see ``tests/support/registry.py``):
+
+* ``a``, "big": 20 gzip layers of 10 MiB each (200 MiB uncompressed, ~400 files). Half of the
+  files are raw pseudo-random bytes (incompressible; deflate stores them), the other half
+  pseudo-random hex text (about 2:1 under gzip, so inflate really decodes Huffman codes);
+* ``b``, "small files": one gzip layer of 10,000 files of 1-4 KiB in 100 nested directories.
+
+Then, ``--runs`` times, and interleaved so drift hits every row alike, each runtime pulls each
+image into a cold store: a fresh server process with an empty state directory per pull, so
+nothing is cached and ``VmHWM`` (a lifetime peak) belongs to that one pull. Per pull:
+
+* **wall**: the client-observed time of the ``PullImage`` RPC (the same grpclib ``CRIClient``
+  against both runtimes; the RPC returns once every layer is unpacked);
+* **CPU**: the server's ``utime + stime`` (+ reaped children, e.g. containerd's ``unpigz``)
+  from ``/proc/PID/stat``, read just before and just after the RPC;
+* **peak RSS**: ``VmHWM`` of the server process after the pull (includes its idle RSS, which
+  is reported separately in the JSON as ``rss_idle_mib``);
+* **MiB/s**: compressed layer bytes / wall.
+
+After each pull (untimed) the image id is checked against the config digest and the
+regular files under the runtime's snapshot directory are counted: a row only counts if the
+image was really unpacked.
+
+The containerd baseline (Debian's ``containerd``: ``apt-get install -y containerd``) runs
+per pull as ``containerd --config <tmp>/config.toml`` with root, state, sockets and the
+``opt`` plugin under a temp dir, unused snapshotters disabled, the CRI plugin on the overlayfs
+snapshotter (the same kind of unpack work: one directory per layer) and a ``certs.d`` hosts
+file that sends the local registry over plain HTTP. Both runtimes run with their defaults
+otherwise (3 concurrent layer downloads each; both fsync downloaded blobs, neither fsyncs
+unpacked files). Without a ``containerd`` binary, or with ``--no-containerd``, its rows say
+"not available" and no ratio is printed.
+
+Rerun (from the repository root, as root so that unpack can chown and containerd can start;
+about 2-3 minutes on 2 cores with the defaults)::
+
+    .venv/bin/python bench/pull.py
+    .venv/bin/python bench/pull.py --runs 5 --only b --json /tmp/pull.json
+    .venv/bin/python bench/pull.py --no-containerd --keep-logs
+
+Caveats:
+
+* the registry is on loopback and its blobs are in the page cache after the first pull, so
+  this measures the runtimes' own work (HTTP client, hashing, inflate, tar, file creation),
+  not a network;
+* writes go to the page cache of the temp dir's filesystem (``--tmp``, default ``$TMPDIR``);
+  only the fsyncs each runtime makes itself are waited for, and dirty pages left behind may be
+  written back during a later pull. Numbers on a shared VM move by +-20 %; compare within
+  one run and rerun before quoting;
+* containerd's CPU includes its own start-up work only if it is still running when the RPC
+  starts; the readiness wait (``Version`` answered) comes first for both runtimes;
+* peak RSS is the server process only: children (``unpigz``, if installed) are not in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import ctypes
+import importlib.metadata
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from cri_async.client import CRIClient  # noqa: E402
+from tests.support import images as im  # noqa: E402
+from tests.support.registry import LocalRegistry  # noqa: E402
+
+MIB = 1 << 20
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+HEX = bytes(b"0123456789abcdef"[i & 15] for i in range(256))
+CONTAINERD = "containerd"
+CRI_ASYNC = "cri-async"
+START_TIMEOUT = 30.0
+PULL_TIMEOUT = 600.0
+
+
+# -- images ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchImage:
+    key: str  # "a" | "b"
+    name: str
+    repo: str
+    built: im.BuiltImage = field(repr=False)
+    files: int
+    uncompressed: int
+
+    @property
+    def layers(self) -> int:
+        return len(self.built.layers)
+
+    @property
+    def compressed(self) -> int:
+        return sum(lay.size for lay in self.built.layers)
+
+
+def _content(rng: random.Random, size: int, text: bool) -> bytes:
+    data = rng.randbytes(size)
+    return data.translate(HEX) if text else data
+
+
+def big_layer_entries(seed: int) -> list[im.Entry]:
+    """10 MiB in 20 files: 4 x 2 MiB and 16 x 128 KiB, alternately raw and hex."""
+    rng = random.Random(seed)
+    entries: list[im.Entry] = []
+    sizes = [2 * MIB] * 4 + [128 * 1024] * 16
+    for i, size in enumerate(sizes):
+        entries.append(
+            im.File(f"opt/big/l{seed:02d}/f{i:02d}.bin", _content(rng, size, text=i % 2 == 1))
+        )
+    return entries
+
+
+def small_files_entries(seed: int, count: int) -> list[im.Entry]:
+    """``count`` files of 1-4 KiB of hex text, 100 per directory, two levels deep."""
+    rng = random.Random(seed)
+    entries: list[im.Entry] = []
+    for i in range(count):
+        d, f = divmod(i, 100)
+        path = f"usr/share/pkg{d // 10:02d}/sub{d % 10}/file{f:03d}.txt"
+        entries.append(im.File(path, _content(rng, rng.randint(1024, 4096), text=True)))
+    return entries
+
+
+def build_images(only: str | None, workers: int) -> list[BenchImage]:
+    out: list[BenchImage] = []
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # zlib releases the GIL
+        if only in (None, "a"):
+            layers = list(pool.map(lambda s: im.layer(big_layer_entries(s)), range(20)))
+            built = im.build_image(layers)
+            out.append(
+                BenchImage(
+                    "a",
+                    "a: 200 MiB / 20 layers",
+                    "bench/big",
+                    built,
+                    files=20 * 20,
+                    uncompressed=sum(len(lay.tar) for lay in layers),
+                )
+            )
+        if only in (None, "b"):
+            lay = im.layer(small_files_entries(1000, 10_000))
+            built = im.build_image([lay])
+            out.append(
+                BenchImage(
+                    "b",
+                    "b: 10,000 small files",
+                    "bench/small",
+                    built,
+                    files=10_000,
+                    uncompressed=len(lay.tar),
+                )
+            )
+    return out
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+def _pdeathsig() -> Callable[[], None] | None:
+    """Make a child die with us even if we are SIGKILLed (main thread only)."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    sig = int(signal.SIGKILL)
+
+    def hook() -> None:
+        prctl(1, sig)  # PR_SET_PDEATHSIG
+
+    return hook
+
+
+def proc_cpu(pid: int) -> tuple[float, float]:
+    """(user, system) seconds of ``pid`` including its reaped children."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # fields[0] is field 3 (state): utime=14, stime=15, cutime=16, cstime=17
+    ut, st, cut, cst = (int(x) for x in fields[11:15])
+    return (ut + cut) / CLK_TCK, (st + cst) / CLK_TCK
+
+
+def proc_status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def mounts_under(path: Path) -> list[str]:
+    prefix = str(path).rstrip("/") + "/"
+    out = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        mp = line.split()[4].replace("\\040", " ")
+        if mp == str(path) or mp.startswith(prefix):
+            out.append(mp)
+    return out
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree, after detaching anything still mounted below ``path`` (never crosses one)."""
+    left = mounts_under(path)
+    if left:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for mp in sorted(left, key=len, reverse=True):
+            libc.umount2(mp.encode(), 2)  # MNT_DETACH
+        left = mounts_under(path)
+        if left:
+            print(f"warning: not removing {path}: still mounted: {left}", file=sys.stderr)
+            return
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class Server:
+    runtime: str
+    proc: subprocess.Popen[bytes]
+    socket: Path
+    log: Path
+    snapshots: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def logs(self, tail: int = 40) -> str:
+        try:
+            lines = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-tail:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def spawn(runtime: str, argv: Sequence[str], workdir: Path, **paths: Path) -> Server:
+    log = workdir / "server.log"
+    with log.open("wb") as f:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            preexec_fn=_pdeathsig(),
+        )
+    return Server(runtime, proc, paths["socket"], log, paths["snapshots"])
+
+
+def start_cri_async(workdir: Path, python: str) -> Server:
+    sock = workdir / "cri-async.sock"
+    state = workdir / "state"
+    cfg = workdir / "config.toml"
+    cfg.write_text(
+        f'[server]\nsocket = "{sock}"\n'
+        '[log]\nlevel = "warning"\n'
+        f'[state]\nroot = "{state}"\nrun_root = "{workdir / "run"}"\n'
+        '[images]\nbackend = "registry"\n'
+    )
+    argv = [python, "-m", "cri_async.cli", "serve", "--config", str(cfg)]
+    return spawn(CRI_ASYNC, argv, workdir, socket=sock, snapshots=state / "snapshots")
+
+
+def start_containerd(workdir: Path, binary: str, registry_host: str) -> Server:
+    sock = workdir / "containerd.sock"
+    root = workdir / "root"
+    hosts = workdir / "certs.d" / registry_host
+    hosts.mkdir(parents=True)
+    url = f"http://{registry_host}"
+    (hosts / "hosts.toml").write_text(
+        f'server = "{url}"\n\n[host."{url}"]\n  capabilities = ["pull", "resolve"]\n'
+    )
+    cri = 'plugins."io.containerd.grpc.v1.cri"'
+    disabled = [
+        "io.containerd.snapshotter.v1.btrfs",
+        "io.containerd.snapshotter.v1.zfs",
+        "io.containerd.snapshotter.v1.aufs",
+        "io.containerd.snapshotter.v1.devmapper",
+        "io.containerd.internal.v1.tracing",
+        "io.containerd.tracing.processor.v1.otlp",
+    ]
+    cfg = workdir / "config.toml"
+    cfg.write_text(
+        "version = 2\n"
+        f'root = "{root}"\n'
+        f'state = "{workdir / "state"}"\n'
+        f"disabled_plugins = {json.dumps(disabled)}\n"
+        f'[grpc]\n  address = "{sock}"\n'
+        f'[ttrpc]\n  address = "{sock}.ttrpc"\n'
+        '[debug]\n  address = ""\n  level = "warn"\n'
+        '[metrics]\n  address = ""\n'
+        f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{workdir / "opt"}"\n'
+        f"[{cri}]\n"
+        '  stream_server_address = "127.0.0.1"\n  stream_server_port = "0"\n'
+        f'[{cri}.containerd]\n  snapshotter = "overlayfs"\n'
+        f'[{cri}.cni]\n  bin_dir = "{workdir / "cni/bin"}"\n'
+        f'  conf_dir = "{workdir / "cni/net.d"}"\n'
+        f'[{cri}.registry]\n  config_path = "{workdir / "certs.d"}"\n'
+    )
+    argv = [binary, "--config", str(cfg)]
+    snaps = root / "io.containerd.snapshotter.v1.overlayfs" / "snapshots"
+    return spawn(CONTAINERD, argv, workdir, socket=sock, snapshots=snaps)
+
+
+async def wait_ready(server: Server) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(
+                f"{server.runtime} exited with {server.proc.returncode}:\n{server.logs()}"
+            )
+        if server.socket.exists():
+            client = CRIClient(server.socket)
+            try:
+                await asyncio.wait_for(client.version(), 2)
+                return
+            except Exception as e:  # not serving yet
+                last = e
+            finally:
+                client.close()
+        await asyncio.sleep(0.05)
+    raise RuntimeError(
+        f"{server.runtime} not ready after {START_TIMEOUT}s ({last!r}):\n{server.logs()}"
+    )
+
+
+# -- measurement -----------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    image: str
+    runtime: str
+    run: int
+    wall_s: float
+    user_s: float
+    sys_s: float
+    rss_idle_mib: float
+    rss_peak_mib: float
+    files: int
+    bytes: int
+
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.sys_s
+
+
+def count_files(root: Path) -> tuple[int, int]:
+    files = size = 0
+    for dirpath, _dirs, names in os.walk(root):
+        for n in names:
+            st = os.lstat(os.path.join(dirpath, n))
+            if st.st_mode & 0o170000 == 0o100000:
+                files += 1
+                size += st.st_size
+    return files, size
+
+
+async def pull_once(server: Server, image: BenchImage, ref: str, run: int) -> Sample:
+    await wait_ready(server)
+    pid = server.pid
+    rss_idle = proc_status_kib(pid, "VmRSS") / 1024
+    client = CRIClient(server.socket)
+    try:
+        u0, s0 = proc_cpu(pid)
+        t0 = time.perf_counter()
+        image_id = await asyncio.wait_for(client.pull(ref), PULL_TIMEOUT)
+        wall = time.perf_counter() - t0
+        u1, s1 = proc_cpu(pid)
+    finally:
+        client.close()
+    peak = proc_status_kib(pid, "VmHWM") / 1024
+    if image_id != image.built.image_id:
+        raise RuntimeError(f"{server.runtime}: pulled {image_id}, want {image.built.image_id}")
+    files, size = count_files(server.snapshots)
+    if files != image.files:
+        raise RuntimeError(
+            f"{server.runtime}: {files} files under {server.snapshots}, want {image.files}"
+        )
+    return Sample(
+        image.key, server.runtime, run, wall, u1 - u0, s1 - s0, rss_idle, peak, files, size
+    )
+
+
+@dataclass
+class Env:
+    python: str
+    containerd: str | None
+    tmp: Path
+    keep_logs: Path | None
+
+
+async def measure(
+    env: Env, runtime: str, image: BenchImage, reg: LocalRegistry, run: int
+) -> Sample:
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-pull-{runtime}-", dir=env.tmp))
+    server: Server | None = None
+    try:
+        if runtime == CRI_ASYNC:
+            server = start_cri_async(workdir, env.python)
+        else:
+            assert env.containerd is not None
+            server = start_containerd(workdir, env.containerd, reg.host)
+        try:
+            return await pull_once(server, image, reg.ref(image.repo), run)
+        except BaseException:
+            print(f"--- {runtime} log (tail) ---\n{server.logs()}", file=sys.stderr)
+            raise
+    finally:
+        if server is not None:
+            server.stop()
+            if env.keep_logs is not None:
+                env.keep_logs.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(OSError):
+                    shutil.copy(server.log, env.keep_logs / f"{runtime}-{image.key}-{run}.log")
+        remove_tree(workdir)
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def _cmd_version(argv: Sequence[str]) -> str:
+    try:
+        out = subprocess.run(list(argv), capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unknown ({e})"
+    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else "?"
+
+
+def loadavg() -> str:
+    """1/5/15-minute load: other work on the machine skews every number here."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def machine_info(containerd: str | None) -> dict[str, str]:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    try:
+        version = importlib.metadata.version("cri-async")
+    except importlib.metadata.PackageNotFoundError:
+        version = "?"
+    commit = _cmd_version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    return {
+        "python": sys.version.split()[0],
+        "zlib": zlib.ZLIB_RUNTIME_VERSION,
+        "cri-async": f"{version} (git {commit}, working tree as is)",
+        "containerd": _cmd_version([containerd, "--version"]) if containerd else "not available",
+        "registry": _cmd_version(["docker-registry", "--version"]),
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "unpigz": shutil.which("unpigz") or "not installed",
+        "loadavg": loadavg(),
+    }
+
+
+def summarize(
+    images: Sequence[BenchImage], samples: Sequence[Sample], runtimes: Sequence[str]
+) -> list[dict[str, Any]]:
+    rows = []
+    for image in images:
+        for rt in runtimes:
+            mine = [s for s in samples if s.image == image.key and s.runtime == rt]
+            if not mine:
+                continue
+            wall = statistics.median(s.wall_s for s in mine)
+            rows.append(
+                {
+                    "image": image.key,
+                    "runtime": rt,
+                    "runs": len(mine),
+                    "wall_median_s": wall,
+                    "wall_min_s": min(s.wall_s for s in mine),
+                    "cpu_median_s": statistics.median(s.cpu_s for s in mine),
+                    "cpu_min_s": min(s.cpu_s for s in mine),
+                    "user_median_s": statistics.median(s.user_s for s in mine),
+                    "sys_median_s": statistics.median(s.sys_s for s in mine),
+                    "rss_peak_median_mib": statistics.median(s.rss_peak_mib for s in mine),
+                    "rss_idle_median_mib": statistics.median(s.rss_idle_mib for s in mine),
+                    "mib_per_s": image.compressed / MIB / wall,
+                }
+            )
+    return rows
+
+
+def print_table(
+    images: Sequence[BenchImage], rows: Sequence[dict[str, Any]], have_ctrd: bool
+) -> None:
+    head = (
+        f"{'image':<24}{'runtime':<12}{'wall s med/min':>16}{'CPU s med':>11}"
+        f"{'(usr+sys)':>13}{'peak RSS MiB':>14}{'MiB/s':>8}"
+    )
+    print(head)
+    print("-" * len(head))
+    for image in images:
+        by_rt = {r["runtime"]: r for r in rows if r["image"] == image.key}
+        for rt in (CRI_ASYNC, CONTAINERD):
+            r = by_rt.get(rt)
+            if r is None:
+                if rt == CONTAINERD and not have_ctrd:
+                    print(f"{image.name:<24}{rt:<12}{'not available':>16}")
+                continue
+            wall = f"{r['wall_median_s']:.2f}/{r['wall_min_s']:.2f}"
+            split = f"{r['user_median_s']:.2f}+{r['sys_median_s']:.2f}"
+            print(
+                f"{image.name:<24}{rt:<12}{wall:>16}{r['cpu_median_s']:>11.2f}{split:>13}"
+                f"{r['rss_peak_median_mib']:>14.0f}{r['mib_per_s']:>8.1f}"
+            )
+        ours, theirs = by_rt.get(CRI_ASYNC), by_rt.get(CONTAINERD)
+        if ours and theirs:
+            w = ours["wall_median_s"] / theirs["wall_median_s"]
+            c = ours["cpu_median_s"] / theirs["cpu_median_s"]
+            print(
+                f"{'':<24}{'ratio':<12}{w:>16.2f}{c:>11.2f}   "
+                "(cri-async / containerd, medians; < 1 = cri-async better)"
+            )
+    print()
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    p.add_argument("--runs", type=int, default=3, help="cold pulls per image and runtime (3)")
+    p.add_argument("--only", choices=("a", "b"), help="only image a (big) or b (small files)")
+    p.add_argument("--no-containerd", action="store_true", help="skip the containerd baseline")
+    p.add_argument("--json", type=Path, help="write samples and summary here")
+    p.add_argument(
+        "--tmp",
+        type=Path,
+        default=Path(tempfile.gettempdir()),
+        help="where state dirs go (default: $TMPDIR or /tmp)",
+    )
+    p.add_argument("--keep-logs", type=Path, help="copy every server's log into this dir")
+    a = p.parse_args(argv)
+    if a.runs < 1:
+        p.error("--runs must be >= 1")
+    return a
+
+
+async def run(args: argparse.Namespace) -> int:
+    containerd = None if args.no_containerd else shutil.which(CONTAINERD)
+    if containerd is None and not args.no_containerd and os.access("/usr/bin/containerd", os.X_OK):
+        containerd = "/usr/bin/containerd"
+    env = Env(sys.executable, containerd, args.tmp, args.keep_logs)
+    info = machine_info(containerd)
+    for k, v in info.items():
+        print(f"{k + ':':<12}{v}")
+    if containerd is None and not args.no_containerd:
+        print("containerd: not available (apt-get install -y containerd); no ratios")
+    runtimes = [CRI_ASYNC] + ([CONTAINERD] if containerd else [])
+
+    t0 = time.perf_counter()
+    images = build_images(args.only, workers=os.cpu_count() or 2)
+    print(f"\nbuilt in {time.perf_counter() - t0:.1f}s:")
+    for image in images:
+        print(
+            f"  {image.name}: {image.layers} layers, {image.files} files, "
+            f"{image.uncompressed / MIB:.1f} MiB tar, {image.compressed / MIB:.1f} MiB gzip"
+        )
+
+    samples: list[Sample] = []
+    with LocalRegistry() as reg:
+        for image in images:
+            im.push(reg, image.repo, image.built, tag="latest")
+        print(f"pushed to {reg.url}; {args.runs} cold pull(s) per image and runtime\n")
+        for n in range(args.runs):
+            for image in images:
+                for rt in runtimes:
+                    s = await measure(env, rt, image, reg, n)
+                    samples.append(s)
+                    print(
+                        f"  run {n + 1} {image.key} {rt:<10} wall {s.wall_s:6.2f}s  "
+                        f"cpu {s.cpu_s:6.2f}s  peak RSS {s.rss_peak_mib:6.0f} MiB",
+                        flush=True,
+                    )
+        info["loadavg_end"] = loadavg()
+        print(f"loadavg at the end: {info['loadavg_end']}\n")
+
+    rows = summarize(images, samples, runtimes)
+    print_table(images, rows, containerd is not None)
+    if args.json is not None:
+        doc = {
+            "machine": info,
+            "images": [
+                {
+                    "key": i.key,
+                    "name": i.name,
+                    "layers": i.layers,
+                    "files": i.files,
+                    "uncompressed_bytes": i.uncompressed,
+                    "compressed_bytes": i.compressed,
+                    "image_id": i.built.image_id,
+                }
+                for i in images
+            ],
+            "samples": [asdict(s) | {"cpu_s": s.cpu_s} for s in samples],
+            "summary": rows,
+        }
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
