@@ -74,7 +74,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -387,17 +387,50 @@ def count_files(root: Path) -> tuple[int, int]:
     return files, size
 
 
-async def pull_once(server: Server, image: BenchImage, ref: str, run: int) -> Sample:
+@contextlib.contextmanager
+def py_spy(pid: int, binary: str | None, out: Path | None) -> Iterator[None]:
+    """``py-spy record`` on ``pid`` while the body runs (no-op without ``out``): collapsed
+    stacks per thread, idle stacks left out, so the file shows where the CPU went."""
+    if out is None or binary is None:
+        yield
+        return
+    argv = [binary, "record", "--pid", str(pid), "--rate", "200", "--threads"]
+    argv += ["--format", "raw", "--output", str(out)]
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    time.sleep(1.0)  # attach before the RPC starts (nothing else runs on our loop)
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        if not out.exists():
+            print(f"py-spy wrote nothing: {err.decode(errors='replace')}", file=sys.stderr)
+
+
+async def pull_once(
+    server: Server, image: BenchImage, ref: str, run: int, env: Env | None = None
+) -> Sample:
     await wait_ready(server)
     pid = server.pid
     rss_idle = proc_status_kib(pid, "VmRSS") / 1024
     client = CRIClient(server.socket)
+    profile = None
+    if env is not None and env.profile_dir is not None and server.runtime == CRI_ASYNC:
+        env.profile_dir.mkdir(parents=True, exist_ok=True)
+        profile = env.profile_dir / f"{server.runtime}-{image.key}-run{run + 1}.txt"
     try:
-        u0, s0 = proc_cpu(pid)
-        t0 = time.perf_counter()
-        image_id = await asyncio.wait_for(client.pull(ref), PULL_TIMEOUT)
-        wall = time.perf_counter() - t0
-        u1, s1 = proc_cpu(pid)
+        with py_spy(pid, env.py_spy if env else None, profile):
+            u0, s0 = proc_cpu(pid)
+            t0 = time.perf_counter()
+            image_id = await asyncio.wait_for(client.pull(ref), PULL_TIMEOUT)
+            wall = time.perf_counter() - t0
+            u1, s1 = proc_cpu(pid)
     finally:
         client.close()
     peak = proc_status_kib(pid, "VmHWM") / 1024
@@ -419,6 +452,8 @@ class Env:
     containerd: str | None
     tmp: Path
     keep_logs: Path | None
+    profile_dir: Path | None = None
+    py_spy: str | None = None
 
 
 async def measure(
@@ -433,7 +468,7 @@ async def measure(
             assert env.containerd is not None
             server = start_containerd(workdir, env.containerd, reg.host)
         try:
-            return await pull_once(server, image, reg.ref(image.repo), run)
+            return await pull_once(server, image, reg.ref(image.repo), run, env)
         except BaseException:
             print(f"--- {runtime} log (tail) ---\n{server.logs()}", file=sys.stderr)
             raise
@@ -568,6 +603,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="where state dirs go (default: $TMPDIR or /tmp)",
     )
     p.add_argument("--keep-logs", type=Path, help="copy every server's log into this dir")
+    p.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="DIR",
+        help="profile each cri-async pull with py-spy (on PATH or beside this Python) into "
+        "DIR/cri-async-<image>-run<N>.txt (collapsed stacks; timings then include the "
+        "sampling overhead)",
+    )
     a = p.parse_args(argv)
     if a.runs < 1:
         p.error("--runs must be >= 1")
@@ -579,6 +622,13 @@ async def run(args: argparse.Namespace) -> int:
     if containerd is None and not args.no_containerd and os.access("/usr/bin/containerd", os.X_OK):
         containerd = "/usr/bin/containerd"
     env = Env(sys.executable, containerd, args.tmp, args.keep_logs)
+    if args.py_spy is not None:
+        env.profile_dir = args.py_spy
+        env.py_spy = shutil.which("py-spy") or shutil.which(
+            "py-spy", path=str(Path(sys.executable).parent)
+        )
+        if env.py_spy is None:
+            print("py-spy not found (pip install py-spy); not profiling", file=sys.stderr)
     info = machine_info(containerd)
     for k, v in info.items():
         print(f"{k + ':':<12}{v}")

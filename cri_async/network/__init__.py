@@ -1,0 +1,1 @@
+"""Pod network plumbing: pinned namespaces (and, later, CNI)."""
