@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # What the test suite runs for real: a CNCF registry and a static busybox for test images.
-TEST_DEBS := docker-registry busybox-static
+TEST_DEBS := docker-registry busybox-static runc crun conmon iproute2 util-linux
 test-deps:
 	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

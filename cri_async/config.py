@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-BACKENDS = ("fake",)  # real OCI backends arrive with the real-pods work
+BACKENDS = ("runc", "crun", "youki", "fake")
+OCI_BACKENDS = ("runc", "crun", "youki")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -77,6 +78,7 @@ class RuntimeSection:
     cgroup_driver: str = "cgroupfs"
     event_queue_size: int = 1024
     cleanup_timeout: float = 30.0
+    conmon: str = "conmon"
 
     def __post_init__(self) -> None:
         _choice("runtime.cgroup_driver", self.cgroup_driver, ("cgroupfs", "systemd"))
@@ -87,9 +89,9 @@ class RuntimeSection:
 
 @dataclass(frozen=True)
 class HandlerConfig:
-    backend: str = "fake"
+    backend: str = "runc"
     root: str = ""  # empty: <state.run_root>/<backend>/<handler or "default">
-    binary: str = ""
+    binary: str = ""  # empty: the backend's name, looked up in PATH
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -176,7 +178,13 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     state: StateConfig = field(default_factory=StateConfig)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
-    runtimes: dict[str, HandlerConfig] = field(default_factory=lambda: {"": HandlerConfig()})
+    runtimes: dict[str, HandlerConfig] = field(
+        default_factory=lambda: {
+            "": HandlerConfig("runc"),
+            "runc": HandlerConfig("runc"),
+            "crun": HandlerConfig("crun"),
+        }
+    )
     images: ImagesConfig = field(default_factory=ImagesConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     fake: FakeConfig = field(default_factory=FakeConfig)
@@ -316,14 +324,28 @@ cgroup_driver = "cgroupfs"
 event_queue_size = 1024
 # Seconds allowed for each cleanup step when a create fails or is cancelled.
 cleanup_timeout = 30.0
+# The conmon binary that supervises each container (logs, exit code, attach).
+conmon = "conmon"
 
 # One table per RuntimeClass handler: [runtimes."<handler>"]. "" is the default handler.
-# backend: fake (simulated containers, no root needed). Real OCI backends (runc, crun,
-#          youki, runsc) are not available yet.
+# backend: runc | crun | youki (real containers under conmon) or fake (simulated
+#          containers, no root needed). gVisor (runsc) is not available yet.
 # root:    the backend's state directory; empty means <state.run_root>/<backend>/<handler>.
-# binary:  the OCI runtime binary (real backends only).
+# binary:  the OCI runtime binary; empty means the backend's name, found in PATH.
+# A handler whose binary is missing is reported not ready by Status and refused by
+# RunPodSandbox; the server still starts.
 [runtimes.""]
-backend = "fake"
+backend = "runc"
+root = ""
+binary = ""
+
+[runtimes.runc]
+backend = "runc"
+root = ""
+binary = ""
+
+[runtimes.crun]
+backend = "crun"
 root = ""
 binary = ""
 

@@ -14,14 +14,18 @@ from pathlib import Path
 from grpclib._typing import IServable
 from grpclib.server import Server as GRPCServer
 
-from cri_async import __version__
+from cri_async import __version__, linux
 from cri_async.backends.base import OCIRuntime
 from cri_async.backends.fake.backend import FakeBackend
-from cri_async.config import Config
+from cri_async.backends.oci import OCIBackend
+from cri_async.config import Config, ConfigError
 from cri_async.core.context import Limits
 from cri_async.core.errors import Unavailable
 from cri_async.core.images import ImageStore
 from cri_async.core.runtime import Runtime
+from cri_async.monitor.hostprep import prepare_host
+from cri_async.monitor.reaper import Reaper, become_subreaper
+from cri_async.network.pins import NamespacePinner
 from cri_async.registry.auth import load_credentials_file
 from cri_async.registry.client import RegistryClient
 from cri_async.registry.fake_store import CatalogImage, FakeImageStore
@@ -36,12 +40,40 @@ from cri_async.store.db import StateStore
 log = logging.getLogger("cri_async.server")
 
 
-def build_backends(config: Config) -> dict[str, OCIRuntime]:
+def build_backends(
+    config: Config, images: ImageStore, pinner: NamespacePinner
+) -> dict[str, OCIRuntime]:
     backends: dict[str, OCIRuntime] = {}
     for name, h in config.runtimes.items():
         if h.backend == "fake":
             backends[name] = FakeBackend(name, config.handler_root(name))
+            continue
+        if not isinstance(images, OCIImageStore):
+            raise ConfigError(
+                f'runtimes."{name}": the {h.backend} backend needs images.backend = "registry"'
+            )
+        backends[name] = OCIBackend(
+            name,
+            kind=h.backend,
+            binary=h.binary or h.backend,
+            run_root=config.handler_root(name),
+            state_root=Path(config.state.root) / "containers",
+            conmon_binary=config.runtime.conmon,
+            pinner=pinner,
+            lowers=_lowers(images),
+            socket_dir=Path(config.state.run_root) / "s",
+        )
     return backends
+
+
+def _lowers(images: OCIImageStore) -> Callable[[str], list[str] | None]:
+    def lowers(image_id: str) -> list[str] | None:
+        rec = images.record(image_id)
+        if rec is None:
+            return None
+        return [str(images.snapshots.path(c)) for c in reversed(rec.chain_ids)]
+
+    return lowers
 
 
 def catalog(config: Config) -> list[CatalogImage]:
@@ -121,8 +153,11 @@ class Server:
         self.rpc_timeout = config.server.rpc_timeout
         self.socket_path = Path(config.server.socket)
         self.store = StateStore(config.db_path, sync=config.state.sync)
-        self.backends = build_backends(config)
         self.images = build_image_store(config, self.store, self._images_in_use)
+        self.pinner = NamespacePinner(Path(config.state.run_root) / "ns")
+        self.backends = build_backends(config, self.images, self.pinner)
+        self.real = any(not isinstance(b, FakeBackend) for b in self.backends.values())
+        self.reaper: Reaper | None = None
         self.runtime = Runtime(
             self.store,
             self.backends,
@@ -152,7 +187,25 @@ class Server:
         if self._inflight == 0:
             self._idle.set()
 
+    def _prepare_host(self) -> None:
+        """What real containers need from the host; idempotent, each change logged."""
+        for change in prepare_host():
+            log.info("host: %s", change)
+        become_subreaper()
+        # Bidirectional/host-to-container mount propagation needs a shared root mount;
+        # systemd makes / rshared at boot, this machine's init does not.
+        root = next((m for m in linux.mountinfo() if m[0] == "/"), None)
+        if root is not None:
+            linux.mount("none", "/", None, linux.MS_REC | linux.MS_SHARED)
+
     async def start(self) -> None:
+        if self.real:
+            await asyncio.to_thread(self._prepare_host)
+            self.reaper = Reaper()
+            self.reaper.start()
+            for b in self.backends.values():
+                if isinstance(b, OCIBackend):
+                    b.conmon.reaper = self.reaper
         await self.store.open()
         try:
             await self.runtime.start()
@@ -201,6 +254,8 @@ class Server:
         if close is not None:
             await close()
         await self.store.close()
+        if self.reaper is not None:
+            self.reaper.close()
         self.socket_path.unlink(missing_ok=True)
         self._stopped.set()
         log.info("cri-async stopped")

@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,18 @@ def _need_root() -> None:
         pytest.skip("needs root")
 
 
-async def test_pins_share_namespaces_and_unpin_cleanly(tmp_path: Path) -> None:
-    pinner = NamespacePinner(tmp_path / "ns")
+@pytest.fixture
+async def pinner(tmp_path: Path) -> AsyncIterator[NamespacePinner]:
+    p = NamespacePinner(tmp_path / "ns")
+    yield p
+    for sid in p.pinned():  # even when the test failed half-way
+        await p.unpin(sid)
+    linux.umount(str(tmp_path / "ns"))
+
+
+async def test_pins_share_namespaces_and_unpin_cleanly(
+    pinner: NamespacePinner, tmp_path: Path
+) -> None:
     pins = await pinner.pin("pod1", "web-0", net=True, ipc=True, uts=True)
     assert pins.net and pins.ipc and pins.uts
     out = subprocess.run(
@@ -51,7 +62,6 @@ async def test_pins_share_namespaces_and_unpin_cleanly(tmp_path: Path) -> None:
         await pinner.unpin(sid)
     assert pinner.pinned() == set()
     assert not [m for m in linux.mountinfo() if m[0].startswith(str(tmp_path / "ns") + "/")]
-    linux.umount(str(tmp_path / "ns"))
 
 
 async def test_overlay_rootfs_short_and_long(tmp_path: Path) -> None:

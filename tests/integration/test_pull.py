@@ -16,7 +16,7 @@ from grpclib import GRPCError, Status
 
 from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.client import CRIClient, container_config, pod_config
-from cri_async.config import Config, ImagesConfig, RegistryConfig
+from cri_async.config import Config, HandlerConfig, ImagesConfig, RegistryConfig
 from cri_async.registry.store import OCIImageStore
 from cri_async.testing import CRIServer
 from tests.support import images as im
@@ -28,6 +28,7 @@ pytestmark = pytest.mark.registry
 def config(**registry: Any) -> Config:
     return dataclasses.replace(
         Config(),
+        runtimes={"": HandlerConfig(backend="fake")},
         images=ImagesConfig(backend="registry", stall_timeout=5.0),
         registry=RegistryConfig(**registry),
     )

@@ -32,6 +32,7 @@ class Proc:
             f'[server]\nsocket = "{self.sock}"\n'
             f'[state]\nroot = "{root}/state"\nrun_root = "{root}/run"\n'
             f'[log]\nlevel = "debug"\n[images]\nbackend = "{images_backend}"\n'
+            '[runtimes.""]\nbackend = "fake"\n'
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

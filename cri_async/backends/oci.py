@@ -1,0 +1,406 @@
+"""The runc-family backend (runc, crun, youki): real containers under conmon.
+
+Pods are pinned namespaces plus a directory of shared files (no pause process). A
+container is an overlay of its image's snapshots, a bundle with a generated config.json,
+and one conmon that runs the runtime's ``create`` and then supervises the process (logs,
+exit file, attach socket), so containers outlive a restart of cri-async.
+
+Layout (per handler): bundles ``<run_root>/<handler>/containers/<id>``, exit files
+``.../exits``, conmon sockets ``.../s`` (short: attach paths must fit sun_path), pod files
+``.../pods/<id>``, pinned namespaces ``<run_root>/ns``; writable layers
+``<state_root>/containers/<id>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import resource
+import shutil
+import signal as signals
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from cri_async import linux, rootfs
+from cri_async.backends.base import (
+    BackendStatus,
+    ExecResult,
+    ExitStatus,
+    HandlerFeatures,
+    ProcessStatus,
+    StartError,
+)
+from cri_async.backends.ocicli import RuntimeCLI, RuntimeCLIError
+from cri_async.core.errors import DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument
+from cri_async.core.model import Container, Image, NamespaceMode, NetworkStatus, Resources, Sandbox
+from cri_async.monitor.conmon import Conmon, ConmonError, ExitInfo
+from cri_async.network import podfiles
+from cri_async.network.pins import NamespacePinner, PinError
+from cri_async.oci import spec as oci
+from cri_async.oci.defaults import capabilities_from_mask
+from cri_async.oci.errors import SpecError
+from cri_async.oci.user import ResolvedUser, UserError, resolve_user
+
+log = logging.getLogger("cri_async.backends.oci")
+
+SHM_SIZE = 64 << 20
+DEFAULT_CGROUP_PARENT = "/cri-async"
+
+
+def host_facts() -> oci.HostFacts:
+    status = Path("/proc/self/status").read_text()
+    capbnd = next(line.split()[1] for line in status.splitlines() if line.startswith("CapBnd:"))
+    oom = int(Path("/proc/self/oom_score_adj").read_text().strip() or 0)
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return oci.HostFacts(
+        bounding_caps=frozenset(capabilities_from_mask(int(capbnd, 16))),
+        min_oom_score_adj=oom,
+        nofile_hard=nofile if nofile != resource.RLIM_INFINITY else 1 << 20,
+        apparmor=Path("/sys/kernel/security/apparmor").exists(),
+        selinux=Path("/sys/fs/selinux/enforce").exists(),
+        cgroup_v2=Path("/sys/fs/cgroup/cgroup.controllers").exists(),
+        hugetlb=Path("/sys/fs/cgroup/hugetlb").is_dir(),
+    )
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+
+
+def _resources_update(r: Resources) -> dict[str, Any]:
+    """The JSON `runc update --resources -` takes (zero means "leave as is")."""
+    cpu: dict[str, Any] = {}
+    if r.cpu_shares:
+        cpu["shares"] = r.cpu_shares
+    if r.cpu_quota:
+        cpu["quota"] = r.cpu_quota
+    if r.cpu_period:
+        cpu["period"] = r.cpu_period
+    if r.cpuset_cpus:
+        cpu["cpus"] = r.cpuset_cpus
+    if r.cpuset_mems:
+        cpu["mems"] = r.cpuset_mems
+    out: dict[str, Any] = {}
+    if cpu:
+        out["cpu"] = cpu
+    if r.memory_limit_in_bytes:
+        mem = {"limit": r.memory_limit_in_bytes}
+        mem["swap"] = r.memory_swap_limit_in_bytes or r.memory_limit_in_bytes
+        out["memory"] = mem
+    if r.unified:
+        out["unified"] = dict(r.unified)
+    return out
+
+
+class OCIBackend:
+    """One RuntimeClass handler backed by a runc-compatible runtime."""
+
+    def __init__(
+        self,
+        handler: str,
+        *,
+        kind: str,
+        binary: str,
+        run_root: Path,
+        state_root: Path,
+        conmon_binary: str,
+        pinner: NamespacePinner,
+        lowers: Callable[[str], list[str] | None],
+        socket_dir: Path | None = None,
+    ) -> None:
+        self.handler = handler
+        self.kind = kind
+        self.binary = shutil.which(binary) or binary  # conmon wants an absolute path
+        self.root = run_root
+        self.layers_root = state_root
+        self.conmon_binary = conmon_binary
+        self.pinner = pinner
+        self._lowers = lowers
+        self.cli = RuntimeCLI(self.binary, str(run_root / "state"))
+        # Attach sockets are reached as <socket_dir>/<64-hex id>/attach, which must fit
+        # in sun_path (108 bytes): keep socket_dir short and shared by all handlers.
+        self.socket_dir = socket_dir or run_root / "s"
+        self.conmon = Conmon(
+            conmon_binary, self.cli, runtime_path=self.binary, socket_dir=str(self.socket_dir)
+        )
+        self._host: oci.HostFacts | None = None
+
+    # -- paths -----------------------------------------------------------------------
+    def bundle(self, cid: str) -> Path:
+        return self.root / "containers" / cid
+
+    def layer_dir(self, cid: str) -> Path:
+        return self.layers_root / cid
+
+    @property
+    def exits(self) -> Path:
+        return self.root / "exits"
+
+    def pod_dir(self, sid: str) -> Path:
+        return self.root / "pods" / sid
+
+    @property
+    def host(self) -> oci.HostFacts:
+        if self._host is None:
+            self._host = host_facts()
+        return self._host
+
+    # -- readiness -------------------------------------------------------------------
+    async def probe(self) -> BackendStatus:
+        missing = [b for b in (self.binary, self.conmon_binary) if not shutil.which(b)]
+        if missing:
+            return BackendStatus(
+                False, "BinaryMissing", f"{', '.join(missing)} not found (handler {self.handler!r})"
+            )
+        for d in (self.root / "containers", self.exits, self.socket_dir, self.root / "pods"):
+            d.mkdir(parents=True, exist_ok=True)
+        feats = await self.cli.features() if self.kind == "runc" else None
+        rro = bool(feats and "rro" in (feats.get("mountOptions") or []))
+        userns = bool(feats and "user" in ((feats.get("linux") or {}).get("namespaces") or []))
+        return BackendStatus(
+            True,
+            features=HandlerFeatures(recursive_read_only_mounts=rro, user_namespaces=userns),
+            info={"backend": self.kind, "binary": self.binary, "root": str(self.root)},
+        )
+
+    # -- pods ------------------------------------------------------------------------
+    async def create_sandbox(self, sandbox: Sandbox) -> Sandbox:
+        ns = sandbox.config.security.namespaces
+        hostname = sandbox.config.hostname or sandbox.metadata.name
+        host_net = ns.network is NamespaceMode.NODE
+        host_ipc = ns.ipc is NamespaceMode.NODE
+        d = self.pod_dir(sandbox.id)
+        try:
+            pins = await self.pinner.pin(
+                sandbox.id, hostname, net=not host_net, ipc=not host_ipc, uts=not host_net
+            )
+        except PinError as e:
+            raise Internal(str(e)) from None
+        try:
+            await asyncio.to_thread(self._pod_files, sandbox, d, hostname, host_net, host_ipc)
+        except BaseException:
+            await self.remove_sandbox(sandbox)
+            raise
+        info = {
+            "podDir": str(d),
+            "netns": pins.net or "",
+            "ipcns": pins.ipc or "",
+            "utsns": pins.uts or "",
+            "hostname": os.uname().nodename if host_net else hostname,
+        }
+        return sandbox.evolve(network=NetworkStatus(), backend_info=info)
+
+    def _pod_files(
+        self, sandbox: Sandbox, d: Path, hostname: str, host_net: bool, host_ipc: bool
+    ) -> None:
+        d.mkdir(parents=True, exist_ok=True)
+        host_resolv = _read_text(Path("/etc/resolv.conf")) or ""
+        if host_net:
+            (d / "resolv.conf").write_text(host_resolv)
+            (d / "hosts").write_text(_read_text(Path("/etc/hosts")) or podfiles.hosts("", []))
+            (d / "hostname").write_text(podfiles.hostname_file(os.uname().nodename))
+        else:
+            (d / "resolv.conf").write_text(podfiles.resolv_conf(sandbox.config.dns, host_resolv))
+            (d / "hosts").write_text(podfiles.hosts(hostname, []))
+            (d / "hostname").write_text(podfiles.hostname_file(hostname))
+        if not host_ipc:
+            shm = d / "shm"
+            shm.mkdir(exist_ok=True)
+            if not linux.is_mountpoint(str(shm)):
+                linux.mount("shm", str(shm), "tmpfs", 0x2 | 0x4 | 0x8, f"mode=1777,size={SHM_SIZE}")
+
+    async def stop_sandbox(self, sandbox: Sandbox) -> None:
+        return None
+
+    async def remove_sandbox(self, sandbox: Sandbox) -> None:
+        await self.pinner.unpin(sandbox.id)
+        d = self.pod_dir(sandbox.id)
+
+        def run() -> None:
+            linux.umount(str(d / "shm"))
+            shutil.rmtree(d, ignore_errors=True)
+            self._rmdir_cgroups(self._cgroup_parent(sandbox))
+
+        await asyncio.to_thread(run)
+
+    def _cgroup_parent(self, sandbox: Sandbox) -> str:
+        return sandbox.config.cgroup_parent or f"{DEFAULT_CGROUP_PARENT}/pod-{sandbox.id[:16]}"
+
+    @staticmethod
+    def _rmdir_cgroups(rel: str) -> None:
+        """Remove a (now empty) cgroup dir in every hierarchy; runtimes leave parents."""
+        base = Path("/sys/fs/cgroup")
+        for h in [base, *(p for p in base.iterdir() if p.is_dir())]:
+            with contextlib.suppress(OSError):
+                (h / rel.lstrip("/")).rmdir()
+
+    # -- containers ------------------------------------------------------------------
+    def _pod_paths(self, sandbox: Sandbox) -> oci.PodPaths:
+        b = sandbox.backend_info
+        d = Path(b.get("podDir", str(self.pod_dir(sandbox.id))))
+        shm = d / "shm"
+        return oci.PodPaths(
+            netns=b.get("netns") or None,
+            ipcns=b.get("ipcns") or None,
+            utsns=b.get("utsns") or None,
+            hostname=b.get("hostname", ""),
+            resolv_conf=str(d / "resolv.conf"),
+            hosts=str(d / "hosts"),
+            hostname_file=str(d / "hostname"),
+            shm=str(shm) if b.get("ipcns") else "/dev/shm",
+        )
+
+    def _user(self, container: Container, image: Image, rootfs_dir: Path) -> ResolvedUser:
+        sec = container.config.security
+        try:
+            return resolve_user(
+                image_user=image.user,
+                run_as_user=sec.run_as_user,
+                run_as_group=sec.run_as_group,
+                run_as_username=sec.run_as_username,
+                supplemental_groups=sec.supplemental_groups,
+                policy=sec.supplemental_groups_policy,
+                passwd=_read_text(rootfs_dir / "etc/passwd"),
+                group=_read_text(rootfs_dir / "etc/group"),
+            )
+        except UserError as e:
+            raise InvalidArgument(f"container {container.metadata.name!r}: {e}") from None
+
+    def _prepare_mounts(self, container: Container) -> None:
+        for m in container.config.mounts:
+            if m.host_path and m.image is None and not os.path.exists(m.host_path):
+                os.makedirs(m.host_path, exist_ok=True)  # as kubelet expects (hostPath dirs)
+
+    async def create_container(
+        self, sandbox: Sandbox, container: Container, image: Image
+    ) -> Container:
+        lowers = self._lowers(image.id)
+        if not lowers:
+            raise FailedPrecondition(
+                f"image {image.id} has no unpacked layers on this node; pull it again"
+            )
+        cid = container.id
+        bundle = self.bundle(cid)
+        rootfs_dir = bundle / "rootfs"
+        layer = self.layer_dir(cid)
+        try:
+            bundle.mkdir(parents=True, exist_ok=True)
+            await rootfs.mount_overlay(rootfs_dir, lowers, layer / "fs", layer / "work")
+            user = await asyncio.to_thread(self._user, container, image, rootfs_dir)
+            await asyncio.to_thread(self._prepare_mounts, container)
+            try:
+                spec = oci.container_spec(
+                    sandbox,
+                    container,
+                    image,
+                    rootfs=str(rootfs_dir),
+                    pod=self._pod_paths(sandbox),
+                    host=self.host,
+                    cgroups_path=f"{self._cgroup_parent(sandbox)}/{cid}",
+                    user=user,
+                )
+            except SpecError as e:
+                raise InvalidArgument(f"container {container.metadata.name!r}: {e}") from None
+            (bundle / "config.json").write_text(json.dumps(spec))
+            if container.log_path:
+                os.makedirs(os.path.dirname(container.log_path), exist_ok=True)
+            cfg = container.config
+            try:
+                pid = await self.conmon.create(
+                    cid,
+                    cfg.metadata.name,
+                    bundle,
+                    container.log_path or str(bundle / "ctr.log"),
+                    tty=cfg.tty,
+                    stdin=cfg.stdin,
+                    stdin_once=cfg.stdin_once,
+                    exit_dir=self.exits,
+                )
+            except ConmonError as e:
+                raise FailedPrecondition(f"failed to create container: {e}") from None
+        except BaseException:
+            await self.delete_container(container)
+            raise
+        info = {"bundle": str(bundle), "layer": str(layer), "user": f"{user.uid}:{user.gid}"}
+        return container.evolve(pid=pid, backend_info=info)
+
+    async def start_container(self, container: Container) -> int:
+        try:
+            await self.cli.start(container.id)
+        except RuntimeCLIError as e:
+            raise StartError(str(e)) from None
+        return container.pid
+
+    async def wait(self, container: Container) -> ExitStatus:
+        info = await self.conmon.wait_exit(container.id, self.bundle(container.id), self.exits)
+        return self._exit_status(info)
+
+    @staticmethod
+    def _exit_status(info: ExitInfo) -> ExitStatus:
+        return ExitStatus(
+            exit_code=info.exit_code,
+            finished_at=info.finished_at,
+            reason="OOMKilled" if info.oom else "",
+        )
+
+    async def kill(self, container: Container, signal: int) -> None:
+        with contextlib.suppress(RuntimeCLIError):
+            await self.cli.kill(container.id, signal, all=signal == signals.SIGKILL)
+
+    async def recover(self, container: Container) -> ProcessStatus:
+        info = self.conmon.exit_info(container.id, self.bundle(container.id), self.exits)
+        if info is not None:
+            return ProcessStatus(container.pid, self._exit_status(info))
+        state = await self.cli.state(container.id)
+        if state is not None and state.get("status") in ("running", "created", "paused"):
+            return ProcessStatus(int(state.get("pid") or container.pid), None)
+        lost = ExitStatus(255, time.time_ns(), "Unknown", "container state lost (host reboot?)")
+        return ProcessStatus(container.pid, lost)
+
+    async def delete_container(self, container: Container) -> None:
+        cid = container.id
+        with contextlib.suppress(RuntimeCLIError):
+            await self.cli.delete(cid, force=True)
+        bundle = self.bundle(cid)
+        await rootfs.unmount(bundle / "rootfs")
+
+        def clean() -> None:
+            self.conmon.remove(cid, self.exits)
+            shutil.rmtree(bundle, ignore_errors=True)
+            shutil.rmtree(self.layer_dir(cid), ignore_errors=True)
+
+        await asyncio.to_thread(clean)
+
+    async def exec_sync(
+        self, container: Container, cmd: Sequence[str], timeout: float | None, limit: int
+    ) -> ExecResult:
+        # An exec runs as the container's own process does (user, env, cwd, capabilities).
+        spec = json.loads(
+            await asyncio.to_thread((self.bundle(container.id) / "config.json").read_text)
+        )
+        process = dict(spec["process"], args=list(cmd), terminal=container.config.tty)
+        process.pop("consoleSize", None)
+        workdir = self.bundle(container.id) / "exec"
+        code, out, err, timed_out = await self.conmon.exec_sync(
+            container.id, process, timeout=timeout, workdir=workdir, limit=limit
+        )
+        if timed_out:
+            raise DeadlineExceeded(f"command {list(cmd)!r} timed out after {timeout:g}s")
+        return ExecResult(code, out, err)
+
+    async def update_resources(self, container: Container, resources: Resources) -> None:
+        try:
+            await self.cli.update(container.id, _resources_update(resources))
+        except RuntimeCLIError as e:
+            raise FailedPrecondition(f"cannot update container resources: {e}") from None
+
+    async def reopen_log(self, container: Container) -> None:
+        await self.conmon.reopen_log(self.bundle(container.id))

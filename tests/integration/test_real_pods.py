@@ -1,0 +1,122 @@
+"""A kubelet-style sequence on real runtimes (runc, crun) under conmon, from a pulled image."""
+
+import asyncio
+import dataclasses
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from grpclib import GRPCError, Status
+
+from cri_async import linux
+from cri_async.api.runtime.v1 import api_pb2 as pb
+from cri_async.client import CRIClient, container_config, pod_config
+from cri_async.config import Config, HandlerConfig, ImagesConfig, StateConfig
+from cri_async.logs.crilog import Stream, join_records, parse_lines
+from cri_async.testing import CRIServer
+from tests.support import images as im
+from tests.support.registry import LocalRegistry
+
+pytestmark = [pytest.mark.root, pytest.mark.registry]
+RUNTIMES = ["runc", "crun"]
+
+
+def require(binary: str) -> None:
+    if os.geteuid() != 0 or shutil.which(binary) is None or shutil.which("conmon") is None:
+        why = f"needs root, {binary} and conmon"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{why} (installed by `make test`)")
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def busybox_ref() -> Iterator[str]:
+    with LocalRegistry() as reg:
+        im.push(reg, "test/busybox", im.busybox_image(cmd=("sh",)))
+        yield reg.ref("test/busybox")
+
+
+@pytest_asyncio.fixture(params=RUNTIMES)
+async def rsrv(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CRIServer]:
+    kind = request.param
+    require(kind)
+    cfg = dataclasses.replace(
+        Config(),
+        runtimes={"": HandlerConfig(backend=kind)},
+        images=ImagesConfig(backend="registry"),
+    )
+    srv = CRIServer(tmp_path, config=cfg)
+    # Short run root: conmon's attach socket path must fit in sun_path.
+    run_root = Path(f"/run/crt{os.getpid() % 10000}{kind[0]}")
+    srv.config = dataclasses.replace(
+        srv.config,
+        state=StateConfig(root=str(tmp_path / "state"), run_root=str(run_root), sync="normal"),
+    )
+    async with srv:
+        yield srv
+        # Whatever the test left, removing the pods must clean the host up completely.
+        for p in (await srv.client.runtime.ListPodSandbox(pb.ListPodSandboxRequest())).items:
+            await srv.client.runtime.RemovePodSandbox(
+                pb.RemovePodSandboxRequest(pod_sandbox_id=p.id)
+            )
+    linux.umount(str(run_root / "ns"))  # the pin directory's own private bind mount
+    assert not [m for m in linux.mountinfo() if m[0].startswith((str(run_root), str(tmp_path)))]
+    shutil.rmtree(run_root, ignore_errors=True)
+
+
+async def wait_exit(cli: CRIClient, cid: str, timeout: float = 10) -> pb.ContainerStatus:
+    async with asyncio.timeout(timeout):
+        while True:
+            st = await cli.container_status(cid)
+            if st.state == pb.CONTAINER_EXITED:
+                return st
+            await asyncio.sleep(0.05)
+
+
+async def test_kubelet_sequence(rsrv: CRIServer, busybox_ref: str, tmp_path: Path) -> None:
+    cli = rsrv.client
+    image_id = await cli.pull(busybox_ref)
+    logs = tmp_path / "pods"
+    pcfg = pod_config("web", log_directory=str(logs))
+    pod = await cli.run_pod(pcfg)
+
+    ccfg = container_config(
+        "app",
+        busybox_ref,
+        command=["sh", "-c", "echo hello; echo oops >&2; hostname; exec sleep 1000"],
+        log_path="app/0.log",
+    )
+    cid = await cli.create_container(pod, ccfg, pcfg)
+    await cli.start_container(cid)
+    st = await cli.container_status(cid)
+    assert st.state == pb.CONTAINER_RUNNING and st.image_id == image_id
+
+    r = await cli.exec_sync(cid, ["sh", "-c", "echo out; echo err >&2; id -u; exit 3"], timeout=10)
+    assert (r.exit_code, r.stderr) == (3, b"err\n")
+    assert r.stdout == b"out\n0\n"
+    with pytest.raises(GRPCError) as err:
+        await cli.exec_sync(cid, ["sleep", "30"], timeout=1)
+    assert err.value.status is Status.DEADLINE_EXCEEDED
+
+    await asyncio.sleep(0.2)
+    out = join_records(parse_lines((logs / "app/0.log").read_bytes()))
+    assert out[Stream.STDOUT] == b"hello\nweb\n" and out[Stream.STDERR] == b"oops\n"
+
+    short = await cli.create_container(
+        pod, container_config("short", busybox_ref, command=["sh", "-c", "exit 7"]), pcfg
+    )
+    await cli.start_container(short)
+    st = await wait_exit(cli, short)
+    assert (st.exit_code, st.reason) == (7, "Error")
+
+    await cli.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=5))
+    st = await cli.container_status(cid)
+    assert st.state == pb.CONTAINER_EXITED and st.exit_code in (137, 143)
+    for c in (cid, short):
+        await cli.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=c))
+    await cli.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod))
+    await cli.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod))
+    assert not (await cli.runtime.ListContainers(pb.ListContainersRequest())).containers
