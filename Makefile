@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?=
 
-.PHONY: setup test-deps run test lint unit proto bench clean
+.PHONY: setup run-deps test-deps run test lint unit proto bench clean
 
 # System packages first (python3-venv on a bare Debian), then the project into .venv.
 $(STAMP): pyproject.toml
@@ -22,16 +22,23 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# What the test suite runs for real: a CNCF registry and a static busybox for test images.
-TEST_DEBS := docker-registry busybox-static runc crun conmon iproute2 util-linux
-test-deps:
-	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# What real containers need (the default handlers are runc and crun, under conmon), and
+# what the tests also run for real: a CNCF registry and a static busybox for test images.
+RUN_DEBS := runc crun conmon iproute2 util-linux
+TEST_DEBS := $(RUN_DEBS) docker-registry busybox-static
+define apt_ensure
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
-		echo "test-deps: installing$$missing from Debian"; \
+		echo "installing$$missing from Debian"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+endef
+run-deps:
+	$(call apt_ensure,$(RUN_DEBS))
+test-deps:
+	$(call apt_ensure,$(TEST_DEBS))
 
-run: setup
+run: setup run-deps
 	$(BIN)/cri-async serve $(if $(CONFIG),--config $(CONFIG))
 
 lint: setup

@@ -183,6 +183,7 @@ class Config:
             "": HandlerConfig("runc"),
             "runc": HandlerConfig("runc"),
             "crun": HandlerConfig("crun"),
+            "youki": HandlerConfig("youki"),
         }
     )
     images: ImagesConfig = field(default_factory=ImagesConfig)
@@ -346,6 +347,12 @@ binary = ""
 
 [runtimes.crun]
 backend = "crun"
+root = ""
+binary = ""
+
+# youki is not packaged by Debian 12; this handler reports not ready until it is installed.
+[runtimes.youki]
+backend = "youki"
 root = ""
 binary = ""
 

@@ -120,3 +120,27 @@ async def test_kubelet_sequence(rsrv: CRIServer, busybox_ref: str, tmp_path: Pat
     await cli.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod))
     await cli.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod))
     assert not (await cli.runtime.ListContainers(pb.ListContainersRequest())).containers
+
+
+async def test_missing_runtime_binary_is_not_ready_and_refused(tmp_path: Path) -> None:
+    require("runc")
+    cfg = dataclasses.replace(
+        Config(),
+        runtimes={
+            "": HandlerConfig(backend="runc"),
+            "ghost": HandlerConfig(backend="youki", binary="/nonexistent/youki"),
+        },
+        images=ImagesConfig(backend="registry"),
+    )
+    async with CRIServer(tmp_path, config=cfg) as srv:
+        st = await srv.client.runtime.Status(pb.StatusRequest(verbose=True))
+        assert {c.type: c.status for c in st.status.conditions}["RuntimeReady"]
+        assert {h.name for h in st.runtime_handlers} == {"", "ghost"}
+        assert '"ghost": {"ready": false' in st.info["handlers"]
+        with pytest.raises(GRPCError) as err:
+            await srv.client.runtime.RunPodSandbox(
+                pb.RunPodSandboxRequest(config=pod_config("p"), runtime_handler="ghost")
+            )
+        assert err.value.status is Status.FAILED_PRECONDITION
+        assert "/nonexistent/youki not found" in str(err.value.message)
+        assert not (await srv.client.runtime.ListPodSandbox(pb.ListPodSandboxRequest())).items
