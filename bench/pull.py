@@ -18,11 +18,12 @@ nothing is cached and ``VmHWM`` (a lifetime peak) belongs to that one pull. Per 
   from ``/proc/PID/stat``, read just before and just after the RPC;
 * **peak RSS**: ``VmHWM`` of the server process after the pull (includes its idle RSS, which
   is reported separately in the JSON as ``rss_idle_mib``);
-* **MiB/s**: compressed layer bytes / wall.
+* **MiB/s**: compressed layer bytes / median wall.
 
-After each pull (untimed) the image id is checked against the config digest and the
-regular files under the runtime's snapshot directory are counted: a row only counts if the
-image was really unpacked.
+Each pull's line also shows minor page faults, context switches (summed over the live
+threads) and the thread count: diagnostics, in the JSON too. After each pull (untimed) the
+image id is checked against the config digest and the regular files under the runtime's
+snapshot directory are counted: a row only counts if the image was really unpacked.
 
 The containerd baseline (Debian's ``containerd``: ``apt-get install -y containerd``) runs
 per pull as ``containerd --config <tmp>/config.toml`` with root, state, sockets and the
@@ -34,11 +35,14 @@ unpacked files). Without a ``containerd`` binary, or with ``--no-containerd``, i
 "not available" and no ratio is printed.
 
 Rerun (from the repository root, as root so that unpack can chown and containerd can start;
-about 2-3 minutes on 2 cores with the defaults)::
+about 45 s on 2 cores with the defaults; the cold stores, ~2.2 GiB with the defaults, are
+removed at the end)::
 
     .venv/bin/python bench/pull.py
     .venv/bin/python bench/pull.py --runs 5 --only b --json /tmp/pull.json
-    .venv/bin/python bench/pull.py --no-containerd --keep-logs
+    .venv/bin/python bench/pull.py --tmp /dev/shm     # cold stores on tmpfs: no disk at all
+    # where does cri-async's time go (py-spy from PyPI, e.g. in its own venv):
+    PATH=/opt/py-spy/bin:$PATH .venv/bin/python bench/pull.py --no-containerd --py-spy /tmp/prof
 
 Caveats:
 
@@ -49,9 +53,16 @@ Caveats:
   only the fsyncs each runtime makes itself are waited for, and dirty pages left behind may be
   written back during a later pull. Numbers on a shared VM move by +-20 %; compare within
   one run and rerun before quoting;
+* file creation depends on what the filesystem went through just before. On ext4 *without a
+  journal* (as on the project's VMs), allocating an inode skips every inode freed in the last
+  ~30 s, reading each one: creating 10,000 files right after deleting 10,000 took 5-10x the
+  system time. So cold stores are deleted only at the end, and a run started within ~30 s of
+  a big deletion (the previous run's cleanup, other work on the machine) shows it as a slow
+  first pull of image b: look at ``min``, rerun, or use ``--tmp /dev/shm``;
 * containerd's CPU includes its own start-up work only if it is still running when the RPC
   starts; the readiness wait (``Version`` answered) comes first for both runtimes;
-* peak RSS is the server process only: children (``unpigz``, if installed) are not in it.
+* peak RSS is the server process only: children (``unpigz``, if installed) are not in it;
+* ``--py-spy`` samples at 200 Hz with ptrace stops, so profiled timings are slower.
 """
 
 from __future__ import annotations
@@ -194,16 +205,43 @@ def _pdeathsig() -> Callable[[], None] | None:
     return hook
 
 
-def proc_cpu(pid: int) -> tuple[float, float]:
-    """(user, system) seconds of ``pid`` including its reaped children."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    # fields[0] is field 3 (state): utime=14, stime=15, cutime=16, cstime=17
-    ut, st, cut, cst = (int(x) for x in fields[11:15])
-    return (ut + cut) / CLK_TCK, (st + cst) / CLK_TCK
+@dataclass(frozen=True)
+class Usage:
+    """Counters of one process (all its threads, plus reaped children for CPU and faults)."""
+
+    user_s: float
+    sys_s: float
+    minor_faults: int
+    ctx_switches: int  # summed over the live threads: diagnostic only
+
+    def __sub__(self, o: Usage) -> Usage:
+        return Usage(
+            self.user_s - o.user_s,
+            self.sys_s - o.sys_s,
+            self.minor_faults - o.minor_faults,
+            self.ctx_switches - o.ctx_switches,
+        )
 
 
-def proc_status_kib(pid: int, key: str) -> int:
+def _stat_fields(path: Path) -> list[str]:
+    stat = path.read_text()
+    return stat[stat.rindex(")") + 2 :].split()  # [0] is field 3 of proc(5), "state"
+
+
+def proc_usage(pid: int) -> Usage:
+    f = _stat_fields(Path(f"/proc/{pid}/stat"))
+    # proc(5) fields: minflt=10, cminflt=12, utime=14, stime=15, cutime=16, cstime=17
+    ut, st, cut, cst = (int(x) for x in f[11:15])
+    ctx = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    ctx += int(line.split()[1])
+    return Usage((ut + cut) / CLK_TCK, (st + cst) / CLK_TCK, int(f[7]) + int(f[9]), ctx)
+
+
+def proc_status_int(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
             return int(line.split()[1])
@@ -286,6 +324,8 @@ def start_cri_async(workdir: Path, python: str) -> Server:
         '[log]\nlevel = "warning"\n'
         f'[state]\nroot = "{state}"\nrun_root = "{workdir / "run"}"\n'
         '[images]\nbackend = "registry"\n'
+        # Pulls need no OCI runtime: the fake backend keeps runc/conmon out of the picture.
+        '[runtimes.""]\nbackend = "fake"\n'
     )
     argv = [python, "-m", "cri_async.cli", "serve", "--config", str(cfg)]
     return spawn(CRI_ASYNC, argv, workdir, socket=sock, snapshots=state / "snapshots")
@@ -370,6 +410,9 @@ class Sample:
     rss_peak_mib: float
     files: int
     bytes: int
+    minor_faults: int
+    ctx_switches: int
+    threads: int
 
     @property
     def cpu_s(self) -> float:
@@ -418,7 +461,7 @@ async def pull_once(
 ) -> Sample:
     await wait_ready(server)
     pid = server.pid
-    rss_idle = proc_status_kib(pid, "VmRSS") / 1024
+    rss_idle = proc_status_int(pid, "VmRSS") / 1024
     client = CRIClient(server.socket)
     profile = None
     if env is not None and env.profile_dir is not None and server.runtime == CRI_ASYNC:
@@ -426,14 +469,15 @@ async def pull_once(
         profile = env.profile_dir / f"{server.runtime}-{image.key}-run{run + 1}.txt"
     try:
         with py_spy(pid, env.py_spy if env else None, profile):
-            u0, s0 = proc_cpu(pid)
+            before = proc_usage(pid)
             t0 = time.perf_counter()
             image_id = await asyncio.wait_for(client.pull(ref), PULL_TIMEOUT)
             wall = time.perf_counter() - t0
-            u1, s1 = proc_cpu(pid)
+            used = proc_usage(pid) - before
     finally:
         client.close()
-    peak = proc_status_kib(pid, "VmHWM") / 1024
+    peak = proc_status_int(pid, "VmHWM") / 1024
+    threads = proc_status_int(pid, "Threads")
     if image_id != image.built.image_id:
         raise RuntimeError(f"{server.runtime}: pulled {image_id}, want {image.built.image_id}")
     files, size = count_files(server.snapshots)
@@ -442,7 +486,19 @@ async def pull_once(
             f"{server.runtime}: {files} files under {server.snapshots}, want {image.files}"
         )
     return Sample(
-        image.key, server.runtime, run, wall, u1 - u0, s1 - s0, rss_idle, peak, files, size
+        image.key,
+        server.runtime,
+        run,
+        wall,
+        used.user_s,
+        used.sys_s,
+        rss_idle,
+        peak,
+        files,
+        size,
+        used.minor_faults,
+        used.ctx_switches,
+        threads,
     )
 
 
@@ -454,6 +510,7 @@ class Env:
     keep_logs: Path | None
     profile_dir: Path | None = None
     py_spy: str | None = None
+    workdirs: list[Path] = field(default_factory=list)
 
 
 async def measure(
@@ -479,7 +536,10 @@ async def measure(
                 env.keep_logs.mkdir(parents=True, exist_ok=True)
                 with contextlib.suppress(OSError):
                     shutil.copy(server.log, env.keep_logs / f"{runtime}-{image.key}-{run}.log")
-        remove_tree(workdir)
+        # Removed at the end, not now: on an ext4 without a journal, inodes freed in the
+        # last ~30 s are skipped one by one (reading each from disk) when a new inode is
+        # allocated, which made the next pull's file creation several times slower.
+        env.workdirs.append(workdir)
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -557,8 +617,8 @@ def print_table(
     images: Sequence[BenchImage], rows: Sequence[dict[str, Any]], have_ctrd: bool
 ) -> None:
     head = (
-        f"{'image':<24}{'runtime':<12}{'wall s med/min':>16}{'CPU s med':>11}"
-        f"{'(usr+sys)':>13}{'peak RSS MiB':>14}{'MiB/s':>8}"
+        f"{'image':<24}{'runtime':<12}{'wall s med/min':>15}{'CPU s med/min':>15}"
+        f"{'usr+sys med':>13}{'peak RSS MiB':>14}{'MiB/s':>7}"
     )
     print(head)
     print("-" * len(head))
@@ -568,22 +628,23 @@ def print_table(
             r = by_rt.get(rt)
             if r is None:
                 if rt == CONTAINERD and not have_ctrd:
-                    print(f"{image.name:<24}{rt:<12}{'not available':>16}")
+                    print(f"{image.name:<24}{rt:<12}{'not available':>15}")
                 continue
             wall = f"{r['wall_median_s']:.2f}/{r['wall_min_s']:.2f}"
+            cpu = f"{r['cpu_median_s']:.2f}/{r['cpu_min_s']:.2f}"
             split = f"{r['user_median_s']:.2f}+{r['sys_median_s']:.2f}"
             print(
-                f"{image.name:<24}{rt:<12}{wall:>16}{r['cpu_median_s']:>11.2f}{split:>13}"
-                f"{r['rss_peak_median_mib']:>14.0f}{r['mib_per_s']:>8.1f}"
+                f"{image.name:<24}{rt:<12}{wall:>15}{cpu:>15}{split:>13}"
+                f"{r['rss_peak_median_mib']:>14.0f}{r['mib_per_s']:>7.1f}"
             )
         ours, theirs = by_rt.get(CRI_ASYNC), by_rt.get(CONTAINERD)
         if ours and theirs:
-            w = ours["wall_median_s"] / theirs["wall_median_s"]
-            c = ours["cpu_median_s"] / theirs["cpu_median_s"]
-            print(
-                f"{'':<24}{'ratio':<12}{w:>16.2f}{c:>11.2f}   "
-                "(cri-async / containerd, medians; < 1 = cri-async better)"
-            )
+            w = f"{ours['wall_median_s'] / theirs['wall_median_s']:.2f}"
+            w += f"/{ours['wall_min_s'] / theirs['wall_min_s']:.2f}"
+            c = f"{ours['cpu_median_s'] / theirs['cpu_median_s']:.2f}"
+            c += f"/{ours['cpu_min_s'] / theirs['cpu_min_s']:.2f}"
+            print(f"{'':<24}{'ratio':<12}{w:>15}{c:>15}   (cri-async / containerd; < 1: faster)")
+    print("MiB/s: compressed layer bytes / median wall")
     print()
 
 
@@ -617,6 +678,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return a
 
 
+async def pull_all(
+    args: argparse.Namespace,
+    env: Env,
+    images: Sequence[BenchImage],
+    runtimes: Sequence[str],
+    samples: list[Sample],
+) -> None:
+    """Push the images, then ``--runs`` rounds of one cold pull per image and runtime."""
+    with LocalRegistry() as reg:
+        for image in images:
+            im.push(reg, image.repo, image.built, tag="latest")
+        print(f"pushed to {reg.url}; {args.runs} cold pull(s) per image and runtime\n")
+        for n in range(args.runs):
+            for image in images:
+                for rt in runtimes:
+                    s = await measure(env, rt, image, reg, n)
+                    samples.append(s)
+                    print(
+                        f"  run {n + 1} {image.key} {rt:<10} wall {s.wall_s:6.2f}s  "
+                        f"cpu {s.user_s:5.2f}+{s.sys_s:5.2f}s  peak RSS {s.rss_peak_mib:4.0f} MiB"
+                        f"  faults {s.minor_faults:7d}  ctx sw {s.ctx_switches:6d}"
+                        f"  threads {s.threads}",
+                        flush=True,
+                    )
+
+
 async def run(args: argparse.Namespace) -> int:
     containerd = None if args.no_containerd else shutil.which(CONTAINERD)
     if containerd is None and not args.no_containerd and os.access("/usr/bin/containerd", os.X_OK):
@@ -646,22 +733,14 @@ async def run(args: argparse.Namespace) -> int:
         )
 
     samples: list[Sample] = []
-    with LocalRegistry() as reg:
-        for image in images:
-            im.push(reg, image.repo, image.built, tag="latest")
-        print(f"pushed to {reg.url}; {args.runs} cold pull(s) per image and runtime\n")
-        for n in range(args.runs):
-            for image in images:
-                for rt in runtimes:
-                    s = await measure(env, rt, image, reg, n)
-                    samples.append(s)
-                    print(
-                        f"  run {n + 1} {image.key} {rt:<10} wall {s.wall_s:6.2f}s  "
-                        f"cpu {s.cpu_s:6.2f}s  peak RSS {s.rss_peak_mib:6.0f} MiB",
-                        flush=True,
-                    )
-        info["loadavg_end"] = loadavg()
-        print(f"loadavg at the end: {info['loadavg_end']}\n")
+    try:
+        await pull_all(args, env, images, runtimes, samples)
+    finally:
+        print(f"removing {len(env.workdirs)} cold stores", flush=True)
+        for workdir in env.workdirs:
+            remove_tree(workdir)
+    info["loadavg_end"] = loadavg()
+    print(f"loadavg at the end: {info['loadavg_end']}\n")
 
     rows = summarize(images, samples, runtimes)
     print_table(images, rows, containerd is not None)
