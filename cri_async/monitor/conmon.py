@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import tempfile
 from dataclasses import dataclass
@@ -154,16 +155,15 @@ def _read_exec_log(path: Path, limit: int) -> tuple[bytes, bytes]:
     return capture.output(Stream.STDOUT), capture.output(Stream.STDERR)
 
 
-def _prepare_exec(workdir: Path, process: dict[str, Any]) -> tuple[Path, Path, Path]:
-    """Write the process spec; return (spec, log, pidfile) paths, the latter two absent."""
+def _prepare_exec(workdir: Path, process: dict[str, Any]) -> Path:
+    """A fresh directory for one exec below ``workdir``, holding its ``process.json``.
+
+    One per call, so concurrent execs in the same container can share ``workdir``.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
-    spec = workdir / "process.json"
-    spec.write_text(json.dumps(process))
-    log_path = workdir / "exec.log"
-    pidfile = workdir / "exec.pid"
-    log_path.unlink(missing_ok=True)
-    pidfile.unlink(missing_ok=True)
-    return spec, log_path, pidfile
+    calldir = Path(tempfile.mkdtemp(prefix="exec-", dir=workdir))
+    (calldir / "process.json").write_text(json.dumps(process))
+    return calldir
 
 
 async def _wait_readable(fd: int, timeout: float | None) -> bool:
@@ -369,6 +369,8 @@ class Conmon:
                         stderr=errf,
                         pass_fds=(sync_w, start_r),
                         env=self._env(sync_w, start_r),
+                        # conmon drops stray files (an "oom" marker) in its cwd.
+                        cwd=bundle,
                     )
                 finally:
                     os.close(sync_w)
@@ -491,12 +493,24 @@ class Conmon:
         """Run ``process`` (OCI process JSON) in the container and collect its output.
 
         Returns (exit code, stdout, stderr, timed out); each stream is capped at ``limit``
-        bytes. ``timeout`` None or <= 0 means none. On timeout the exec'd process and all its
-        descendants are stopped and killed here (the exit code is then -1): conmon's own
-        ``-T`` only kills the process group, which a ``setsid`` child leaves; it stays as a
-        backstop a little later.
+        bytes. The spec, log and pidfile live in a per-call directory below ``workdir``,
+        removed afterwards. ``timeout`` None or <= 0 means none. On timeout the exec'd
+        process and all its descendants are stopped and killed here (the exit code is then
+        -1): conmon's own ``-T`` only kills the process group, which a ``setsid`` child
+        leaves; it stays as a backstop a little later.
         """
-        spec, log_path, pidfile = _prepare_exec(workdir, process)
+        calldir = _prepare_exec(workdir, process)
+        try:
+            return await self._exec_sync(cid, process, timeout, calldir, limit)
+        finally:
+            shutil.rmtree(calldir, ignore_errors=True)
+
+    async def _exec_sync(
+        self, cid: str, process: dict[str, Any], timeout: float | None, calldir: Path, limit: int
+    ) -> tuple[int, bytes, bytes, bool]:
+        spec = calldir / "process.json"
+        log_path = calldir / "exec.log"
+        pidfile = calldir / "exec.pid"
         args = [
             self.conmon,
             "-c", cid,
@@ -535,6 +549,7 @@ class Conmon:
                         stderr=errf,
                         pass_fds=(sync_w, start_r),
                         env=self._env(sync_w, start_r),
+                        cwd=calldir,
                     )
                 finally:
                     os.close(sync_w)

@@ -20,8 +20,21 @@ from cri_async.testing import CRIServer
 from tests.support import images as im
 from tests.support.registry import LocalRegistry
 
+from .test_restart import Proc
+
 pytestmark = [pytest.mark.root, pytest.mark.registry]
 RUNTIMES = ["runc", "crun"]
+
+
+def processes_mentioning(needle: str) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            if d.isdigit() and needle.encode() in Path(f"/proc/{d}/cmdline").read_bytes():
+                out.append(int(d))
+        except OSError:
+            continue
+    return out
 
 
 def require(binary: str) -> None:
@@ -144,3 +157,50 @@ async def test_missing_runtime_binary_is_not_ready_and_refused(tmp_path: Path) -
         assert err.value.status is Status.FAILED_PRECONDITION
         assert "/nonexistent/youki not found" in str(err.value.message)
         assert not (await srv.client.runtime.ListPodSandbox(pb.ListPodSandboxRequest())).items
+
+
+async def test_kill9_restart_keeps_real_containers(busybox_ref: str, tmp_path: Path) -> None:
+    """kill -9 of cri-async: containers keep running under conmon; the restarted server
+    finds them running, records the exits that happened while it was down, and a remove
+    leaves nothing behind."""
+    require("runc")
+    run_root = Path(f"/run/crt{os.getpid() % 10000}k")
+    p = Proc(tmp_path, images_backend="registry", runtime="runc", run_root=run_root)
+    cli = await p.start()
+    try:
+        await cli.pull(busybox_ref)
+        pcfg = pod_config("web")
+        pod = await cli.run_pod(pcfg)
+        long = await cli.create_container(
+            pod, container_config("long", busybox_ref, command=["sleep", "1000"]), pcfg
+        )
+        short = await cli.create_container(
+            pod,
+            container_config("short", busybox_ref, command=["sh", "-c", "sleep 1; exit 4"]),
+            pcfg,
+        )
+        for c in (long, short):
+            await cli.start_container(c)
+        cli.close()
+        p.kill9()
+        await asyncio.sleep(1.5)  # "short" exits while nobody is watching
+        cli = await p.start()
+        st = await cli.container_status(long)
+        assert st.state == pb.CONTAINER_RUNNING
+        assert (await cli.exec_sync(long, ["echo", "still here"], timeout=10)).stdout == (
+            b"still here\n"
+        )
+        st = await cli.container_status(short)
+        assert (st.state, st.exit_code) == (pb.CONTAINER_EXITED, 4)
+        await cli.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod))
+        assert not (await cli.runtime.ListContainers(pb.ListContainersRequest())).containers
+    finally:
+        cli.close()
+        p.terminate()
+        p.sock.unlink(missing_ok=True)
+    linux.umount(str(run_root / "ns"))
+    leftovers = [m[0] for m in linux.mountinfo() if m[0].startswith(str(run_root))]
+    assert not leftovers
+    procs = processes_mentioning(str(run_root))
+    assert not procs  # no conmon left behind
+    shutil.rmtree(run_root, ignore_errors=True)

@@ -24,15 +24,22 @@ pytestmark = [pytest.mark.socket, pytest.mark.subprocess]
 class Proc:
     """`cri-async serve` as a separate process, as an operator runs it."""
 
-    def __init__(self, root: Path, *, images_backend: str = "fake") -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        images_backend: str = "fake",
+        runtime: str = "fake",
+        run_root: Path | None = None,
+    ) -> None:
         self.root = root
         self.sock = Path(f"/tmp/cri-{os.getpid()}-{id(self)}.sock")
         self.config = root / "config.toml"
         self.config.write_text(
             f'[server]\nsocket = "{self.sock}"\n'
-            f'[state]\nroot = "{root}/state"\nrun_root = "{root}/run"\n'
+            f'[state]\nroot = "{root}/state"\nrun_root = "{run_root or root / "run"}"\n'
             f'[log]\nlevel = "debug"\n[images]\nbackend = "{images_backend}"\n'
-            '[runtimes.""]\nbackend = "fake"\n'
+            f'[runtimes.""]\nbackend = "{runtime}"\n'
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

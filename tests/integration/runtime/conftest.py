@@ -199,6 +199,10 @@ def lexists(path: str | Path) -> bool:
     return os.path.lexists(path)
 
 
+def list_dir(path: Path) -> list[str]:
+    return sorted(os.listdir(path))
+
+
 def _read_if(path: Path, needle: bytes) -> bytes | None:
     try:
         data = path.read_bytes()

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from cri_async.backends.ocicli import RuntimeCLIError
 from cri_async.logs.crilog import Stream, join_records, parse_lines
 from cri_async.monitor.conmon import SUN_PATH_MAX, Conmon, ConmonError
 
-from .conftest import CGROUP_PARENT, CGROUP_ROOT, Env, cgroup_dirs, lexists, until
+from .conftest import CGROUP_PARENT, CGROUP_ROOT, Env, cgroup_dirs, lexists, list_dir, until
 
 SLEEP = ["sleep", "100"]
 
@@ -85,6 +86,21 @@ async def test_exec_sync(env: Env, tmp_path: Path) -> None:
     }
     got = await env.conmon.exec_sync(ctr.cid, proc, timeout=10, workdir=tmp_path / "x1")
     assert got == (3, b"hi\ntail", b"err\n", False)
+
+    # Concurrent execs may share a workdir (each call gets its own directory below it).
+    many = await asyncio.gather(
+        *(
+            env.conmon.exec_sync(
+                ctr.cid,
+                dict(proc, args=["sh", "-c", f"echo {i}; exit {i}"]),
+                timeout=10,
+                workdir=tmp_path / "shared",
+            )
+            for i in range(4)
+        )
+    )
+    assert many == [(i, f"{i}\n".encode(), b"", False) for i in range(4)]
+    assert list_dir(tmp_path / "shared") == []
 
     # Each stream is capped on its own.
     big = dict(proc, args=["sh", "-c", "echo 0123456789; echo abcdefghij >&2"])
@@ -262,6 +278,12 @@ async def test_runtime_cli_info(env: Env) -> None:
         assert features is None
     assert await env.runtime.list() == []
     assert await env.runtime.state("no-such-container") is None
+    with pytest.raises(RuntimeCLIError) as err:
+        await env.runtime.start("no-such-container")
+    # The runtime's own words, without runc's logrus framing.
+    assert err.value.returncode == 1 and err.value.stderr
+    assert str(err.value).startswith(f"{env.name} start no-such-container failed (exit 1): ")
+    assert "level=error" not in str(err.value)
 
 
 async def test_conmon_joins_cgroup(env: Env) -> None:
