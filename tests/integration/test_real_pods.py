@@ -4,80 +4,22 @@ import asyncio
 import dataclasses
 import os
 import shutil
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 from grpclib import GRPCError, Status
 
 from cri_async import linux
 from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.client import CRIClient, container_config, pod_config
-from cri_async.config import Config, HandlerConfig, ImagesConfig, StateConfig
+from cri_async.config import Config, HandlerConfig, ImagesConfig
 from cri_async.logs.crilog import Stream, join_records, parse_lines
 from cri_async.testing import CRIServer
-from tests.support import images as im
-from tests.support.registry import LocalRegistry
 
+from .conftest import processes_mentioning, require
 from .test_restart import Proc
 
 pytestmark = [pytest.mark.root, pytest.mark.registry]
-RUNTIMES = ["runc", "crun"]
-
-
-def processes_mentioning(needle: str) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        try:
-            if d.isdigit() and needle.encode() in Path(f"/proc/{d}/cmdline").read_bytes():
-                out.append(int(d))
-        except OSError:
-            continue
-    return out
-
-
-def require(binary: str) -> None:
-    if os.geteuid() != 0 or shutil.which(binary) is None or shutil.which("conmon") is None:
-        why = f"needs root, {binary} and conmon"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{why} (installed by `make test`)")
-        pytest.skip(why)
-
-
-@pytest.fixture(scope="module")
-def busybox_ref() -> Iterator[str]:
-    with LocalRegistry() as reg:
-        im.push(reg, "test/busybox", im.busybox_image(cmd=("sh",)))
-        yield reg.ref("test/busybox")
-
-
-@pytest_asyncio.fixture(params=RUNTIMES)
-async def rsrv(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CRIServer]:
-    kind = request.param
-    require(kind)
-    cfg = dataclasses.replace(
-        Config(),
-        runtimes={"": HandlerConfig(backend=kind)},
-        images=ImagesConfig(backend="registry"),
-    )
-    srv = CRIServer(tmp_path, config=cfg)
-    # Short run root: conmon's attach socket path must fit in sun_path.
-    run_root = Path(f"/run/crt{os.getpid() % 10000}{kind[0]}")
-    srv.config = dataclasses.replace(
-        srv.config,
-        state=StateConfig(root=str(tmp_path / "state"), run_root=str(run_root), sync="normal"),
-    )
-    async with srv:
-        yield srv
-        # Whatever the test left, removing the pods must clean the host up completely.
-        for p in (await srv.client.runtime.ListPodSandbox(pb.ListPodSandboxRequest())).items:
-            await srv.client.runtime.RemovePodSandbox(
-                pb.RemovePodSandboxRequest(pod_sandbox_id=p.id)
-            )
-    linux.umount(str(run_root / "ns"))  # the pin directory's own private bind mount
-    assert not [m for m in linux.mountinfo() if m[0].startswith((str(run_root), str(tmp_path)))]
-    shutil.rmtree(run_root, ignore_errors=True)
 
 
 async def wait_exit(cli: CRIClient, cid: str, timeout: float = 10) -> pb.ContainerStatus:

@@ -1,0 +1,172 @@
+"""Container features on real runtimes: users, mounts, read-only rootfs, capabilities,
+seccomp, sysctls, host namespaces, resource limits in cgroup files, OOM, stop signals."""
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+from grpclib import GRPCError, Status
+
+from cri_async.api.runtime.v1 import api_pb2 as pb
+from cri_async.client import CRIClient, container_config, pod_config
+from cri_async.testing import CRIServer
+
+from .test_real_pods import wait_exit
+
+pytestmark = [pytest.mark.root, pytest.mark.registry]
+
+
+async def run(cli: CRIClient, pod: str, pcfg: pb.PodSandboxConfig, cfg: pb.ContainerConfig) -> str:
+    cid = await cli.create_container(pod, cfg, pcfg)
+    await cli.start_container(cid)
+    return cid
+
+
+async def sh(cli: CRIClient, cid: str, script: str) -> pb.ExecSyncResponse:
+    return await cli.exec_sync(cid, ["sh", "-c", script], timeout=20)
+
+
+async def test_security_and_mounts(rsrv: CRIServer, busybox_ref: str, tmp_path: Path) -> None:
+    cli = rsrv.client
+    await cli.pull(busybox_ref)
+    pcfg = pod_config("sec")
+    pcfg.linux.sysctls["net.ipv4.ip_unprivileged_port_start"] = "80"
+    pod = await cli.run_pod(pcfg)
+    host_dir = tmp_path / "data"
+    host_dir.mkdir(mode=0o777)
+    host_dir.chmod(0o777)  # writable for the container's uid 1234
+    (host_dir / "in").write_text("from host")
+    cfg = container_config("c", busybox_ref, command=["sleep", "1000"])
+    cfg.linux.security_context.run_as_user.value = 1234
+    cfg.linux.security_context.run_as_group.value = 5678
+    cfg.linux.security_context.readonly_rootfs = True
+    cfg.linux.security_context.capabilities.drop_capabilities.append("ALL")
+    cfg.linux.security_context.capabilities.add_capabilities.append("NET_BIND_SERVICE")
+    cfg.linux.security_context.seccomp.profile_type = pb.SecurityProfile.RuntimeDefault
+    cfg.mounts.append(pb.Mount(container_path="/data", host_path=str(host_dir)))
+    cfg.mounts.append(pb.Mount(container_path="/ro", host_path=str(host_dir), readonly=True))
+    cfg.mounts.append(pb.Mount(container_path="/new", host_path=str(tmp_path / "created")))
+    cid = await run(cli, pod, pcfg, cfg)
+
+    r = await sh(cli, cid, "id -u; id -g")
+    assert r.stdout.split() == [b"1234", b"5678"]
+    r = await sh(cli, cid, "touch /rootfile 2>&1; echo rc=$?")
+    assert b"Read-only file system" in r.stdout and b"rc=1" in r.stdout
+    r = await sh(cli, cid, "cat /data/in; echo x > /data/out && echo ok")
+    assert r.stdout == b"from hostok\n"
+    assert (host_dir / "out").read_text() == "x\n"
+    r = await sh(cli, cid, "echo y > /ro/out2 2>&1; echo rc=$?")
+    assert b"rc=1" in r.stdout and not (host_dir / "out2").exists()
+    assert (tmp_path / "created").is_dir()  # kubelet-style: missing host paths are created
+    r = await sh(cli, cid, "grep CapBnd /proc/self/status")
+    assert int(r.stdout.split()[1], 16) == 1 << 10  # only CAP_NET_BIND_SERVICE
+    r = await sh(cli, cid, "grep Seccomp: /proc/self/status")
+    assert r.stdout.split()[1] == b"2"  # filtered
+    r = await sh(cli, cid, "cat /proc/sys/net/ipv4/ip_unprivileged_port_start")
+    assert r.stdout.strip() == b"80"
+    r = await sh(cli, cid, "cat /etc/hostname; grep -c nameserver /etc/resolv.conf")
+    assert r.stdout.split()[0] == b"sec"
+    masked = next(p for p in ("/proc/timer_list", "/proc/keys") if Path(p).exists())
+    assert Path(masked).read_bytes()  # the host sees content ...
+    r = await sh(cli, cid, f"wc -c < {masked}")
+    assert r.stdout.strip() == b"0"  # ... the container a masked (empty) file
+
+
+async def test_host_network_and_ipc(rsrv: CRIServer, busybox_ref: str) -> None:
+    cli = rsrv.client
+    await cli.pull(busybox_ref)
+    pcfg = pod_config("hostnet", host_network=True)
+    pcfg.linux.security_context.namespace_options.ipc = pb.NODE
+    pod = await cli.run_pod(pcfg)
+    cid = await run(cli, pod, pcfg, container_config("c", busybox_ref, command=["sleep", "1000"]))
+    r = await sh(cli, cid, "ls /sys/class/net; hostname")
+    names = r.stdout.split()
+    assert "lo" in [n.decode() for n in names] and len(names) > 2
+    assert names[-1].decode() == os.uname().nodename
+    host_net = os.readlink("/proc/self/ns/net")
+    r = await sh(cli, cid, "readlink /proc/self/ns/net; readlink /proc/self/ns/ipc")
+    net, ipc = r.stdout.decode().split()
+    assert net == host_net and ipc == os.readlink("/proc/self/ns/ipc")
+
+
+async def test_resources_update_oom_and_stop_signal(rsrv: CRIServer, busybox_ref: str) -> None:
+    cli = rsrv.client
+    await cli.pull(busybox_ref)
+    pcfg = pod_config("res")
+    pod = await cli.run_pod(pcfg)
+    cfg = container_config("c", busybox_ref, command=["sleep", "1000"])
+    cfg.linux.resources.memory_limit_in_bytes = 64 << 20
+    cfg.linux.resources.cpu_shares = 256
+    cfg.linux.resources.oom_score_adj = -997  # kubelet's Guaranteed value: clamped, not fatal
+    cid = await run(cli, pod, pcfg, cfg)
+    r = await sh(cli, cid, "cat /proc/self/oom_score_adj")
+    assert int(r.stdout) >= 0
+    cg = Path("/sys/fs/cgroup/memory") / f"cri-async/pod-{pod[:16]}/{cid}"
+    assert int((cg / "memory.limit_in_bytes").read_text()) == 64 << 20
+    await cli.runtime.UpdateContainerResources(
+        pb.UpdateContainerResourcesRequest(
+            container_id=cid,
+            linux=pb.LinuxContainerResources(memory_limit_in_bytes=96 << 20, cpu_shares=512),
+        )
+    )
+    assert int((cg / "memory.limit_in_bytes").read_text()) == 96 << 20
+    cpu = Path("/sys/fs/cgroup/cpu") / f"cri-async/pod-{pod[:16]}/{cid}" / "cpu.shares"
+    assert int(cpu.read_text()) == 512
+    st = await cli.container_status(cid)
+    assert st.resources.linux.memory_limit_in_bytes == 96 << 20
+
+    hog = container_config(
+        "hog", busybox_ref, command=["sh", "-c", "x=aaaaaaaaaaaaaaaa; while :; do x=$x$x; done"]
+    )
+    hog.linux.resources.memory_limit_in_bytes = 32 << 20
+    hid = await run(cli, pod, pcfg, hog)
+    st = await wait_exit(cli, hid, timeout=60)
+    assert (st.exit_code, st.reason) == (137, "OOMKilled")
+
+    # A shell as pid 1 ignores SIGTERM unless it traps it; the stop escalates to SIGKILL.
+    quitter = container_config(
+        "q", busybox_ref, command=["sh", "-c", "trap 'exit 42' QUIT; while :; do sleep 1; done"]
+    )
+    quitter.stop_signal = pb.SIGNAL_SIGQUIT
+    qid = await run(cli, pod, pcfg, quitter)
+    await asyncio.sleep(0.3)
+    await cli.runtime.StopContainer(pb.StopContainerRequest(container_id=qid, timeout=10))
+    assert (await cli.container_status(qid)).exit_code == 42
+    stubborn = await run(
+        cli, pod, pcfg, container_config("s", busybox_ref, command=["sleep", "1000"])
+    )
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await cli.runtime.StopContainer(pb.StopContainerRequest(container_id=stubborn, timeout=1))
+    assert 0.9 <= loop.time() - t0 < 8
+    assert (await cli.container_status(stubborn)).exit_code == 137
+
+
+async def test_logs_reopen_and_checkpoint_unimplemented(
+    rsrv: CRIServer, busybox_ref: str, tmp_path: Path
+) -> None:
+    cli = rsrv.client
+    await cli.pull(busybox_ref)
+    pcfg = pod_config("logs", log_directory=str(tmp_path / "logs"))
+    pod = await cli.run_pod(pcfg)
+    cid = await run(
+        cli,
+        pod,
+        pcfg,
+        container_config(
+            "c",
+            busybox_ref,
+            log_path="c/0.log",
+            command=["sh", "-c", "while :; do echo tick; sleep 0.1; done"],
+        ),
+    )
+    log = tmp_path / "logs/c/0.log"
+    await asyncio.sleep(0.3)
+    log.rename(log.with_suffix(".1"))
+    await cli.runtime.ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=cid))
+    await asyncio.sleep(0.3)
+    assert b"stdout F tick" in log.read_bytes()
+    with pytest.raises(GRPCError) as err:
+        await cli.runtime.CheckpointContainer(pb.CheckpointContainerRequest(container_id=cid))
+    assert err.value.status is Status.UNIMPLEMENTED and "CRIU" in str(err.value.message)
