@@ -37,7 +37,17 @@ from cri_async.backends.base import (
 )
 from cri_async.backends.ocicli import RuntimeCLI, RuntimeCLIError
 from cri_async.core.errors import DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument
-from cri_async.core.model import Container, Image, NamespaceMode, NetworkStatus, Resources, Sandbox
+from cri_async.core.model import (
+    Container,
+    ContainerConfig,
+    ContainerMetadata,
+    Image,
+    ImageSpec,
+    NamespaceMode,
+    NetworkStatus,
+    Resources,
+    Sandbox,
+)
 from cri_async.monitor.conmon import Conmon, ConmonError, ExitInfo
 from cri_async.network import podfiles
 from cri_async.network.pins import NamespacePinner, PinError
@@ -49,6 +59,7 @@ from cri_async.oci.user import ResolvedUser, UserError, resolve_user
 log = logging.getLogger("cri_async.backends.oci")
 
 SHM_SIZE = 64 << 20
+_ORPHAN_CONFIG = ContainerConfig(ContainerMetadata("orphan"), ImageSpec())
 DEFAULT_CGROUP_PARENT = "/cri-async"
 
 
@@ -241,6 +252,37 @@ class OCIBackend:
         for h in [base, *(p for p in base.iterdir() if p.is_dir())]:
             with contextlib.suppress(OSError):
                 (h / rel.lstrip("/")).rmdir()
+
+    # -- startup reconciliation ---------------------------------------------------------
+    async def reconcile(self, sandboxes: set[str], containers: set[str]) -> list[str]:
+        """Remove host objects no database row knows (a crash between a host change and
+        its commit, or rows deleted by hand). Returns one line per orphan removed."""
+        done: list[str] = []
+        dirs = self.root / "containers"
+        known_bundles = set(os.listdir(dirs)) if dirs.is_dir() else set()
+        runtime_ids = {str(c.get("id")) for c in await self.cli.list()}
+        for cid in sorted((known_bundles | runtime_ids) - containers):
+            stub = Container(
+                id=cid,
+                sandbox_id="",
+                config=_ORPHAN_CONFIG,
+                image_id="",
+                image_ref="",
+                created_at=0,
+            )
+            await self.delete_container(stub)
+            done.append(f"removed orphan container {cid} (bundle, rootfs mount, runtime state)")
+        pods = self.root / "pods"
+        pod_dirs = set(os.listdir(pods)) if pods.is_dir() else set()
+        for sid in sorted((pod_dirs | self.pinner.pinned()) - sandboxes):
+            await self.pinner.unpin(sid)
+            d = self.pod_dir(sid)
+            await asyncio.to_thread(linux.umount, str(d / "shm"))
+            await asyncio.to_thread(shutil.rmtree, d, True)
+            done.append(f"removed orphan pod sandbox {sid} (namespace pins, pod files)")
+        for line in done:
+            log.warning("reconcile %s: %s", self.handler or "default", line)
+        return done
 
     # -- containers ------------------------------------------------------------------
     def _pod_paths(self, sandbox: Sandbox) -> oci.PodPaths:

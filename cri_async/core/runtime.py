@@ -101,6 +101,12 @@ class Runtime:
             ctx.container_names.bind((c.sandbox_id, c.metadata.name, c.metadata.attempt), c.id)
             if c.state is ContainerState.RUNNING:
                 await self._recover_running(c)
+        sandbox_ids = {s.id for s in ctx.sandboxes.live()}
+        container_ids = {c.id for c in ctx.containers.live()}
+        for backend in ctx.backends.values():
+            reconcile = getattr(backend, "reconcile", None)
+            if reconcile is not None:
+                await reconcile(sandbox_ids, container_ids)
         log.info(
             "state loaded: %d pod sandboxes, %d containers",
             len(ctx.sandboxes.live()),

@@ -2,6 +2,7 @@
 
 import asyncio
 import dataclasses
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -12,8 +13,9 @@ from grpclib import GRPCError, Status
 from cri_async import linux
 from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.client import CRIClient, container_config, pod_config
-from cri_async.config import Config, HandlerConfig, ImagesConfig
+from cri_async.config import Config, HandlerConfig, ImagesConfig, StateConfig
 from cri_async.logs.crilog import Stream, join_records, parse_lines
+from cri_async.store.db import StateStore
 from cri_async.testing import CRIServer
 
 from .conftest import processes_mentioning, require
@@ -145,4 +147,45 @@ async def test_kill9_restart_keeps_real_containers(busybox_ref: str, tmp_path: P
     assert not leftovers
     procs = processes_mentioning(str(run_root))
     assert not procs  # no conmon left behind
+    shutil.rmtree(run_root, ignore_errors=True)
+
+
+async def test_startup_reconciles_orphans(
+    busybox_ref: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Host objects whose database rows are gone (a crash between the host change and the
+    commit) are removed at startup, each with a log line."""
+    require("runc")
+    run_root = Path(f"/run/crt{os.getpid() % 10000}o")
+    cfg = dataclasses.replace(
+        Config(),
+        runtimes={"": HandlerConfig(backend="runc")},
+        images=ImagesConfig(backend="registry"),
+        state=StateConfig(root=str(tmp_path / "state"), run_root=str(run_root), sync="normal"),
+    )
+    srv = CRIServer(tmp_path, config=cfg)
+    srv.config = dataclasses.replace(srv.config, state=cfg.state)
+    async with srv:
+        cli = srv.client
+        await cli.pull(busybox_ref)
+        pcfg = pod_config("orphan")
+        pod = await cli.run_pod(pcfg)
+        cid = await cli.create_container(
+            pod, container_config("c", busybox_ref, command=["sleep", "1000"]), pcfg
+        )
+        await cli.start_container(cid)
+    db = StateStore(Path(cfg.state.root) / "state.db")
+    await db.open()
+    await db.delete("container", [cid])
+    await db.delete("pod sandbox", [pod])
+    await db.close()
+    caplog.set_level(logging.WARNING)
+    async with srv:
+        assert not (await srv.client.runtime.ListPodSandbox(pb.ListPodSandboxRequest())).items
+    assert f"removed orphan container {cid}" in caplog.text
+    assert f"removed orphan pod sandbox {pod}" in caplog.text
+    linux.umount(str(run_root / "ns"))
+    assert not [m for m in linux.mountinfo() if m[0].startswith(str(run_root))]
+    await asyncio.sleep(0.5)
+    assert not processes_mentioning(cid)
     shutil.rmtree(run_root, ignore_errors=True)
