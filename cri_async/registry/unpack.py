@@ -27,7 +27,11 @@ Safety: nothing outside ``dest`` is ever created, modified or followed. Every en
 from a file descriptor of ``dest`` one component at a time with ``O_NOFOLLOW | O_DIRECTORY``,
 and each operation is relative to the parent's descriptor, so a symbolic link in a parent
 position is refused whatever it points to (even inside the layer), and later entries cannot
-redirect earlier checks. Refused with ``UnsafeLayer``, naming the entry: absolute names, ``..``
+redirect earlier checks. Directory descriptors are kept open between entries (a small cache,
+keyed by path, since a tar groups entries by directory); an entry that removes a name first
+closes every cached descriptor at or below it, and nothing else here moves or removes a
+directory, so a cached descriptor always is the directory its path names, as a new walk would
+find it. Refused with ``UnsafeLayer``, naming the entry: absolute names, ``..``
 components, NUL bytes, a parent that is a symbolic link or not a directory, hard links whose
 target is absolute, has ``..``, goes through a symbolic link, is a directory or was not created
 by an earlier entry of this layer, devices when ``allow_devices`` is false, device numbers Linux
