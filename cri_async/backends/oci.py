@@ -260,7 +260,11 @@ class OCIBackend:
         done: list[str] = []
         dirs = self.root / "containers"
         known_bundles = set(os.listdir(dirs)) if dirs.is_dir() else set()
-        runtime_ids = {str(c.get("id")) for c in await self.cli.list()}
+        try:
+            runtime_ids = {str(c.get("id")) for c in await self.cli.list()}
+        except RuntimeCLIError as e:  # e.g. the binary is missing: the handler is not ready
+            log.warning("reconcile %s: cannot list containers: %s", self.handler, e)
+            runtime_ids = set()
         for cid in sorted((known_bundles | runtime_ids) - containers):
             stub = Container(
                 id=cid,

@@ -113,12 +113,17 @@ class RuntimeCLI:
     ) -> tuple[int, bytes, str]:
         """Run a subcommand; return (returncode, stdout, stderr)."""
         argv = self.argv(*args)
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as e:  # the binary is missing or not executable
+            why = f"cannot run {self.binary}: {e.strerror}"
+            raise RuntimeCLIError(args, None, why, argv=argv) from None
+
         try:
             async with asyncio.timeout(self.timeout):
                 out, err = await proc.communicate(stdin)
