@@ -33,3 +33,5 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # grpclib logs every cancelled/deadline-exceeded request at info; that is our job.
     logging.getLogger("grpclib").setLevel(max(logging.WARNING, root.level))
+    # httpx logs every registry request at info; pulls log their own progress.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

@@ -122,7 +122,7 @@ class RuntimeCLI:
             )
         except OSError as e:  # the binary is missing or not executable
             why = f"cannot run {self.binary}: {e.strerror}"
-            raise RuntimeCLIError(args, None, why, argv=argv) from None
+            raise RuntimeCLIError(args, 127, why, argv=argv) from None
 
         try:
             async with asyncio.timeout(self.timeout):
