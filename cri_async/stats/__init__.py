@@ -1,0 +1,11 @@
+"""Container and pod stats: cgroup v1/v2 parsers, a background-refreshed cache, pod network
+counters read inside the pod's netns, and cAdvisor-compatible CRI metrics.
+
+Domain code only: frozen dataclasses (``model``), no protobuf; the gRPC edge converts.
+"""
+
+from .cache import StatsCache
+from .cgroups import CgroupReader, CgroupStats
+from .model import ContainerSample, PodSample
+
+__all__ = ["CgroupReader", "CgroupStats", "ContainerSample", "PodSample", "StatsCache"]
