@@ -35,6 +35,7 @@ from cri_async.registry.store import OCIImageStore
 from cri_async.services.admin import AdminService
 from cri_async.services.image import ImageService
 from cri_async.services.runtime import RuntimeService
+from cri_async.stats.cache import StatsCache
 from cri_async.store.db import StateStore
 
 log = logging.getLogger("cri_async.server")
@@ -167,6 +168,7 @@ class Server:
             limits=Limits(cleanup_timeout=config.runtime.cleanup_timeout),
             event_queue=config.runtime.event_queue_size,
             info={"version": __version__, "socket": str(self.socket_path)},
+            stats=StatsCache() if self.real else None,
         )
         self._grpc: GRPCServer | None = None
         self._inflight = 0

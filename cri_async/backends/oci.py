@@ -206,6 +206,7 @@ class OCIBackend:
             "ipcns": pins.ipc or "",
             "utsns": pins.uts or "",
             "hostname": os.uname().nodename if host_net else hostname,
+            "cgroupParent": self._cgroup_parent(sandbox),
         }
         return sandbox.evolve(network=NetworkStatus(), backend_info=info)
 
@@ -355,7 +356,7 @@ class OCIBackend:
                 )
             except SpecError as e:
                 raise InvalidArgument(f"container {container.metadata.name!r}: {e}") from None
-            (bundle / "config.json").write_text(json.dumps(spec))
+            self._write_bundle(sandbox, container, bundle, spec)
             if container.log_path:
                 os.makedirs(os.path.dirname(container.log_path), exist_ok=True)
             cfg = container.config
@@ -375,8 +376,21 @@ class OCIBackend:
         except BaseException:
             await self.delete_container(container)
             raise
-        info = {"bundle": str(bundle), "layer": str(layer), "user": f"{user.uid}:{user.gid}"}
+        info = {
+            "bundle": str(bundle),
+            "layer": str(layer),
+            "user": f"{user.uid}:{user.gid}",
+            "cgroupsPath": f"{self._cgroup_parent(sandbox)}/{cid}",
+            "writableLayer": str(layer / "fs"),
+        }
         return container.evolve(pid=pid, backend_info=info)
+
+    def _write_bundle(
+        self, sandbox: Sandbox, container: Container, bundle: Path, spec: dict[str, Any]
+    ) -> None:
+        """Write the bundle's config.json; a hook for runtimes that adjust the spec or need
+        more files in the bundle before conmon runs ``create``."""
+        (bundle / "config.json").write_text(json.dumps(spec))
 
     async def start_container(self, container: Container) -> int:
         try:

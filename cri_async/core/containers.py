@@ -149,6 +149,7 @@ class ContainerManager:
         finally:
             self._starting.discard(c.id)
         self.watch(c.id)
+        ctx.track(c)
         ctx.publish(c.id, EventType.STARTED, sandbox)
 
     def watch(self, container_id: str) -> None:
@@ -237,6 +238,7 @@ class ContainerManager:
         if sandbox is not None:
             await ctx.backend_for(sandbox).delete_container(c)
         await ctx.containers.delete(c.id)
+        ctx.untrack(c.id)
         ctx.container_names.release((c.sandbox_id, c.metadata.name, c.metadata.attempt), c.id)
         self._exited.pop(c.id, None)
         ctx.publish(c.id, EventType.DELETED, sandbox)

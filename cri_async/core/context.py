@@ -16,6 +16,7 @@ from cri_async.core.images import ImageStore
 from cri_async.core.model import Container, Sandbox
 from cri_async.core.names import NameIndex
 from cri_async.core.tables import Table
+from cri_async.stats.cache import StatsCache
 from cri_async.store.db import StateStore
 
 log = logging.getLogger("cri_async.core")
@@ -45,6 +46,7 @@ class Context:
     sandbox_names: NameIndex = field(default_factory=lambda: NameIndex("pod sandbox"))
     container_names: NameIndex = field(default_factory=lambda: NameIndex("container"))
     limits: Limits = field(default_factory=Limits)
+    stats: StatsCache | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _single: dict[tuple[str, str], asyncio.Task[Any]] = field(default_factory=dict)
 
@@ -98,6 +100,23 @@ class Context:
 
         # A cancelled caller sees its cancellation; the cleanup itself goes on.
         await asyncio.shield(self.spawn(bounded(), name=f"cleanup {what}"))
+
+    def track(self, c: Container) -> None:
+        """Sample a container's cgroup if its backend runs it in one."""
+        path = c.backend_info.get("cgroupsPath")
+        if self.stats is not None and path:
+            self.stats.track(
+                c.id, path, c.sandbox_id, writable_layer=c.backend_info.get("writableLayer")
+            )
+
+    def track_pod(self, s: Sandbox) -> None:
+        parent = s.backend_info.get("cgroupParent")
+        if self.stats is not None and parent:
+            self.stats.track_pod(s.id, parent, s.backend_info.get("netns") or None)
+
+    def untrack(self, obj_id: str) -> None:
+        if self.stats is not None:
+            self.stats.untrack(obj_id)
 
     def sandbox_containers(self, sandbox_id: str) -> list[Container]:
         return [c for c in self.containers.live() if c.sandbox_id == sandbox_id]

@@ -16,6 +16,7 @@ from cri_async.core.images import ImageStore
 from cri_async.core.model import Container, ContainerState, Phase, Sandbox
 from cri_async.core.sandboxes import SandboxManager, sandbox_key
 from cri_async.core.tables import Table
+from cri_async.stats.cache import StatsCache
 from cri_async.store.db import StateStore
 
 log = logging.getLogger("cri_async.core.runtime")
@@ -56,6 +57,7 @@ class Runtime:
         limits: Limits | None = None,
         event_queue: int = 1024,
         info: dict[str, str] | None = None,
+        stats: StatsCache | None = None,
     ) -> None:
         if default_handler not in backends:
             raise ValueError(f"default runtime handler {default_handler!r} is not configured")
@@ -68,6 +70,7 @@ class Runtime:
             sandboxes=Table("pod sandbox", Sandbox, store),
             containers=Table("container", Container, store),
             limits=limits or Limits(),
+            stats=stats,
         )
         self.containers = ContainerManager(self.ctx)
         self.sandboxes = SandboxManager(self.ctx, self.containers)
@@ -97,10 +100,14 @@ class Runtime:
                 await ctx.sandboxes.delete(s.id)
             else:
                 ctx.sandbox_names.bind(sandbox_key(s.config), s.id)
+                ctx.track_pod(s)
         for c in ctx.containers.live():
             ctx.container_names.bind((c.sandbox_id, c.metadata.name, c.metadata.attempt), c.id)
             if c.state is ContainerState.RUNNING:
                 await self._recover_running(c)
+                ctx.track(c)
+        if ctx.stats is not None:
+            await ctx.stats.start()
         sandbox_ids = {s.id for s in ctx.sandboxes.live()}
         container_ids = {c.id for c in ctx.containers.live()}
         for backend in ctx.backends.values():
@@ -134,6 +141,8 @@ class Runtime:
     async def close(self, timeout: float = 10.0) -> None:
         """Stop background work. Containers keep running; their state is on disk."""
         self.ctx.events.close()
+        if self.ctx.stats is not None:
+            await self.ctx.stats.close()
         inflight = [
             *self.ctx.sandbox_names.inflight,
             *self.ctx.container_names.inflight,

@@ -59,6 +59,7 @@ class SandboxManager:
                 await ctx.cleanup(f"roll back pod sandbox {sid}", lambda: self._discard(rec))
                 raise
             ctx.sandbox_names.bind(key, sid)
+            ctx.track_pod(rec)
             ctx.publish(sid, EventType.CREATED, rec)
             ctx.publish(sid, EventType.STARTED, rec)
             return sid
@@ -100,6 +101,7 @@ class SandboxManager:
         sb = ctx.sandboxes.get(sandbox_id)
         await ctx.backend_for(sb).remove_sandbox(sb)
         await ctx.sandboxes.delete(sb.id)
+        ctx.untrack(sb.id)
         ctx.sandbox_names.release(sandbox_key(sb.config), sb.id)
         ctx.publish(sb.id, EventType.DELETED, sb)
 

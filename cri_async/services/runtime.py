@@ -9,8 +9,11 @@ from typing import TypeVar
 from cri_async.api.runtime.v1 import api_grpc
 from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.core.errors import Unimplemented
+from cri_async.core.filters import Filter
+from cri_async.core.model import ContainerState, Sandbox, SandboxState
 from cri_async.core.runtime import Runtime
 from cri_async.services import convert
+from cri_async.services import stats as stats_pb
 from cri_async.services.errors import (
     Service,
     Tracker,
@@ -18,6 +21,7 @@ from cri_async.services.errors import (
     unary,
     unbounded_stream,
 )
+from cri_async.stats import metrics
 from cri_async.store import serde
 
 STREAM_CHUNK = 256  # items per message on the Stream* list RPCs
@@ -204,6 +208,109 @@ class RuntimeService(Service, api_grpc.RuntimeServiceBase):
         res = await self.rt.containers.exec_sync(req.container_id, list(req.cmd), timeout)
         return pb.ExecSyncResponse(stdout=res.stdout, stderr=res.stderr, exit_code=res.exit_code)
 
+    # -- stats -------------------------------------------------------------------------
+    def _container_stats(self, f: pb.ContainerStatsFilter) -> list[pb.ContainerStats]:
+        flt: Filter[ContainerState] = Filter(
+            id=f.id, sandbox_id=f.pod_sandbox_id, labels=dict(f.label_selector)
+        )
+        cache = self.rt.ctx.stats
+        return [
+            stats_pb.container_stats(c, cache.get(c.id) if cache else None)
+            for c in self.rt.containers.list(flt)
+        ]
+
+    @unary
+    async def ContainerStats(self, req: pb.ContainerStatsRequest) -> pb.ContainerStatsResponse:
+        c = self.rt.containers.status(req.container_id)
+        cache = self.rt.ctx.stats
+        return pb.ContainerStatsResponse(
+            stats=stats_pb.container_stats(c, cache.get(c.id) if cache else None)
+        )
+
+    @unary
+    async def ListContainerStats(
+        self, req: pb.ListContainerStatsRequest
+    ) -> pb.ListContainerStatsResponse:
+        return pb.ListContainerStatsResponse(stats=self._container_stats(req.filter))
+
+    @server_stream
+    async def StreamContainerStats(
+        self, req: pb.StreamContainerStatsRequest
+    ) -> AsyncIterator[pb.StreamContainerStatsResponse]:
+        for chunk in chunks(self._container_stats(req.filter)):
+            yield pb.StreamContainerStatsResponse(container_stats=chunk)
+
+    def _pod_stats(self, sb: Sandbox) -> pb.PodSandboxStats:
+        cache = self.rt.ctx.stats
+        containers = [
+            (c, cache.get(c.id) if cache else None) for c in self.rt.ctx.sandbox_containers(sb.id)
+        ]
+        return stats_pb.pod_stats(sb, cache.get_pod(sb.id) if cache else None, containers)
+
+    def _pods(self, f: pb.PodSandboxStatsFilter) -> list[Sandbox]:
+        flt: Filter[SandboxState] = Filter(id=f.id, labels=dict(f.label_selector))
+        return [s for s in self.rt.sandboxes.list(flt) if s.state is SandboxState.READY]
+
+    @unary
+    async def PodSandboxStats(self, req: pb.PodSandboxStatsRequest) -> pb.PodSandboxStatsResponse:
+        return pb.PodSandboxStatsResponse(
+            stats=self._pod_stats(self.rt.sandboxes.status(req.pod_sandbox_id))
+        )
+
+    @unary
+    async def ListPodSandboxStats(
+        self, req: pb.ListPodSandboxStatsRequest
+    ) -> pb.ListPodSandboxStatsResponse:
+        return pb.ListPodSandboxStatsResponse(
+            stats=[self._pod_stats(s) for s in self._pods(req.filter)]
+        )
+
+    @server_stream
+    async def StreamPodSandboxStats(
+        self, req: pb.StreamPodSandboxStatsRequest
+    ) -> AsyncIterator[pb.StreamPodSandboxStatsResponse]:
+        items = [self._pod_stats(s) for s in self._pods(req.filter)]
+        for chunk in chunks(items):
+            yield pb.StreamPodSandboxStatsResponse(pod_sandbox_stats=chunk)
+
+    @unary
+    async def ListMetricDescriptors(
+        self, req: pb.ListMetricDescriptorsRequest
+    ) -> pb.ListMetricDescriptorsResponse:
+        return pb.ListMetricDescriptorsResponse(
+            descriptors=[stats_pb.descriptor(d) for d in metrics.metric_descriptors()]
+        )
+
+    def _pod_metrics(self) -> list[pb.PodSandboxMetrics]:
+        cache = self.rt.ctx.stats
+        if cache is None:
+            return []
+        out = []
+        for sb in self._pods(pb.PodSandboxStatsFilter()):
+            sample = cache.get_pod(sb.id)
+            if sample is None:
+                continue
+            infos = {
+                c.id: metrics.ContainerInfo(c.metadata.name, c.config.image.image)
+                for c in self.rt.ctx.sandbox_containers(sb.id)
+            }
+            pod = metrics.PodInfo(sb.metadata.name, sb.metadata.namespace)
+            out.append(stats_pb.pod_metrics(metrics.pod_sandbox_metrics(sample, pod, infos)))
+        return out
+
+    @unary
+    async def ListPodSandboxMetrics(
+        self, req: pb.ListPodSandboxMetricsRequest
+    ) -> pb.ListPodSandboxMetricsResponse:
+        return pb.ListPodSandboxMetricsResponse(pod_metrics=self._pod_metrics())
+
+    @server_stream
+    async def StreamPodSandboxMetrics(
+        self, req: pb.StreamPodSandboxMetricsRequest
+    ) -> AsyncIterator[pb.StreamPodSandboxMetricsResponse]:
+        for chunk in chunks(self._pod_metrics()):
+            yield pb.StreamPodSandboxMetricsResponse(pod_sandbox_metrics=chunk)
+
     # -- events ------------------------------------------------------------------------
     @unbounded_stream
     async def GetContainerEvents(
@@ -230,70 +337,6 @@ class RuntimeService(Service, api_grpc.RuntimeServiceBase):
     async def PortForward(self, req: pb.PortForwardRequest) -> pb.PortForwardResponse:
         raise Unimplemented(
             "PortForward needs the streaming server, which cri-async does not have yet"
-        )
-
-    @unary
-    async def ContainerStats(self, req: pb.ContainerStatsRequest) -> pb.ContainerStatsResponse:
-        raise Unimplemented("ContainerStats needs cgroup stats, which cri-async does not have yet")
-
-    @unary
-    async def ListContainerStats(
-        self, req: pb.ListContainerStatsRequest
-    ) -> pb.ListContainerStatsResponse:
-        raise Unimplemented(
-            "ListContainerStats needs cgroup stats, which cri-async does not have yet"
-        )
-
-    @unary
-    async def StreamContainerStats(
-        self, req: pb.StreamContainerStatsRequest
-    ) -> pb.StreamContainerStatsResponse:
-        raise Unimplemented(
-            "StreamContainerStats needs cgroup stats, which cri-async does not have yet"
-        )
-
-    @unary
-    async def PodSandboxStats(self, req: pb.PodSandboxStatsRequest) -> pb.PodSandboxStatsResponse:
-        raise Unimplemented("PodSandboxStats needs cgroup stats, which cri-async does not have yet")
-
-    @unary
-    async def ListPodSandboxStats(
-        self, req: pb.ListPodSandboxStatsRequest
-    ) -> pb.ListPodSandboxStatsResponse:
-        raise Unimplemented(
-            "ListPodSandboxStats needs cgroup stats, which cri-async does not have yet"
-        )
-
-    @unary
-    async def StreamPodSandboxStats(
-        self, req: pb.StreamPodSandboxStatsRequest
-    ) -> pb.StreamPodSandboxStatsResponse:
-        raise Unimplemented(
-            "StreamPodSandboxStats needs cgroup stats, which cri-async does not have yet"
-        )
-
-    @unary
-    async def ListMetricDescriptors(
-        self, req: pb.ListMetricDescriptorsRequest
-    ) -> pb.ListMetricDescriptorsResponse:
-        raise Unimplemented(
-            "ListMetricDescriptors needs cgroup stats, which cri-async does not have yet"
-        )
-
-    @unary
-    async def ListPodSandboxMetrics(
-        self, req: pb.ListPodSandboxMetricsRequest
-    ) -> pb.ListPodSandboxMetricsResponse:
-        raise Unimplemented(
-            "ListPodSandboxMetrics needs cgroup stats, which cri-async does not have yet"
-        )
-
-    @unary
-    async def StreamPodSandboxMetrics(
-        self, req: pb.StreamPodSandboxMetricsRequest
-    ) -> pb.StreamPodSandboxMetricsResponse:
-        raise Unimplemented(
-            "StreamPodSandboxMetrics needs cgroup stats, which cri-async does not have yet"
         )
 
     @unary

@@ -416,3 +416,21 @@ async def test_container_events_stream(cli: CRIClient) -> None:
     assert (cs.id, cs.state, cs.exit_code) == (cid, pb.CONTAINER_EXITED, 2)
     assert all(e.created_at > 0 for e in events)
     assert events[-1].pod_sandbox_status.state == pb.SANDBOX_NOTREADY
+
+
+async def test_stats_on_the_fake_backend_carry_attributes_only(cli: CRIClient) -> None:
+    """Simulated containers have no cgroup: stats answer with attributes and no usage,
+    never invented numbers."""
+    pod, pcfg = await new_pod(cli)
+    cid = await cli.create_container(pod, container_config("c", "busybox"), pcfg)
+    await cli.start_container(cid)
+    st = (await cli.runtime.ContainerStats(pb.ContainerStatsRequest(container_id=cid))).stats
+    assert st.attributes.id == cid and not st.HasField("cpu") and not st.HasField("memory")
+    listed = await cli.runtime.ListPodSandboxStats(pb.ListPodSandboxStatsRequest())
+    assert [s.attributes.id for s in listed.stats] == [pod]
+    assert [c.attributes.id for c in listed.stats[0].linux.containers] == [cid]
+    metrics = await cli.runtime.ListPodSandboxMetrics(pb.ListPodSandboxMetricsRequest())
+    assert list(metrics.pod_metrics) == []
+    with pytest.raises(GRPCError) as err:
+        await cli.runtime.ContainerStats(pb.ContainerStatsRequest(container_id="0" * 64))
+    assert err.value.status is Status.NOT_FOUND

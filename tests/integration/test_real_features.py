@@ -170,3 +170,50 @@ async def test_logs_reopen_and_checkpoint_unimplemented(
     with pytest.raises(GRPCError) as err:
         await cli.runtime.CheckpointContainer(pb.CheckpointContainerRequest(container_id=cid))
     assert err.value.status is Status.UNIMPLEMENTED and "CRIU" in str(err.value.message)
+
+
+async def test_stats_and_metrics(rsrv: CRIServer, busybox_ref: str) -> None:
+    cli = rsrv.client
+    await cli.pull(busybox_ref)
+    pcfg = pod_config("stats", labels={"app": "stats"})
+    pod = await cli.run_pod(pcfg)
+    busy = container_config(
+        "busy", busybox_ref, command=["sh", "-c", "while :; do :; done"], labels={"k": "v"}
+    )
+    cid = await run(cli, pod, pcfg, busy)
+    idle = await run(cli, pod, pcfg, container_config("idle", busybox_ref, command=["sleep", "99"]))
+    assert rsrv.server is not None and rsrv.server.runtime.ctx.stats is not None
+    cache = rsrv.server.runtime.ctx.stats
+    await cache.refresh_now()
+    await asyncio.sleep(0.5)
+    await cache.refresh_now()
+
+    one = (await cli.runtime.ContainerStats(pb.ContainerStatsRequest(container_id=cid))).stats
+    assert one.attributes.id == cid and one.attributes.labels["k"] == "v"
+    assert one.cpu.usage_core_nano_seconds.value > 0
+    assert one.cpu.usage_nano_cores.value > 100_000_000  # a busy loop: > 0.1 core
+    assert one.memory.working_set_bytes.value > 0
+    listed = await cli.runtime.ListContainerStats(
+        pb.ListContainerStatsRequest(filter=pb.ContainerStatsFilter(pod_sandbox_id=pod))
+    )
+    assert {s.attributes.id for s in listed.stats} == {cid, idle}
+    by_label = await cli.runtime.ListContainerStats(
+        pb.ListContainerStatsRequest(filter=pb.ContainerStatsFilter(label_selector={"k": "v"}))
+    )
+    assert [s.attributes.id for s in by_label.stats] == [cid]
+
+    pst = (await cli.runtime.PodSandboxStats(pb.PodSandboxStatsRequest(pod_sandbox_id=pod))).stats
+    assert pst.attributes.labels["app"] == "stats"
+    assert {c.attributes.id for c in pst.linux.containers} == {cid, idle}
+    assert pst.linux.cpu.usage_core_nano_seconds.value >= one.cpu.usage_core_nano_seconds.value
+    assert "lo" in [i.name for i in pst.linux.network.interfaces]
+
+    descs = await cli.runtime.ListMetricDescriptors(pb.ListMetricDescriptorsRequest())
+    names = {d.name for d in descs.descriptors}
+    assert "container_cpu_usage_seconds_total" in names
+    assert "container_memory_working_set_bytes" in names
+    pm = await cli.runtime.ListPodSandboxMetrics(pb.ListPodSandboxMetricsRequest())
+    [mine] = [p for p in pm.pod_metrics if p.pod_sandbox_id == pod]
+    assert {c.container_id for c in mine.container_metrics} == {cid, idle}
+    await cli.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
+    assert cache.get(cid) is None
