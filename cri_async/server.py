@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from cri_async.backends.oci import OCIBackend
 from cri_async.config import Config, ConfigError
 from cri_async.core.context import Limits
 from cri_async.core.errors import Unavailable
-from cri_async.core.images import ImageStore
+from cri_async.core.images import FilesystemUsage, ImageStore
 from cri_async.core.runtime import Runtime
 from cri_async.monitor.hostprep import prepare_host
 from cri_async.monitor.reaper import Reaper, become_subreaper
@@ -176,6 +177,21 @@ class Server:
         self._idle.set()
         self._stopped = asyncio.Event()
 
+    def _container_fs(self) -> list[FilesystemUsage]:
+        """Writable layers' usage, summed from the stats cache's periodic walks."""
+        cache = self.runtime.ctx.stats
+        if cache is None:
+            return []
+        layers = [s.writable_layer for s in cache.containers() if s.writable_layer is not None]
+        return [
+            FilesystemUsage(
+                timestamp=max((w.timestamp for w in layers), default=time.time_ns()),
+                mountpoint=str(Path(self.config.state.root) / "containers"),
+                used_bytes=sum(w.used_bytes for w in layers),
+                inodes_used=sum(w.inodes_used for w in layers),
+            )
+        ]
+
     def _images_in_use(self) -> set[str]:
         return {c.image_id for c in self.runtime.ctx.containers}
 
@@ -213,7 +229,7 @@ class Server:
             await self.runtime.start()
             services: list[IServable] = [
                 RuntimeService(self.runtime, self, self.config.runtime.cgroup_driver),
-                ImageService(self.images, self),
+                ImageService(self.images, self, self._container_fs),
                 AdminService(self.images, self),
             ]
             prepare_socket_path(self.socket_path)

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from cri_async.api.runtime.v1 import api_grpc
 from cri_async.api.runtime.v1 import api_pb2 as pb
-from cri_async.core.images import ImageStore
+from cri_async.core.images import FilesystemUsage, ImageStore
 from cri_async.services import convert
 from cri_async.services.errors import Service, Tracker, server_stream, unary
 from cri_async.services.runtime import chunks
 
 
 class ImageService(Service, api_grpc.ImageServiceBase):
-    def __init__(self, images: ImageStore, tracker: Tracker) -> None:
+    def __init__(
+        self,
+        images: ImageStore,
+        tracker: Tracker,
+        container_fs: Callable[[], list[FilesystemUsage]] = list,
+    ) -> None:
         super().__init__(tracker)
         self.images = images
+        self.container_fs = container_fs
 
     def _items(self, f: pb.ImageFilter) -> list[pb.Image]:
         spec = convert.image_spec(f.image) if f.HasField("image") else None
@@ -54,4 +60,5 @@ class ImageService(Service, api_grpc.ImageServiceBase):
     @unary
     async def ImageFsInfo(self, req: pb.ImageFsInfoRequest) -> pb.ImageFsInfoResponse:
         usage = [convert.fs_usage(u) for u in self.images.fs_usage()]
-        return pb.ImageFsInfoResponse(image_filesystems=usage)
+        writable = [convert.fs_usage(u) for u in self.container_fs()]
+        return pb.ImageFsInfoResponse(image_filesystems=usage, container_filesystems=writable)

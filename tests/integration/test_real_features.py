@@ -181,7 +181,9 @@ async def test_stats_and_metrics(rsrv: CRIServer, busybox_ref: str) -> None:
         "busy", busybox_ref, command=["sh", "-c", "while :; do :; done"], labels={"k": "v"}
     )
     cid = await run(cli, pod, pcfg, busy)
-    idle = await run(cli, pod, pcfg, container_config("idle", busybox_ref, command=["sleep", "99"]))
+    writer = ["sh", "-c", "dd if=/dev/zero of=/blob bs=1024 count=512 2>/dev/null; sleep 99"]
+    idle = await run(cli, pod, pcfg, container_config("idle", busybox_ref, command=writer))
+    await asyncio.sleep(0.3)
     assert rsrv.server is not None and rsrv.server.runtime.ctx.stats is not None
     cache = rsrv.server.runtime.ctx.stats
     await cache.refresh_now()
@@ -207,6 +209,13 @@ async def test_stats_and_metrics(rsrv: CRIServer, busybox_ref: str) -> None:
     assert {c.attributes.id for c in pst.linux.containers} == {cid, idle}
     assert pst.linux.cpu.usage_core_nano_seconds.value >= one.cpu.usage_core_nano_seconds.value
     assert "lo" in [i.name for i in pst.linux.network.interfaces]
+
+    fs = await cli.images.ImageFsInfo(pb.ImageFsInfoRequest())
+    [writable] = fs.container_filesystems
+    assert writable.fs_id.mountpoint.endswith("/containers")
+    assert writable.used_bytes.value >= 512 * 1024  # the 512 KiB /blob in a writable layer
+    idle_stats = await cli.runtime.ContainerStats(pb.ContainerStatsRequest(container_id=idle))
+    assert idle_stats.stats.writable_layer.used_bytes.value >= 512 * 1024
 
     descs = await cli.runtime.ListMetricDescriptors(pb.ListMetricDescriptorsRequest())
     names = {d.name for d in descs.descriptors}
