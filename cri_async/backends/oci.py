@@ -86,31 +86,6 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-def _resources_update(r: Resources) -> dict[str, Any]:
-    """The JSON `runc update --resources -` takes (zero means "leave as is")."""
-    cpu: dict[str, Any] = {}
-    if r.cpu_shares:
-        cpu["shares"] = r.cpu_shares
-    if r.cpu_quota:
-        cpu["quota"] = r.cpu_quota
-    if r.cpu_period:
-        cpu["period"] = r.cpu_period
-    if r.cpuset_cpus:
-        cpu["cpus"] = r.cpuset_cpus
-    if r.cpuset_mems:
-        cpu["mems"] = r.cpuset_mems
-    out: dict[str, Any] = {}
-    if cpu:
-        out["cpu"] = cpu
-    if r.memory_limit_in_bytes:
-        mem = {"limit": r.memory_limit_in_bytes}
-        mem["swap"] = r.memory_swap_limit_in_bytes or r.memory_limit_in_bytes
-        out["memory"] = mem
-    if r.unified:
-        out["unified"] = dict(r.unified)
-    return out
-
-
 class OCIBackend:
     """One RuntimeClass handler backed by a runc-compatible runtime."""
 
@@ -458,8 +433,8 @@ class OCIBackend:
 
     async def update_resources(self, container: Container, resources: Resources) -> None:
         try:
-            await self.cli.update(container.id, _resources_update(resources))
-        except RuntimeCLIError as e:
+            await self.cli.update(container.id, oci.linux_resources(resources, self.host))
+        except (RuntimeCLIError, SpecError) as e:
             raise FailedPrecondition(f"cannot update container resources: {e}") from None
 
     async def reopen_log(self, container: Container) -> None:

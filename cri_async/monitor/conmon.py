@@ -352,6 +352,21 @@ class Conmon:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.socket_dir, cid))
 
+    async def _spawn(
+        self, args: list[str], errf: IO[bytes], sync_w: int, start_r: int, cwd: Path
+    ) -> asyncio.subprocess.Process:
+        """Start conmon with the two pipes of its sync protocol. Its diagnostics go to a file,
+        never a pipe; it runs in ``cwd`` because it drops stray files (an "oom" marker) there."""
+        return await asyncio.create_subprocess_exec(
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=errf,
+            stderr=errf,
+            pass_fds=(sync_w, start_r),
+            env=self._env(sync_w, start_r),
+            cwd=cwd,
+        )
+
     async def _create(self, cid: str, bundle: Path, args: list[str], cgroup: str | None) -> int:
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
         start_r, start_w = os.pipe2(os.O_CLOEXEC)
@@ -362,16 +377,7 @@ class Conmon:
         with tempfile.TemporaryFile(prefix="conmon-") as errf:
             try:
                 try:
-                    proc = await asyncio.create_subprocess_exec(
-                        *args,
-                        stdin=asyncio.subprocess.DEVNULL,
-                        stdout=errf,
-                        stderr=errf,
-                        pass_fds=(sync_w, start_r),
-                        env=self._env(sync_w, start_r),
-                        # conmon drops stray files (an "oom" marker) in its cwd.
-                        cwd=bundle,
-                    )
+                    proc = await self._spawn(args, errf, sync_w, start_r, bundle)
                 finally:
                     os.close(sync_w)
                     os.close(start_r)
@@ -542,15 +548,7 @@ class Conmon:
         with tempfile.TemporaryFile(prefix="conmon-exec-") as errf:
             try:
                 try:
-                    proc = await asyncio.create_subprocess_exec(
-                        *args,
-                        stdin=asyncio.subprocess.DEVNULL,
-                        stdout=errf,
-                        stderr=errf,
-                        pass_fds=(sync_w, start_r),
-                        env=self._env(sync_w, start_r),
-                        cwd=calldir,
-                    )
+                    proc = await self._spawn(args, errf, sync_w, start_r, calldir)
                 finally:
                     os.close(sync_w)
                     os.close(start_r)

@@ -56,6 +56,7 @@ __all__ = [
     "SpecError",
     "container_spec",
     "exec_process",
+    "linux_resources",
     "merge_env",
     "process_args",
 ]
@@ -495,6 +496,13 @@ def _resources(
         if not host.cgroup_v2:
             raise SpecError("unified cgroup resources need cgroup v2")
         out["unified"] = dict(resources.unified)
+    return out
+
+
+def linux_resources(resources: Resources, host: HostFacts) -> dict[str, Any]:
+    """``linux.resources`` without device rules: what ``runc update --resources -`` takes."""
+    out = _resources(resources, [], host)
+    del out["devices"]
     return out
 
 
