@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-BACKENDS = ("runc", "crun", "youki", "fake")
+BACKENDS = ("runc", "crun", "youki", "runsc", "fake")
 OCI_BACKENDS = ("runc", "crun", "youki")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -92,12 +92,17 @@ class HandlerConfig:
     backend: str = "runc"
     root: str = ""  # empty: <state.run_root>/<backend>/<handler or "default">
     binary: str = ""  # empty: the backend's name, looked up in PATH
+    platform: str = "ptrace"  # runsc only
+    network: str = "host"  # runsc only: host | sandbox
+    infra_binary: str = ""  # runsc only: the pod's pause binary; empty: catatonit or busybox
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(
                 f"backend: {self.backend!r} is not available (available: {', '.join(BACKENDS)})"
             )
+        _choice("platform", self.platform, ("ptrace", "kvm", "systrap"))
+        _choice("network", self.network, ("host", "sandbox"))
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,7 @@ class Config:
             "runc": HandlerConfig("runc"),
             "crun": HandlerConfig("crun"),
             "youki": HandlerConfig("youki"),
+            "runsc": HandlerConfig("runsc"),
         }
     )
     images: ImagesConfig = field(default_factory=ImagesConfig)
@@ -329,32 +335,56 @@ cleanup_timeout = 30.0
 conmon = "conmon"
 
 # One table per RuntimeClass handler: [runtimes."<handler>"]. "" is the default handler.
-# backend: runc | crun | youki (real containers under conmon) or fake (simulated
-#          containers, no root needed). gVisor (runsc) is not available yet.
+# backend: runc | crun | youki (real containers under conmon), runsc (gVisor: one sandbox
+#          per pod, containers join it) or fake (simulated containers, no root needed).
 # root:    the backend's state directory; empty means <state.run_root>/<backend>/<handler>.
 # binary:  the OCI runtime binary; empty means the backend's name, found in PATH.
+# platform, network, infra_binary: runsc only. platform: ptrace (kvm hangs on this kind
+#          of VM); network: host (gVisor uses the pod netns' kernel stack) or sandbox
+#          (gVisor's netstack); infra_binary: the pod's pause process (empty: catatonit,
+#          else busybox-static).
 # A handler whose binary is missing is reported not ready by Status and refused by
 # RunPodSandbox; the server still starts.
 [runtimes.""]
 backend = "runc"
 root = ""
 binary = ""
+platform = "ptrace"
+network = "host"
+infra_binary = ""
 
 [runtimes.runc]
 backend = "runc"
 root = ""
 binary = ""
+platform = "ptrace"
+network = "host"
+infra_binary = ""
 
 [runtimes.crun]
 backend = "crun"
 root = ""
 binary = ""
+platform = "ptrace"
+network = "host"
+infra_binary = ""
 
 # youki is not packaged by Debian 12; this handler reports not ready until it is installed.
 [runtimes.youki]
 backend = "youki"
 root = ""
 binary = ""
+platform = "ptrace"
+network = "host"
+infra_binary = ""
+
+[runtimes.runsc]
+backend = "runsc"
+root = ""
+binary = ""
+platform = "ptrace"
+network = "host"
+infra_binary = ""
 
 [images]
 # registry: pull from OCI registries into <state.root>/content and <state.root>/snapshots.

@@ -19,6 +19,7 @@ from cri_async import __version__, linux
 from cri_async.backends.base import OCIRuntime
 from cri_async.backends.fake.backend import FakeBackend
 from cri_async.backends.oci import OCIBackend
+from cri_async.backends.runsc import RunscBackend
 from cri_async.config import Config, ConfigError
 from cri_async.core.context import Limits
 from cri_async.core.errors import Unavailable
@@ -54,6 +55,21 @@ def build_backends(
             raise ConfigError(
                 f'runtimes."{name}": the {h.backend} backend needs images.backend = "registry"'
             )
+        if h.backend == "runsc":
+            backends[name] = RunscBackend(
+                name,
+                binary=h.binary or "runsc",
+                run_root=config.handler_root(name),
+                state_root=Path(config.state.root) / "containers",
+                conmon_binary=config.runtime.conmon,
+                pinner=pinner,
+                lowers=_lowers(images),
+                socket_dir=Path(config.state.run_root) / "s",
+                platform=h.platform,
+                network=h.network,
+                infra_binary=h.infra_binary,
+            )
+            continue
         backends[name] = OCIBackend(
             name,
             kind=h.backend,

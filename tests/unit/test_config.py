@@ -33,7 +33,7 @@ def test_every_key_is_documented_in_the_default_toml() -> None:
         ("[log]\nlevel = 'loud'", "log.level"),
         ("[state]\nsync = 'sometimes'", "state.sync"),
         ("[runtime]\ndefault_handler = 'gvisor'", "runtime.default_handler"),
-        ('[runtimes.sim]\nbackend = "runsc"', 'runtimes."sim".backend'),
+        ('[runtimes.sim]\nbackend = "kata"', 'runtimes."sim".backend'),
         ("[runtimes.x]\nbinaryy = 'a'", 'runtimes."x".binaryy: unknown key'),
         ("[[fake.images]]\nsize = 1", "fake.images[0]"),
         ("[images]\npinned = 'pause'", "images.pinned: expected a list"),

@@ -1,0 +1,509 @@
+"""gVisor (runsc) pods: a kubelet-style sequence through the CRI on real runsc + conmon.
+
+The pod is one gVisor sandbox (an infra container running a static pause binary), and its
+containers join it; logs, exit codes, exec, stop and remove go through conmon and the
+runsc backend's holder (cri_async/backends/runsc.py). Without root, runsc, conmon or a
+static pause binary the tests are skipped, or fail with CI=true.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from grpclib import GRPCError, Status
+
+from cri_async import config as config_module
+from cri_async import linux
+from cri_async import server as server_module
+from cri_async.api.runtime.v1 import api_pb2 as pb
+from cri_async.backends.oci import DEFAULT_CGROUP_PARENT
+from cri_async.backends.runsc import (
+    RunscBackend,
+    adjust_container_spec,
+    find_infra_binary,
+    wrapper_script,
+)
+from cri_async.client import CRIClient, container_config, pod_config
+from cri_async.config import Config, HandlerConfig, ImagesConfig, StateConfig
+from cri_async.logs.crilog import Stream, join_records, parse_lines
+from cri_async.testing import CRIServer
+
+from .conftest import processes_mentioning, require
+
+pytestmark = [pytest.mark.root, pytest.mark.registry]
+
+CGROUP_PARENT = DEFAULT_CGROUP_PARENT  # where pods that name no cgroup parent go
+
+
+def require_runsc() -> None:
+    require("runsc")
+    if find_infra_binary() is None:
+        why = "needs a static pause binary (apt-get install catatonit)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+
+
+def _backend_class(network: str, infra: str) -> type[RunscBackend]:
+    class AsRunsc(RunscBackend):
+        """What server.build_backends builds for a handler, as a runsc backend."""
+
+        def __init__(self, handler: str, *, kind: str, binary: str, **kw: Any) -> None:
+            super().__init__(handler, network=network, infra_binary=infra, **kw)
+
+    return AsRunsc
+
+
+class Timings:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, float]] = []
+
+    def add(self, what: str, since: float) -> None:
+        self.items.append((what, (time.perf_counter() - since) * 1000))
+
+    def report(self) -> str:
+        return ", ".join(f"{w} {ms:.0f} ms" for w, ms in self.items)
+
+
+@pytest.fixture
+def timings(request: pytest.FixtureRequest) -> Iterator[Timings]:
+    t = Timings()
+    yield t
+    if t.items:
+        print(f"\n{request.node.name}: {t.report()}")
+
+
+@contextlib.asynccontextmanager
+async def runsc_server(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tag: str,
+    network: str = "host",
+    infra: str = "",
+) -> AsyncIterator[tuple[CRIServer, Path]]:
+    """A CRI server whose default handler is runsc; on the way out every pod is removed and
+    the host must be clean (no runsc state, mounts or processes of this run root)."""
+    require_runsc()
+    wired = "runsc" in config_module.BACKENDS and network == "host" and not infra
+    if not wired:
+        # server.py builds OCIBackend for every real handler; build a runsc one instead.
+        monkeypatch.setattr(server_module, "OCIBackend", _backend_class(network, infra))
+    cfg = dataclasses.replace(
+        Config(),
+        runtimes={"": HandlerConfig(backend="runsc" if wired else "runc")},
+        images=ImagesConfig(backend="registry"),
+    )
+    srv = CRIServer(tmp_path, config=cfg)
+    # Short run root: conmon's attach socket path must fit in sun_path.
+    run_root = Path(f"/run/crt{os.getpid() % 10000}{tag}")
+    srv.config = dataclasses.replace(
+        srv.config,
+        state=StateConfig(root=str(tmp_path / "state"), run_root=str(run_root), sync="normal"),
+    )
+    try:
+        async with srv:
+            backend = srv.server.backends[""] if srv.server else None
+            assert isinstance(backend, RunscBackend)
+            try:
+                yield srv, run_root
+            finally:
+                # Also after a failure: leave nothing running on the host.
+                for p in (
+                    await srv.client.runtime.ListPodSandbox(pb.ListPodSandboxRequest())
+                ).items:
+                    await srv.client.runtime.RemovePodSandbox(
+                        pb.RemovePodSandboxRequest(pod_sandbox_id=p.id)
+                    )
+            assert not list(Path(backend.cli.root).iterdir()), "runsc state left behind"
+    finally:
+        linux.umount(str(run_root / "ns"))  # the pin directory's own private bind mount
+        mounts = [m[0] for m in linux.mountinfo() if m[0].startswith(str(run_root))]
+        if not mounts:
+            shutil.rmtree(run_root, ignore_errors=True)
+    assert not mounts
+    assert not [m for m in linux.mountinfo() if m[0].startswith(str(tmp_path))]
+    # Reaped promptly (platform.md 8h): no sandbox, gofer, holder or conmon is left.
+    async with asyncio.timeout(5):
+        while True:
+            if not processes_mentioning(str(run_root)):
+                break
+            await asyncio.sleep(0.05)
+
+
+@pytest_asyncio.fixture
+async def rs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[CRIServer, Path]]:
+    async with runsc_server(tmp_path, monkeypatch, "g") as s:
+        yield s
+
+
+async def wait_exit(cli: CRIClient, cid: str, timeout: float = 10) -> pb.ContainerStatus:
+    async with asyncio.timeout(timeout):
+        while True:
+            st = await cli.container_status(cid)
+            if st.state == pb.CONTAINER_EXITED:
+                return st
+            await asyncio.sleep(0.05)
+
+
+async def wait_for_log(path: Path, needle: bytes, timeout: float = 10) -> dict[Stream, bytes]:
+    async with asyncio.timeout(timeout):
+        while True:
+            if path.exists():
+                out = join_records(parse_lines(path.read_bytes()))
+                if needle in out.get(Stream.STDOUT, b""):
+                    return out
+            await asyncio.sleep(0.05)
+
+
+def runsc_state(run_root: Path, cid: str) -> dict[str, object]:
+    roots = [p for p in run_root.glob("*/default/state") if p.is_dir()]
+    assert len(roots) == 1
+    out = subprocess.run(
+        ["runsc", f"--root={roots[0]}", "state", cid], capture_output=True, check=True
+    ).stdout
+    data = json.loads(out)
+    assert isinstance(data, dict)
+    return data
+
+
+def holders(run_root: Path) -> list[int]:
+    """Holder processes (the wrapper's --cri-async-hold mode) of this test's handler."""
+    return [
+        p
+        for p in processes_mentioning("--cri-async-hold")
+        if p in processes_mentioning(str(run_root))
+    ]
+
+
+def cgroup_dirs(rel: str) -> list[Path]:
+    return [h / rel.lstrip("/") for h in Path("/sys/fs/cgroup").iterdir() if (h / rel).is_dir()]
+
+
+async def test_kubelet_sequence_on_runsc(
+    rs: tuple[CRIServer, Path], busybox_ref: str, tmp_path: Path, timings: Timings
+) -> None:
+    srv, run_root = rs
+    cli = srv.client
+    image_id = await cli.pull(busybox_ref)
+    logs = tmp_path / "pods"
+    pcfg = pod_config("web", log_directory=str(logs))
+    t = time.perf_counter()
+    pod = await cli.run_pod(pcfg)
+    timings.add("RunPodSandbox", t)
+    infra = runsc_state(run_root, pod)
+    assert infra["status"] == "running"
+    annotations = infra["annotations"]
+    assert isinstance(annotations, dict)
+    assert annotations["io.kubernetes.cri.container-type"] == "sandbox"
+    assert annotations["io.kubernetes.cri.sandbox-id"] == pod
+
+    app = container_config(
+        "app",
+        busybox_ref,
+        command=[
+            "sh",
+            "-c",
+            "echo hello; echo oops >&2; hostname; trap 'echo term; exit 3' TERM;"
+            " echo pong | nc -l -p 8080; while :; do sleep 0.1; done",
+        ],
+        log_path="app/0.log",
+    )
+    t = time.perf_counter()
+    cid = await cli.create_container(pod, app, pcfg)
+    timings.add("CreateContainer", t)
+    t = time.perf_counter()
+    await cli.start_container(cid)
+    timings.add("StartContainer", t)
+    st = await cli.container_status(cid)
+    assert st.state == pb.CONTAINER_RUNNING and st.image_id == image_id
+    # It runs inside the pod's sandbox, not in a sandbox of its own.
+    sub = runsc_state(run_root, cid)
+    assert sub["pid"] == infra["pid"] and sub["status"] == "running"
+
+    # Logs in CRI format at the log path, both streams, from inside the sandbox.
+    out = await wait_for_log(logs / "app/0.log", b"web\n")
+    assert out[Stream.STDOUT] == b"hello\nweb\n" and out[Stream.STDERR] == b"oops\n"
+
+    t = time.perf_counter()
+    r = await cli.exec_sync(cid, ["sh", "-c", "echo out; echo err >&2; id -u; exit 3"], timeout=10)
+    timings.add("ExecSync", t)
+    assert (r.exit_code, r.stdout, r.stderr) == (3, b"out\n0\n", b"err\n")
+    t = time.perf_counter()
+    with pytest.raises(GRPCError) as err:
+        await cli.exec_sync(cid, ["sleep", "37"], timeout=1)
+    timings.add("ExecSync timeout=1", t)
+    assert err.value.status is Status.DEADLINE_EXCEEDED
+    # The timed-out process inside the sandbox was killed too, not only runsc on the host.
+    async with asyncio.timeout(5):
+        while True:
+            if b"sleep 37" not in (await cli.exec_sync(cid, ["ps"], timeout=10)).stdout:
+                break
+            await asyncio.sleep(0.1)
+
+    # A second container of the pod reaches the first over the pod's loopback.
+    client = container_config(
+        "client",
+        busybox_ref,
+        command=["sh", "-c", "nc -w 5 127.0.0.1 8080 </dev/null; exit 7"],
+        log_path="client/0.log",
+    )
+    t = time.perf_counter()
+    second = await cli.create_container(pod, client, pcfg)
+    await cli.start_container(second)
+    timings.add("second container create+start", t)
+    st = await wait_exit(cli, second)
+    assert (st.exit_code, st.reason) == (7, "Error")
+    out2 = join_records(parse_lines((logs / "client/0.log").read_bytes()))
+    assert out2[Stream.STDOUT] == b"pong\n"
+    assert runsc_state(run_root, second)["status"] == "stopped"
+
+    # Stop: the signal first (the trap exits 3), then SIGKILL for one that ignores it.
+    t = time.perf_counter()
+    await cli.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=10))
+    timings.add("StopContainer (TERM)", t)
+    st = await cli.container_status(cid)
+    assert (st.state, st.exit_code) == (pb.CONTAINER_EXITED, 3)
+    out = join_records(parse_lines((logs / "app/0.log").read_bytes()))
+    assert out[Stream.STDOUT].endswith(b"term\n")
+
+    stubborn = await cli.create_container(
+        pod,
+        container_config(
+            "stubborn",
+            busybox_ref,
+            command=["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"],
+        ),
+        pcfg,
+    )
+    await cli.start_container(stubborn)
+    t = time.perf_counter()
+    await cli.runtime.StopContainer(pb.StopContainerRequest(container_id=stubborn, timeout=1))
+    timings.add("StopContainer (ignored TERM, timeout 1)", t)
+    st = await cli.container_status(stubborn)
+    assert (st.state, st.exit_code) == (pb.CONTAINER_EXITED, 137)
+
+    # Created but never started: its holder waits for the word and must go with it.
+    idle = await cli.create_container(
+        pod, container_config("idle", busybox_ref, command=["true"]), pcfg
+    )
+    assert holders(run_root)
+
+    t = time.perf_counter()
+    for c in (cid, second, stubborn, idle):
+        await cli.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=c))
+    timings.add("RemoveContainer x4", t)
+    assert not (await cli.runtime.ListContainers(pb.ListContainersRequest())).containers
+    assert not holders(run_root)
+    assert not list((run_root / "s").iterdir())  # conmon's socket links
+    t = time.perf_counter()
+    await cli.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod))
+    timings.add("StopPodSandbox", t)
+    t = time.perf_counter()
+    await cli.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod))
+    timings.add("RemovePodSandbox", t)
+    assert not (await cli.runtime.ListPodSandbox(pb.ListPodSandboxRequest())).items
+    assert not cgroup_dirs(f"{CGROUP_PARENT}/pod-{pod[:16]}")
+
+
+async def test_runsc_start_failure_resources_and_pod_removal(
+    rs: tuple[CRIServer, Path], busybox_ref: str, tmp_path: Path, timings: Timings
+) -> None:
+    """A bad command is a StartError; resources go to the cgroup files; sysctls and a
+    RuntimeDefault seccomp profile do not stop a container; removing the pod removes
+    running containers with it."""
+    srv, _ = rs
+    cli = srv.client
+    await cli.pull(busybox_ref)
+    pcfg = pod_config("misc")
+    pcfg.linux.sysctls["net.ipv4.ip_unprivileged_port_start"] = "80"
+    pod = await cli.run_pod(pcfg)
+
+    bad = await cli.create_container(
+        pod, container_config("bad", busybox_ref, command=["/no/such/binary"]), pcfg
+    )
+    with pytest.raises(GRPCError) as err:
+        await cli.start_container(bad)
+    assert err.value.status is Status.FAILED_PRECONDITION
+    assert "runsc start failed" in str(err.value.message)
+    st = await cli.container_status(bad)
+    assert (st.state, st.reason) == (pb.CONTAINER_EXITED, "StartError")
+
+    cfg = container_config(
+        "c",
+        busybox_ref,
+        command=["sh", "-c", "grep Seccomp: /proc/self/status; exec sleep 1000"],
+        log_path=str(tmp_path / "c.log"),
+    )
+    cfg.linux.security_context.seccomp.profile_type = pb.SecurityProfile.RuntimeDefault
+    cfg.linux.resources.memory_limit_in_bytes = 96 << 20
+    cid = await cli.create_container(pod, cfg, pcfg)
+    await cli.start_container(cid)
+    r = await cli.exec_sync(cid, ["echo", "alive"], timeout=10)
+    assert r.stdout == b"alive\n"
+    out = await wait_for_log(tmp_path / "c.log", b"Seccomp")
+    assert out[Stream.STDOUT] == b"Seccomp:\t2\n"  # the profile is enforced (--oci-seccomp)
+
+    t = time.perf_counter()
+    await cli.runtime.UpdateContainerResources(
+        pb.UpdateContainerResourcesRequest(
+            container_id=cid,
+            linux=pb.LinuxContainerResources(
+                memory_limit_in_bytes=128 << 20, cpu_shares=256, cpu_quota=50000, cpu_period=100000
+            ),
+        )
+    )
+    timings.add("UpdateContainerResources", t)
+    rel = f"{CGROUP_PARENT}/pod-{pod[:16]}/{cid}"
+    mem = Path("/sys/fs/cgroup/memory") / rel.lstrip("/")
+    cpu = Path("/sys/fs/cgroup/cpu") / rel.lstrip("/")
+    assert int((mem / "memory.limit_in_bytes").read_text()) == 128 << 20
+    assert int((cpu / "cpu.shares").read_text()) == 256
+    assert int((cpu / "cpu.cfs_quota_us").read_text()) == 50000
+
+    # A tty container is refused up front (runsc cannot give a joined container a tty).
+    tty = container_config("tty", busybox_ref, command=["sh"])
+    tty.tty = True
+    with pytest.raises(GRPCError) as err:
+        await cli.create_container(pod, tty, pcfg)
+    assert err.value.status is Status.INVALID_ARGUMENT
+
+    t = time.perf_counter()
+    await cli.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod))
+    timings.add("RemovePodSandbox with a running container", t)
+    assert not (await cli.runtime.ListContainers(pb.ListContainersRequest())).containers
+    assert not cgroup_dirs(f"{CGROUP_PARENT}/pod-{pod[:16]}")
+
+
+async def test_runsc_netstack_mode_with_pod_netns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busybox_ref: str, timings: Timings
+) -> None:
+    """network="sandbox": gVisor's own netstack, started under the /proc/sys/net workaround
+    (platform.md 3b), inside the pod's netns; loopback works between the pod's containers.
+    The infra process here is busybox-static's sleep, the fallback for a missing catatonit."""
+    if not os.path.exists("/bin/busybox"):
+        pytest.skip("needs busybox-static")
+    async with runsc_server(
+        tmp_path, monkeypatch, "n", network="sandbox", infra="/bin/busybox"
+    ) as (srv, _):
+        cli = srv.client
+        await cli.pull(busybox_ref)
+        pcfg = pod_config("net", log_directory=str(tmp_path / "logs"))
+        t = time.perf_counter()
+        pod = await cli.run_pod(pcfg)
+        timings.add("RunPodSandbox (netstack)", t)
+        server = await cli.create_container(
+            pod,
+            container_config(
+                "srv",
+                busybox_ref,
+                command=["sh", "-c", "echo pong | nc -l -p 8080; sleep 1000"],
+                log_path="srv.log",
+            ),
+            pcfg,
+        )
+        await cli.start_container(server)
+        r = await cli.exec_sync(server, ["cat", "/proc/net/dev"], timeout=10)
+        assert b"lo:" in r.stdout
+        backend = srv.server.backends[""] if srv.server else None
+        assert isinstance(backend, RunscBackend)
+        assert (await backend.probe()).info["infra"].endswith("busybox sleep 2147483647")
+        client = await cli.create_container(
+            pod,
+            container_config(
+                "cl", busybox_ref, command=["nc", "-w", "5", "127.0.0.1", "8080"], log_path="c.log"
+            ),
+            pcfg,
+        )
+        await cli.start_container(client)
+        st = await wait_exit(cli, client)
+        assert st.exit_code == 0
+        assert join_records(parse_lines((tmp_path / "logs/c.log").read_bytes()))[Stream.STDOUT] == (
+            b"pong\n"
+        )
+        await cli.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod))
+        assert not cgroup_dirs(f"{CGROUP_PARENT}/pod-{pod[:16]}")
+
+
+def test_wrapper_script_and_spec_adjustments(tmp_path: Path) -> None:
+    """No root needed: the generated wrapper is valid sh; runsc-hostile spec parts go."""
+    script = tmp_path / "w"
+    script.write_text(wrapper_script("/usr/bin/runsc", ["--root=/run/a b", "--network=host"]))
+    subprocess.run(["/bin/sh", "-n", str(script)], check=True)
+    assert "'--root=/run/a b'" in script.read_text()
+
+    spec: dict[str, Any] = {
+        "process": {
+            "capabilities": {"bounding": ["CAP_CHOWN", "CAP_BPF"], "effective": ["CAP_PERFMON"]},
+            "oomScoreAdj": -998,
+        },
+        "linux": {"sysctl": {"net.ipv4.ip_forward": "1"}},
+        "annotations": {"io.kubernetes.cri.container-type": "container"},
+    }
+    notes = adjust_container_spec(spec, "sb")
+    assert len(notes) == 3
+    assert spec["process"] == {
+        "capabilities": {"bounding": ["CAP_CHOWN"], "effective": []},
+        "oomScoreAdj": 0,
+    }
+    assert "sysctl" not in spec["linux"]
+    assert spec["annotations"]["io.kubernetes.cri.sandbox-id"] == "sb"
+
+
+async def test_runsc_restart_and_sandbox_death(
+    rs: tuple[CRIServer, Path], busybox_ref: str, timings: Timings
+) -> None:
+    """Containers outlive a restart of cri-async (conmon and the holder keep them); an exit
+    during the restart is recorded. When the pod's gVisor sandbox dies, its containers
+    exit 255 with a message that says so."""
+    srv, run_root = rs
+    cli = srv.client
+    await cli.pull(busybox_ref)
+    pcfg = pod_config("restart")
+    pod = await cli.run_pod(pcfg)
+    long = await cli.create_container(
+        pod, container_config("long", busybox_ref, command=["sleep", "1000"]), pcfg
+    )
+    short = await cli.create_container(
+        pod,
+        container_config("short", busybox_ref, command=["sh", "-c", "sleep 1; exit 4"]),
+        pcfg,
+    )
+    for c in (long, short):
+        await cli.start_container(c)
+    t = time.perf_counter()
+    await srv.stop()
+    timings.add("server stop", t)
+    await asyncio.sleep(1.3)  # "short" exits while nobody is watching
+    t = time.perf_counter()
+    await srv.start()
+    timings.add("server start (recover + reconcile)", t)
+    cli = srv.client
+    st = await cli.container_status(long)
+    assert st.state == pb.CONTAINER_RUNNING
+    r = await cli.exec_sync(long, ["echo", "still here"], timeout=10)
+    assert r.stdout == b"still here\n"
+    st = await wait_exit(cli, short)
+    assert (st.exit_code, st.reason) == (4, "Error")
+
+    pid = runsc_state(run_root, pod)["pid"]
+    assert isinstance(pid, int)
+    os.kill(pid, 9)
+    st = await wait_exit(cli, long)
+    assert (st.exit_code, st.reason) == (255, "Error")
+    assert "sandbox is gone" in st.message
+    await cli.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod))
+    assert not cgroup_dirs(f"{CGROUP_PARENT}/pod-{pod[:16]}")
