@@ -38,7 +38,12 @@ run-deps:
 test-deps:
 	$(call apt_ensure,$(TEST_DEBS))
 
+CNI_CONF := /etc/cni/net.d/10-cri-async.conflist
 run: setup run-deps
+	@if [ -z "$$(ls /etc/cni/net.d 2>/dev/null)" ]; then \
+		mkdir -p /etc/cni/net.d && $(BIN)/cri-async config --cni-default > $(CNI_CONF) && \
+		echo "run: installed the default pod network $(CNI_CONF)"; \
+	fi
 	$(BIN)/cri-async serve $(if $(CONFIG),--config $(CONFIG))
 
 lint: setup

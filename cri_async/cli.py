@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = sub.add_parser("config", help="print configuration")
     cfg.add_argument("--default", action="store_true", help="print the documented defaults")
     cfg.add_argument("--check", metavar="PATH", help="validate a config file")
+    cfg.add_argument(
+        "--cni-default", action="store_true", help="print the default CNI bridge network"
+    )
     sub.add_parser("version", help="print the version")
     images = sub.add_parser("images", help="pull or import images through a running server")
     images.add_argument("--socket", default=DEFAULT_SOCKET, help="the server's socket")
@@ -65,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cri-async {__version__} (CRI {CRI_API_VERSION})")
         return 0
     if args.command == "config":
+        if args.cni_default:
+            from cri_async.network.cniconf import DEFAULT_CONFLIST
+
+            print(DEFAULT_CONFLIST, end="")
+            return 0
         if args.check:
             try:
                 load(args.check)

@@ -106,6 +106,18 @@ class HandlerConfig:
 
 
 @dataclass(frozen=True)
+class NetworkSection:
+    conf_dirs: list[str] = field(default_factory=lambda: ["/etc/cni/net.d"])
+    bin_dirs: list[str] = field(default_factory=lambda: ["/opt/cni/bin", "/usr/lib/cni"])
+    plugin_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        _positive("network.plugin_timeout", self.plugin_timeout)
+        if not self.conf_dirs or not self.bin_dirs:
+            raise ConfigError("network: conf_dirs and bin_dirs must not be empty")
+
+
+@dataclass(frozen=True)
 class FakeImageConfig:
     ref: str
     size: int = 1 << 20
@@ -194,6 +206,7 @@ class Config:
     )
     images: ImagesConfig = field(default_factory=ImagesConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    network: NetworkSection = field(default_factory=NetworkSection)
     fake: FakeConfig = field(default_factory=FakeConfig)
 
     def __post_init__(self) -> None:
@@ -421,6 +434,17 @@ insecure = []
 # [registry.mirrors]
 # "docker.io" = ["https://mirror.example.com"]
 [registry.mirrors]
+
+[network]
+# CNI: the first valid .conflist/.conf/.json (by file name) in these directories is the pod
+# network; a config added later makes the node NetworkReady without a restart.
+# `cri-async config --cni-default` prints a bridge network (`make run` installs it into
+# /etc/cni/net.d when that directory has no config).
+conf_dirs = ["/etc/cni/net.d"]
+# Where plugin binaries are looked up (Debian's containernetworking-plugins: /usr/lib/cni).
+bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
+# Seconds one plugin invocation may take.
+plugin_timeout = 60.0
 
 # The images the fake backend's simulated registry serves ([[fake.images]] per image):
 # ref, size (bytes), entrypoint, cmd, env, user, working_dir, stop_signal.

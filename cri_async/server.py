@@ -27,6 +27,7 @@ from cri_async.core.images import FilesystemUsage, ImageStore
 from cri_async.core.runtime import Runtime
 from cri_async.monitor.hostprep import prepare_host
 from cri_async.monitor.reaper import Reaper, become_subreaper
+from cri_async.network.cni import CNI
 from cri_async.network.pins import NamespacePinner
 from cri_async.registry.auth import load_credentials_file
 from cri_async.registry.client import RegistryClient
@@ -44,7 +45,7 @@ log = logging.getLogger("cri_async.server")
 
 
 def build_backends(
-    config: Config, images: ImageStore, pinner: NamespacePinner
+    config: Config, images: ImageStore, pinner: NamespacePinner, cni: CNI | None = None
 ) -> dict[str, OCIRuntime]:
     backends: dict[str, OCIRuntime] = {}
     for name, h in config.runtimes.items():
@@ -65,6 +66,7 @@ def build_backends(
                 pinner=pinner,
                 lowers=_lowers(images),
                 socket_dir=Path(config.state.run_root) / "s",
+                cni=cni,
                 platform=h.platform,
                 network=h.network,
                 infra_binary=h.infra_binary,
@@ -80,6 +82,7 @@ def build_backends(
             pinner=pinner,
             lowers=_lowers(images),
             socket_dir=Path(config.state.run_root) / "s",
+            cni=cni,
         )
     return backends
 
@@ -173,8 +176,19 @@ class Server:
         self.store = StateStore(config.db_path, sync=config.state.sync)
         self.images = build_image_store(config, self.store, self._images_in_use)
         self.pinner = NamespacePinner(Path(config.state.run_root) / "ns")
-        self.backends = build_backends(config, self.images, self.pinner)
-        self.real = any(not isinstance(b, FakeBackend) for b in self.backends.values())
+        self.real = any(h.backend != "fake" for h in config.runtimes.values())
+        self.cni = (
+            CNI(
+                config.network.conf_dirs,
+                config.network.bin_dirs,
+                str(Path(config.state.run_root) / "cni" / "cache"),
+                timeout=config.network.plugin_timeout,
+            )
+            if self.real
+            else None
+        )
+        self._cni_watch: asyncio.Task[None] | None = None
+        self.backends = build_backends(config, self.images, self.pinner, self.cni)
         self.reaper: Reaper | None = None
         self.runtime = Runtime(
             self.store,
@@ -186,6 +200,7 @@ class Server:
             event_queue=config.runtime.event_queue_size,
             info={"version": __version__, "socket": str(self.socket_path)},
             stats=StatsCache() if self.real else None,
+            network_status=self.cni.status if self.cni is not None else None,
         )
         self._grpc: GRPCServer | None = None
         self._inflight = 0
@@ -242,6 +257,9 @@ class Server:
                     b.conmon.reaper = self.reaper
         await self.store.open()
         try:
+            if self.cni is not None:
+                await self.cni.reload()
+                self._cni_watch = asyncio.create_task(self.cni.watch(), name="cni-watch")
             await self.runtime.start()
             services: list[IServable] = [
                 RuntimeService(self.runtime, self, self.config.runtime.cgroup_driver),
@@ -284,6 +302,8 @@ class Server:
         grpc.close()
         await grpc.wait_closed()
         await self.runtime.close(self.config.server.shutdown_timeout)
+        if self._cni_watch is not None:
+            self._cni_watch.cancel()
         close = getattr(self.images, "close", None)
         if close is not None:
             await close()

@@ -23,6 +23,7 @@ from cri_async.config import (
     FakeConfig,
     FakeImageConfig,
     HandlerConfig,
+    NetworkSection,
     ServerConfig,
     StateConfig,
 )
@@ -62,6 +63,10 @@ class CRIServer:
             images=dataclasses.replace(base.images, backend=image_backend)
             if config is None
             else base.images,
+            # The host's /etc/cni/net.d is not the embedded server's business.
+            network=dataclasses.replace(base.network, conf_dirs=[str(self.root / "cni")])
+            if base.network.conf_dirs == NetworkSection().conf_dirs
+            else base.network,
         )
         self.server: Server | None = None
         self._client: CRIClient | None = None

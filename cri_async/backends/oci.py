@@ -50,6 +50,7 @@ from cri_async.core.model import (
 )
 from cri_async.monitor.conmon import Conmon, ConmonError, ExitInfo
 from cri_async.network import podfiles
+from cri_async.network.cni import CNI, CNIError, PortMapping
 from cri_async.network.pins import NamespacePinner, PinError
 from cri_async.oci import spec as oci
 from cri_async.oci.defaults import capabilities_from_mask
@@ -101,6 +102,7 @@ class OCIBackend:
         pinner: NamespacePinner,
         lowers: Callable[[str], list[str] | None],
         socket_dir: Path | None = None,
+        cni: CNI | None = None,
     ) -> None:
         self.handler = handler
         self.kind = kind
@@ -110,6 +112,7 @@ class OCIBackend:
         self.conmon_binary = conmon_binary
         self.pinner = pinner
         self._lowers = lowers
+        self.cni = cni
         self.cli = RuntimeCLI(self.binary, str(run_root / "state"))
         # Attach sockets are reached as <socket_dir>/<64-hex id>/attach, which must fit
         # in sun_path (108 bytes): keep socket_dir short and shared by all handlers.
@@ -170,8 +173,15 @@ class OCIBackend:
             )
         except PinError as e:
             raise Internal(str(e)) from None
+        network = NetworkStatus()
         try:
             await asyncio.to_thread(self._pod_files, sandbox, d, hostname, host_net, host_ipc)
+            # Without a CNI config the pod keeps a loopback-only netns; Status reports
+            # NetworkReady=false meanwhile, so kubelet starts only host-network pods.
+            if self.cni is not None and pins.net is not None and self.cni.network is not None:
+                network = await self._attach(sandbox, pins.net)
+                hosts = podfiles.hosts(hostname, [network.ip, *network.additional_ips])
+                await asyncio.to_thread((d / "hosts").write_text, hosts)
         except BaseException:
             await self.remove_sandbox(sandbox)
             raise
@@ -183,7 +193,48 @@ class OCIBackend:
             "hostname": os.uname().nodename if host_net else hostname,
             "cgroupParent": self._cgroup_parent(sandbox),
         }
-        return sandbox.evolve(network=NetworkStatus(), backend_info=info)
+        return sandbox.evolve(network=network, backend_info=info)
+
+    async def _attach(self, sandbox: Sandbox, netns: str) -> NetworkStatus:
+        assert self.cni is not None
+        md = sandbox.metadata
+        dns = sandbox.config.dns
+        try:
+            result = await self.cni.setup(
+                sandbox.id,
+                netns,
+                pod_name=md.name,
+                pod_namespace=md.namespace,
+                pod_uid=md.uid,
+                port_mappings=[
+                    PortMapping(p.host_port, p.container_port, p.protocol.value, p.host_ip)
+                    for p in sandbox.config.port_mappings
+                    if p.host_port
+                ],
+                dns={
+                    "servers": list(dns.servers),
+                    "searches": list(dns.searches),
+                    "options": list(dns.options),
+                }
+                if dns
+                else None,
+            )
+        except CNIError as e:
+            raise FailedPrecondition(f"pod network setup failed: {e}") from None
+        ips = list(result.ips)
+        return NetworkStatus(ip=ips[0] if ips else "", additional_ips=tuple(ips[1:]))
+
+    async def _detach(self, sandbox_id: str, netns: str | None) -> bool:
+        """CNI DEL on its own deadline; a failure keeps the cache for a later retry and
+        never blocks the caller (IPs are released on the next stop/remove or restart)."""
+        if self.cni is None or sandbox_id not in self.cni.cached():
+            return True
+        try:
+            await asyncio.shield(asyncio.wait_for(self.cni.teardown(sandbox_id, netns), 120))
+            return True
+        except (CNIError, TimeoutError) as e:
+            log.error("pod %s: network teardown failed, will retry: %s", sandbox_id, e)
+            return False
 
     def _pod_files(
         self, sandbox: Sandbox, d: Path, hostname: str, host_net: bool, host_ipc: bool
@@ -205,9 +256,10 @@ class OCIBackend:
                 linux.mount("shm", str(shm), "tmpfs", 0x2 | 0x4 | 0x8, f"mode=1777,size={SHM_SIZE}")
 
     async def stop_sandbox(self, sandbox: Sandbox) -> None:
-        return None
+        await self._detach(sandbox.id, sandbox.backend_info.get("netns") or None)
 
     async def remove_sandbox(self, sandbox: Sandbox) -> None:
+        await self._detach(sandbox.id, sandbox.backend_info.get("netns") or None)
         await self.pinner.unpin(sandbox.id)
         d = self.pod_dir(sandbox.id)
 
@@ -260,6 +312,10 @@ class OCIBackend:
             await asyncio.to_thread(linux.umount, str(d / "shm"))
             await asyncio.to_thread(shutil.rmtree, d, True)
             done.append(f"removed orphan pod sandbox {sid} (namespace pins, pod files)")
+        if self.cni is not None:
+            for sid in sorted(set(self.cni.cached()) - sandboxes):
+                if await self._detach(sid, None):
+                    done.append(f"released the pod network of orphan pod sandbox {sid}")
         for line in done:
             log.warning("reconcile %s: %s", self.handler or "default", line)
         return done

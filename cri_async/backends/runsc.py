@@ -96,6 +96,7 @@ from cri_async.core.errors import (
 )
 from cri_async.core.model import Container, Image, Resources, Sandbox
 from cri_async.monitor.conmon import Conmon
+from cri_async.network.cni import CNI
 from cri_async.network.pins import NamespacePinner
 from cri_async.oci import spec as oci
 
@@ -532,6 +533,7 @@ class RunscBackend(OCIBackend):
         pinner: NamespacePinner,
         lowers: Callable[[str], list[str] | None],
         socket_dir: Path | None = None,
+        cni: CNI | None = None,
         platform: str = "ptrace",
         network: str = "host",
         infra_binary: str = "",
@@ -548,6 +550,7 @@ class RunscBackend(OCIBackend):
             pinner=pinner,
             lowers=lowers,
             socket_dir=socket_dir,
+            cni=cni,
         )
         self.platform = platform
         self.network = network

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cri_async import CRI_API_VERSION, RUNTIME_NAME, __version__
@@ -58,6 +59,7 @@ class Runtime:
         event_queue: int = 1024,
         info: dict[str, str] | None = None,
         stats: StatsCache | None = None,
+        network_status: Callable[[], tuple[bool, str, str]] | None = None,
     ) -> None:
         if default_handler not in backends:
             raise ValueError(f"default runtime handler {default_handler!r} is not configured")
@@ -77,6 +79,8 @@ class Runtime:
         self.cgroup_driver = cgroup_driver
         self.pod_cidr = ""
         self._info = info or {}
+        # None: no real pod networking configured (the fake backend simulates it).
+        self._network_status = network_status
 
     @property
     def events(self) -> EventBus:
@@ -173,7 +177,9 @@ class Runtime:
         default = handlers[self.ctx.default_handler]
         conditions = (
             Condition("RuntimeReady", default.ready, default.reason, default.message),
-            Condition("NetworkReady", True),
+            Condition("NetworkReady", *self._network_status())
+            if self._network_status is not None
+            else Condition("NetworkReady", True),
         )
         info: dict[str, str] = {}
         if verbose:

@@ -40,6 +40,7 @@ class Proc:
             f'[state]\nroot = "{root}/state"\nrun_root = "{run_root or root / "run"}"\n'
             f'[log]\nlevel = "debug"\n[images]\nbackend = "{images_backend}"\n'
             f'[runtimes.""]\nbackend = "{runtime}"\n'
+            f'[network]\nconf_dirs = ["{root}/cni"]\n'
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
