@@ -36,6 +36,7 @@ from cri_async.backends.base import (
     StartError,
 )
 from cri_async.backends.ocicli import RuntimeCLI, RuntimeCLIError
+from cri_async.cgroupfs import CGROUP_ROOT, write_cgroup_resources
 from cri_async.core.errors import DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument
 from cri_async.core.model import (
     Container,
@@ -269,6 +270,20 @@ class OCIBackend:
             self._rmdir_cgroups(self._cgroup_parent(sandbox))
 
         await asyncio.to_thread(run)
+
+    async def update_sandbox_resources(self, sandbox: Sandbox, resources: Resources) -> None:
+        """Pod-level limits go on the pod cgroup, which no OCI runtime owns."""
+        parent = self._cgroup_parent(sandbox)
+
+        def run() -> None:
+            for controller in ("cpu", "cpuacct", "memory", "pids"):
+                (CGROUP_ROOT / controller / parent.strip("/")).mkdir(parents=True, exist_ok=True)
+            write_cgroup_resources(parent, resources)
+
+        try:
+            await asyncio.to_thread(run)
+        except OSError as e:
+            raise FailedPrecondition(f"cannot update pod cgroup {parent}: {e}") from None
 
     def _cgroup_parent(self, sandbox: Sandbox) -> str:
         return sandbox.config.cgroup_parent or f"{DEFAULT_CGROUP_PARENT}/pod-{sandbox.id[:16]}"

@@ -88,6 +88,7 @@ from cri_async.backends.base import (
 )
 from cri_async.backends.oci import OCIBackend
 from cri_async.backends.ocicli import RuntimeCLI, RuntimeCLIError, runtime_message
+from cri_async.cgroupfs import CGROUP_ROOT, write_cgroup_resources
 from cri_async.core.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -452,61 +453,6 @@ class RunscCLI(RuntimeCLI):
 
 # --------------------------------------------------------------------------------------------
 # cgroups (v1; runsc has no `update`)
-
-_CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-def _write_cgroup(path: Path, value: str) -> None:
-    with open(path, "w") as f:
-        f.write(value)
-
-
-def write_cgroup_resources(cgroup: str, r: Resources, root: Path = _CGROUP_ROOT) -> list[str]:
-    """Apply ``r`` (zero fields untouched) to the v1 hierarchies' ``cgroup`` dirs, as
-    ``runc update`` would; the files written. FailedPrecondition where that is impossible."""
-    rel = cgroup.strip("/")
-    written: list[str] = []
-
-    def put(controller: str, name: str, value: object) -> None:
-        d = root / controller / rel
-        if not d.is_dir():
-            raise FailedPrecondition(f"cgroup {d} does not exist (is the container running?)")
-        _write_cgroup(d / name, str(value))
-        written.append(f"{controller}/{rel}/{name}")
-
-    if r.unified:
-        raise InvalidArgument("unified (cgroup v2) resources need cgroup v2; this host is v1")
-    if not (root / "memory").is_dir() and not (root / "cpu").is_dir():
-        raise FailedPrecondition("the runsc backend updates cgroup v1 files; no v1 hierarchy")
-    if r.cpu_shares:
-        put("cpu", "cpu.shares", r.cpu_shares)
-    if r.cpu_period:
-        put("cpu", "cpu.cfs_period_us", r.cpu_period)
-    if r.cpu_quota:
-        put("cpu", "cpu.cfs_quota_us", r.cpu_quota)
-    if r.cpuset_cpus:
-        put("cpuset", "cpuset.cpus", r.cpuset_cpus)
-    if r.cpuset_mems:
-        put("cpuset", "cpuset.mems", r.cpuset_mems)
-    if r.memory_limit_in_bytes:
-        limit = r.memory_limit_in_bytes
-        swap = r.memory_swap_limit_in_bytes or limit
-        steps = [("memory.limit_in_bytes", limit)]
-        if (root / "memory" / rel / "memory.memsw.limit_in_bytes").exists():
-            steps.append(("memory.memsw.limit_in_bytes", swap))
-        # memsw must stay >= limit after every write: raising both needs memsw first.
-        try:
-            for name, value in steps:
-                put("memory", name, value)
-        except OSError as e:
-            if e.errno != errno.EINVAL or len(steps) < 2:
-                raise
-            for name, value in reversed(steps):
-                put("memory", name, value)
-    for h in r.hugepage_limits:
-        size = h.page_size if h.page_size.endswith("B") else f"{h.page_size}B"
-        put("hugetlb", f"hugetlb.{size}.limit_in_bytes", h.limit)
-    return written
 
 
 # --------------------------------------------------------------------------------------------
@@ -933,7 +879,7 @@ def _sandbox_oom_killed(bundle: Path, sandbox_id: str) -> bool:
     if not cgroup:
         return False
     parent = os.path.dirname(cgroup.rstrip("/")).strip("/")
-    text = _read_text_or_none(_CGROUP_ROOT / "memory" / parent / sandbox_id / "memory.oom_control")
+    text = _read_text_or_none(CGROUP_ROOT / "memory" / parent / sandbox_id / "memory.oom_control")
     for line in (text or "").splitlines():
         key, _, value = line.partition(" ")
         if key == "oom_kill" and value.strip().isdigit():

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import replace
 
 from cri_async.core import validate
 from cri_async.core.containers import ContainerManager
 from cri_async.core.context import Context, now_ns
-from cri_async.core.errors import FailedPrecondition
+from cri_async.core.errors import FailedPrecondition, Unimplemented
 from cri_async.core.events import EventType
 from cri_async.core.filters import Filter, matches_labels
-from cri_async.core.model import Phase, Sandbox, SandboxConfig, SandboxState
+from cri_async.core.model import Phase, Resources, Sandbox, SandboxConfig, SandboxState
 
 log = logging.getLogger("cri_async.core.sandboxes")
 
@@ -105,6 +106,25 @@ class SandboxManager:
         ctx.sandbox_names.release(sandbox_key(sb.config), sb.id)
         ctx.publish(sb.id, EventType.DELETED, sb)
 
+    async def update_resources(
+        self, sandbox_id: str, overhead: Resources | None, resources: Resources | None
+    ) -> None:
+        """Apply pod-level resources (the pod total plus its overhead) and record them."""
+        sb = self.ctx.sandboxes.get(validate.require(sandbox_id, "pod_sandbox_id"))
+        if sb.state is not SandboxState.READY:
+            raise FailedPrecondition(f"pod sandbox {sb.id} is not ready")
+        backend = self.ctx.backend_for(sb)
+        update = getattr(backend, "update_sandbox_resources", None)
+        if update is None:
+            raise Unimplemented(
+                f"runtime handler {sb.runtime_handler!r} has no pod-level resources to update"
+            )
+        await update(sb, _with_overhead(resources or Resources(), overhead))
+        await self.ctx.sandboxes.update(
+            sb.id,
+            lambda r: r.evolve(config=replace(r.config, resources=resources, overhead=overhead)),
+        )
+
     def status(self, sandbox_id: str) -> Sandbox:
         return self.ctx.sandboxes.get(validate.require(sandbox_id, "pod_sandbox_id"))
 
@@ -119,3 +139,19 @@ class SandboxManager:
             if (flt.state is None or s.state is flt.state)
             and matches_labels(s.config.labels, flt.labels)
         ]
+
+
+def _with_overhead(r: Resources, overhead: Resources | None) -> Resources:
+    """The pod cgroup holds the containers and the sandbox overhead: add them up."""
+    if overhead is None:
+        return r
+
+    def add(a: int, b: int) -> int:
+        return a + b if a > 0 else 0  # unlimited stays unlimited
+
+    return replace(
+        r,
+        cpu_shares=add(r.cpu_shares, overhead.cpu_shares),
+        cpu_quota=add(r.cpu_quota, overhead.cpu_quota),
+        memory_limit_in_bytes=add(r.memory_limit_in_bytes, overhead.memory_limit_in_bytes),
+    )

@@ -343,9 +343,12 @@ class RuntimeService(Service, api_grpc.RuntimeServiceBase):
     async def UpdatePodSandboxResources(
         self, req: pb.UpdatePodSandboxResourcesRequest
     ) -> pb.UpdatePodSandboxResourcesResponse:
-        raise Unimplemented(
-            "UpdatePodSandboxResources needs pod cgroups, which cri-async does not have yet"
+        await self.rt.sandboxes.update_resources(
+            req.pod_sandbox_id,
+            convert.resources(req.overhead) if req.HasField("overhead") else None,
+            convert.resources(req.resources) if req.HasField("resources") else None,
         )
+        return pb.UpdatePodSandboxResourcesResponse()
 
     @unary
     async def CheckpointContainer(

@@ -146,7 +146,6 @@ async def test_wrong_state_transitions(cli: CRIClient) -> None:
         "Exec",
         "Attach",
         "PortForward",
-        "UpdatePodSandboxResources",
         "CheckpointContainer",
         "CheckpointPod",
         "RestorePod",
@@ -170,3 +169,15 @@ async def test_not_yet_implemented_rpcs_say_so(cli: CRIClient, rpc: str) -> None
             await method(request)
     assert err.value.status is Status.UNIMPLEMENTED
     assert "not have yet" in str(err.value.message)
+
+
+async def test_pod_resources_on_the_fake_backend_are_unimplemented(cli: CRIClient) -> None:
+    pod, _ = await new_pod(cli)
+    code, msg = await status_of(
+        cli.runtime.UpdatePodSandboxResources(
+            pb.UpdatePodSandboxResourcesRequest(
+                pod_sandbox_id=pod, resources=pb.LinuxContainerResources(cpu_shares=2)
+            )
+        )
+    )
+    assert code is Status.UNIMPLEMENTED and "no pod-level resources" in msg

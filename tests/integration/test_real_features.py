@@ -116,6 +116,18 @@ async def test_resources_update_oom_and_stop_signal(rsrv: CRIServer, busybox_ref
     st = await cli.container_status(cid)
     assert st.resources.linux.memory_limit_in_bytes == 96 << 20
 
+    await cli.runtime.UpdatePodSandboxResources(
+        pb.UpdatePodSandboxResourcesRequest(
+            pod_sandbox_id=pod,
+            resources=pb.LinuxContainerResources(memory_limit_in_bytes=512 << 20, cpu_shares=2048),
+            overhead=pb.LinuxContainerResources(memory_limit_in_bytes=32 << 20, cpu_shares=64),
+        )
+    )
+    pod_cg = Path("/sys/fs/cgroup/memory") / f"cri-async/pod-{pod[:16]}"
+    assert int((pod_cg / "memory.limit_in_bytes").read_text()) == 544 << 20  # pod + overhead
+    pod_cpu = Path("/sys/fs/cgroup/cpu") / f"cri-async/pod-{pod[:16]}" / "cpu.shares"
+    assert int(pod_cpu.read_text()) == 2112
+
     hog = container_config(
         "hog", busybox_ref, command=["sh", "-c", "x=aaaaaaaaaaaaaaaa; while :; do x=$x$x; done"]
     )

@@ -1,0 +1,67 @@
+"""Writing cgroup v1 resource files directly: for runtimes without an ``update`` command
+(runsc) and for pod-level cgroups, which no OCI runtime owns."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+from cri_async.core.errors import FailedPrecondition, InvalidArgument
+from cri_async.core.model import Resources
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _write_cgroup(path: Path, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def write_cgroup_resources(cgroup: str, r: Resources, root: Path = CGROUP_ROOT) -> list[str]:
+    """Apply ``r`` (zero fields untouched) to the v1 hierarchies' ``cgroup`` dirs, as
+    ``runc update`` would; the files written. FailedPrecondition where that is impossible."""
+    rel = cgroup.strip("/")
+    written: list[str] = []
+
+    def put(controller: str, name: str, value: object) -> None:
+        d = root / controller / rel
+        if not d.is_dir():
+            raise FailedPrecondition(f"cgroup {d} does not exist (is the container running?)")
+        _write_cgroup(d / name, str(value))
+        written.append(f"{controller}/{rel}/{name}")
+
+    if r.unified:
+        raise InvalidArgument("unified (cgroup v2) resources need cgroup v2; this host is v1")
+    if not (root / "memory").is_dir() and not (root / "cpu").is_dir():
+        raise FailedPrecondition(
+            "cgroup resources are written to v1 files; this host has no v1 hierarchy"
+        )
+    if r.cpu_shares:
+        put("cpu", "cpu.shares", r.cpu_shares)
+    if r.cpu_period:
+        put("cpu", "cpu.cfs_period_us", r.cpu_period)
+    if r.cpu_quota:
+        put("cpu", "cpu.cfs_quota_us", r.cpu_quota)
+    if r.cpuset_cpus:
+        put("cpuset", "cpuset.cpus", r.cpuset_cpus)
+    if r.cpuset_mems:
+        put("cpuset", "cpuset.mems", r.cpuset_mems)
+    if r.memory_limit_in_bytes:
+        limit = r.memory_limit_in_bytes
+        swap = r.memory_swap_limit_in_bytes or limit
+        steps = [("memory.limit_in_bytes", limit)]
+        if (root / "memory" / rel / "memory.memsw.limit_in_bytes").exists():
+            steps.append(("memory.memsw.limit_in_bytes", swap))
+        # memsw must stay >= limit after every write: raising both needs memsw first.
+        try:
+            for name, value in steps:
+                put("memory", name, value)
+        except OSError as e:
+            if e.errno != errno.EINVAL or len(steps) < 2:
+                raise
+            for name, value in reversed(steps):
+                put("memory", name, value)
+    for h in r.hugepage_limits:
+        size = h.page_size if h.page_size.endswith("B") else f"{h.page_size}B"
+        put("hugetlb", f"hugetlb.{size}.limit_in_bytes", h.limit)
+    return written
