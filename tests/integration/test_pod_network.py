@@ -106,3 +106,54 @@ async def test_no_cni_config_means_network_not_ready_and_loopback_pods(
                 if {c.type: c.status for c in st.status.conditions}["NetworkReady"]:
                     break
                 await asyncio.sleep(0.2)
+
+
+def host_counts(tnet: PodNet, run_root: Path) -> dict[str, int]:
+    """What a leaking pod would leave behind: counted only for this test's network and run
+    root, so other work on the machine cannot blur the comparison."""
+    mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    return {
+        "veths_on_bridge": len(tnet.veths()),
+        "nat_rules": len(tnet.nat_leftovers()),
+        "leases": len(tnet.leases()),
+        "mounts": sum(1 for line in mounts if f" {run_root}/" in line),
+        "pod_dirs": len(list(run_root.glob("runc/default/pods/*"))),
+        "bundles": len(list(run_root.glob("runc/default/containers/*"))),
+    }
+
+
+async def test_hundred_pod_cycles_leak_nothing(
+    tnet: PodNet, busybox_ref: str, tmp_path: Path
+) -> None:
+    require("runc")
+    tnet.write(tnet.conflist())
+    run_root = Path(f"/run/crt{os.getpid() % 10000}c")
+    cfg = dataclasses.replace(
+        Config(),
+        runtimes={"": HandlerConfig(backend="runc")},
+        images=ImagesConfig(backend="registry"),
+        network=NetworkSection(conf_dirs=[str(tnet.conf_dir)], bin_dirs=[PLUGIN_DIR]),
+    )
+    srv = CRIServer(tmp_path, config=cfg)
+    srv.config = dataclasses.replace(
+        srv.config,
+        state=StateConfig(root=str(tmp_path / "state"), run_root=str(run_root), sync="normal"),
+    )
+    async with srv:
+        cli = srv.client
+        # One warm-up cycle creates what stays for the node's lifetime (the bridge, the
+        # pin directory's own mount), so the count compares like with like.
+        warm = await cli.run_pod(pod_config("warm"))
+        await cli.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=warm))
+        before = host_counts(tnet, run_root)
+        for i in range(100):
+            pod = await cli.run_pod(pod_config(f"p{i}"))
+            if i % 2:  # half of them stopped first, half removed straight away
+                await cli.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod))
+            await cli.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod))
+        after = host_counts(tnet, run_root)
+        assert after == before
+        pinner = srv.server.pinner if srv.server else None
+        assert pinner is not None and pinner.pinned() == set()
+    tnet.assert_clean()
+    shutil.rmtree(run_root, ignore_errors=True)
