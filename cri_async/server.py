@@ -190,6 +190,9 @@ class Server:
         self._cni_watch: asyncio.Task[None] | None = None
         self.backends = build_backends(config, self.images, self.pinner, self.cni)
         self.reaper: Reaper | None = None
+        for b in self.backends.values():
+            if isinstance(b, OCIBackend):
+                b.pod_cidr = lambda: self.runtime.pod_cidr
         self.runtime = Runtime(
             self.store,
             self.backends,

@@ -114,6 +114,8 @@ class OCIBackend:
         self.pinner = pinner
         self._lowers = lowers
         self.cni = cni
+        # The node's pod CIDR from UpdateRuntimeConfig, for plugins that use it (ipRanges).
+        self.pod_cidr: Callable[[], str] = str
         self.cli = RuntimeCLI(self.binary, str(run_root / "state"))
         # Attach sockets are reached as <socket_dir>/<64-hex id>/attach, which must fit
         # in sun_path (108 bytes): keep socket_dir short and shared by all handlers.
@@ -207,6 +209,7 @@ class OCIBackend:
                 pod_name=md.name,
                 pod_namespace=md.namespace,
                 pod_uid=md.uid,
+                pod_cidr=self.pod_cidr(),
                 port_mappings=[
                     PortMapping(p.host_port, p.container_port, p.protocol.value, p.host_ip)
                     for p in sandbox.config.port_mappings
