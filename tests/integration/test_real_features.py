@@ -238,3 +238,65 @@ async def test_stats_and_metrics(rsrv: CRIServer, busybox_ref: str) -> None:
     assert {c.container_id for c in mine.container_metrics} == {cid, idle}
     await cli.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
     assert cache.get(cid) is None
+
+
+async def test_mount_propagation_and_host_pid(
+    rsrv: CRIServer, busybox_ref: str, tmp_path: Path
+) -> None:
+    """rslave sees host mounts made after start; rshared (privileged) pushes mounts back to
+    the host; a host-PID pod sees the host's processes."""
+    from cri_async import linux
+
+    cli = rsrv.client
+    await cli.pull(busybox_ref)
+    pcfg = pod_config("prop")
+    pcfg.linux.security_context.namespace_options.pid = pb.NODE
+    pcfg.linux.security_context.privileged = True  # kubelet sets it for privileged pods
+    pod = await cli.run_pod(pcfg)
+    slave_src, shared_src, private_src = (tmp_path / n for n in ("slave", "shared", "private"))
+    for d in (slave_src, shared_src, private_src):
+        d.mkdir()
+    cfg = container_config("c", busybox_ref, command=["sleep", "1000"])
+    cfg.linux.security_context.privileged = True
+    cfg.linux.security_context.namespace_options.pid = pb.NODE
+    cfg.mounts.extend(
+        [
+            pb.Mount(
+                container_path="/slave",
+                host_path=str(slave_src),
+                propagation=pb.PROPAGATION_HOST_TO_CONTAINER,
+            ),
+            pb.Mount(
+                container_path="/shared",
+                host_path=str(shared_src),
+                propagation=pb.PROPAGATION_BIDIRECTIONAL,
+            ),
+            pb.Mount(container_path="/private", host_path=str(private_src)),
+        ]
+    )
+    cid = await run(cli, pod, pcfg, cfg)
+    host_mounts = []
+    try:
+        for d in (slave_src, private_src):
+            (d / "sub").mkdir()
+            linux.mount("tmpfs", str(d / "sub"), "tmpfs", 0, "size=1m")
+            host_mounts.append(str(d / "sub"))
+            (d / "sub" / "marker").write_text("from host\n")
+        r = await sh(cli, cid, "cat /slave/sub/marker; cat /private/sub/marker 2>&1 || true")
+        assert r.stdout.splitlines()[0] == b"from host"  # rslave: host mounts propagate in
+        assert b"from host" not in r.stdout.splitlines()[1]  # rprivate: they do not
+        r = await sh(
+            cli,
+            cid,
+            "mkdir -p /shared/in && mount -t tmpfs none /shared/in"
+            " && echo from-container > /shared/in/m && echo ok",
+        )
+        assert r.stdout == b"ok\n"
+        host_mounts.append(str(shared_src / "in"))
+        assert (shared_src / "in" / "m").read_text() == "from-container\n"  # rshared: out
+        r = await sh(cli, cid, "cat /proc/1/comm")
+        assert r.stdout.strip() == Path("/proc/1/comm").read_bytes().strip()  # host PID ns
+    finally:
+        await cli.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod))
+        for m in reversed(host_mounts):
+            linux.umount(m)
