@@ -1,0 +1,1338 @@
+"""Pod and container lifecycle latency on real runtimes, beside the raw OCI-runtime floor.
+
+What it measures. A busybox image is built in memory and pushed to a local CNCF registry
+(``tests/support/registry.py``). Then, per backend (``runc``, ``crun``; both under conmon):
+
+* a ``cri-async serve`` **process** is started with that backend as the default handler, so
+  every figure includes the real unix socket, gRPC and protobuf (client: ``CRIClient``, one
+  HTTP/2 connection, as kubelet has); the image is pulled, and 200 ``Version`` calls give
+  the bare gRPC round trip that each of the 7 lifecycle RPCs pays at least;
+* **sequential**: ``--iterations`` (50) rounds, after ``--warmup`` (2) untimed ones, of one
+  pod's whole life, each RPC timed on its own from the client: RunPodSandbox, CreateContainer
+  (``sleep 1000``), StartContainer, StopContainer, RemoveContainer, StopPodSandbox,
+  RemovePodSandbox, and their sum (**total**). StopContainer is sent with ``timeout=0``, i.e.
+  **SIGKILL at once**: ``sleep`` as pid 1 ignores SIGTERM, so any grace period would only
+  measure the timeout. It returns once conmon has recorded the exit;
+* **floor**, in the same rounds: the same busybox image, unpacked by this script into a shared
+  read-only tree, run straight through the runtime binary: ``create`` (stdio to /dev/null and
+  a file, never a pipe: platform.md 8i) + ``start`` + wait for the exit (pidfd, then reaped:
+  this script is a child subreaper, as cri-async is) + ``delete``, process ``true``. The
+  bundle has what a cri-async container gets, less its pod files: new pid/ipc/uts/mount/
+  network namespaces, the default mounts, masked and read-only paths, the 14 default
+  capabilities that the host's bounding set has (platform.md 8a), ``cgroupsPath``
+  ``/crb-floor/<id>``. **overhead = total - floor** (p50 - p50, p95 - p95) is the figure to
+  drive down;
+* **conmon floor** (same rounds; ``--no-conmon-floor`` skips it): the same bundle through
+  conmon, as cri-async runs it: conmon create (sync/start pipes, ``{"pid": N}``) -> runtime
+  ``start`` -> the exit file appears -> runtime ``delete``;
+* each round runs the three in turn, starting one further along each time, so that none of
+  them always follows the deferred work another leaves behind (exiting conmons, the kernel
+  tearing down a network namespace);
+* **concurrent**: ``--concurrent`` (50) pods started at once (RunPodSandbox + CreateContainer
+  + StartContainer per pod, all gathered): wall time, per-pod p50/p95; then all removed at
+  once (StopContainer timeout 0, RemoveContainer, StopPodSandbox, RemovePodSandbox per pod),
+  also timed;
+* the server's CPU (``utime+stime`` from /proc; "children": the runtime commands and conmons
+  it has reaped) per pod in each phase: a diagnostic, in the JSON too.
+
+Rerun (from the repository root, as root; runc, crun and conmon from Debian; about 30-40 s
+with the defaults)::
+
+    .venv/bin/python bench/lifecycle.py
+    .venv/bin/python bench/lifecycle.py --backends crun --iterations 200 --json /tmp/lc.json
+    # the server from a given commit rather than the working tree (PYTHONPATH is passed on):
+    mkdir /tmp/src && git archive HEAD cri_async | tar -x -C /tmp/src
+    PYTHONPATH=/tmp/src .venv/bin/python bench/lifecycle.py
+    # where does the server's CPU go: py-spy (from PyPI, in its own venv) records the server
+    # in each phase as collapsed stacks, and the hottest functions are printed
+    python3 -m venv /tmp/pyspy-venv && /tmp/pyspy-venv/bin/pip install py-spy
+    .venv/bin/python bench/lifecycle.py --py-spy /tmp/lc-prof \\
+        --py-spy-bin /tmp/pyspy-venv/bin/py-spy
+
+Layout: state (database, image snapshots, writable layers) under a temp dir (``--tmp``);
+``--run-root`` (``/run/crb``: keep it short, conmon's attach socket paths must fit 108
+bytes) holds the server's socket, bundles and namespace pins and the floor's bundles and
+runtime roots. Everything is removed at the end: pods first, then the server (SIGTERM), then
+any process, mount or cgroup left (each one reported, and the exit status is then 1).
+
+Caveats:
+
+* the server logs at ``--log-level`` (``info``, its default) to a file; ``sync = "normal"``
+  (SQLite survives a crash of cri-async, not a power loss);
+* a cri-async container also gets bind mounts of its pod's resolv.conf/hosts/hostname/shm,
+  an overlay rootfs and a log file, and joins the pod's pinned namespaces; that is part of
+  the overhead on purpose, as is everything RunPodSandbox does. The floor creates a new
+  network namespace per container, which cri-async does once per pod (in RunPodSandbox);
+* ``--py-spy`` samples at 250 Hz with ``--nonblocking`` (no ptrace stops; the sampler still
+  uses CPU of its own). Without ``--py-spy-idle`` it keeps only samples it thinks are on
+  CPU; idle worker threads and ``epoll`` waits still show up in part;
+* a shared 2-vCPU VM moves numbers by +-20 % and more under other load (the load average is
+  printed at the start and the end): compare within one run, and rerun before quoting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import ctypes
+import importlib.metadata
+import io
+import json
+import math
+import os
+import platform
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from cri_async.api.runtime.v1 import api_pb2 as pb  # noqa: E402
+from cri_async.client import CRIClient, container_config, pod_config  # noqa: E402
+from cri_async.monitor.reaper import become_subreaper  # noqa: E402
+from cri_async.oci.defaults import (  # noqa: E402
+    DEFAULT_CAPABILITIES,
+    DEFAULT_MASKED_PATHS,
+    DEFAULT_PATH_ENV,
+    DEFAULT_READONLY_PATHS,
+    capabilities_from_mask,
+    default_mounts,
+)
+from tests.support import images as im  # noqa: E402
+from tests.support.registry import LocalRegistry  # noqa: E402
+
+T = TypeVar("T")
+
+BACKENDS = ("runc", "crun")
+STEPS = (
+    ("run_pod", "RunPodSandbox"),
+    ("create", "CreateContainer"),
+    ("start", "StartContainer"),
+    ("stop", "StopContainer (t=0)"),
+    ("remove", "RemoveContainer"),
+    ("stop_pod", "StopPodSandbox"),
+    ("remove_pod", "RemovePodSandbox"),
+)
+FLOOR_STEPS = ("create", "start", "wait", "delete")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+FLOOR_CGROUP = "crb-floor"
+SERVER_CGROUP = "cri-async"  # cri_async.backends.oci.DEFAULT_CGROUP_PARENT
+IMAGE_REPO = "bench/busybox"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+START_TIMEOUT = 30.0
+RPC_TIMEOUT = 60.0
+PHASE_TIMEOUT = 600.0
+CMD_TIMEOUT = 30.0
+SETTLE = 2.0  # seconds of quiet before each concurrent batch
+VERSION_CALLS = 200  # the gRPC round trip alone: what each of the 7 RPCs pays at least
+
+
+# -- statistics --------------------------------------------------------------------------------
+
+
+def pct(xs: Sequence[float], q: float) -> float:
+    """The q-th percentile, linearly interpolated between closest ranks (numpy's default)."""
+    if not xs:
+        return math.nan
+    s = sorted(xs)
+    k = (len(s) - 1) * q / 100
+    lo = math.floor(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+@dataclass(frozen=True)
+class Dist:
+    """p50/p95/min/max of one series, in ms."""
+
+    n: int
+    p50: float
+    p95: float
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> Dist:
+        ms = [x * 1e3 for x in seconds]
+        if not ms:
+            return cls(0, math.nan, math.nan, math.nan, math.nan)
+        return cls(len(ms), pct(ms, 50), pct(ms, 95), min(ms), max(ms))
+
+
+# -- processes and host state ------------------------------------------------------------------
+
+
+def _pdeathsig() -> Callable[[], None] | None:
+    """Make a child die with us even if we are SIGKILLed."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    sig = int(signal.SIGKILL)
+
+    def hook() -> None:
+        prctl(1, sig)  # PR_SET_PDEATHSIG
+
+    return hook
+
+
+@dataclass(frozen=True)
+class CPU:
+    """utime+stime of a process, and of the children it has reaped, in seconds."""
+
+    self_s: float
+    children_s: float
+
+    def __sub__(self, o: CPU) -> CPU:
+        return CPU(self.self_s - o.self_s, self.children_s - o.children_s)
+
+
+def proc_cpu(pid: int) -> CPU:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    f = stat[stat.rindex(")") + 2 :].split()  # f[0] is field 3 of proc(5)
+    ut, st, cut, cst = (int(x) for x in f[11:15])  # fields 14-17
+    return CPU((ut + st) / CLK_TCK, (cut + cst) / CLK_TCK)
+
+
+def mounts_under(*paths: Path) -> list[str]:
+    out = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        mp = line.split()[4].replace("\\040", " ")
+        for p in paths:
+            if mp == str(p) or mp.startswith(str(p).rstrip("/") + "/"):
+                out.append(mp)
+                break
+    return out
+
+
+def processes_mentioning(needle: str) -> list[tuple[int, str]]:
+    """(pid, cmdline) of every process other than us whose command line contains needle."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if needle in cmd:
+            found.append((int(d.name), cmd.strip()))
+    return found
+
+
+def cgroup_dirs(rel: str) -> list[Path]:
+    """``rel`` in every mounted hierarchy where it exists."""
+    hier = [CGROUP_ROOT, *(p for p in CGROUP_ROOT.iterdir() if p.is_dir())]
+    return [h / rel for h in hier if (h / rel).is_dir()]
+
+
+def rmdir_cgroup_tree(rel: str) -> list[str]:
+    """rmdir ``rel`` and its sub-cgroups (deepest first) in every hierarchy; returns what
+    could not be removed (still holding processes)."""
+    left = []
+    for top in cgroup_dirs(rel):
+        subdirs = sorted((Path(d) for d, _, _ in os.walk(top)), key=lambda p: -len(p.parts))
+        for d in subdirs:
+            try:
+                d.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                left.append(f"{d}: {e.strerror}")
+    return left
+
+
+def cmd_version(argv: Sequence[str]) -> str:
+    try:
+        out = subprocess.run(list(argv), capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unknown ({e})"
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0] if text else "?"
+
+
+def versions(python: str) -> dict[str, str]:
+    try:
+        ours = importlib.metadata.version("cri-async")
+    except importlib.metadata.PackageNotFoundError:
+        ours = "?"
+    commit = cmd_version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    git_status = ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"]
+    try:
+        changed = subprocess.run(git_status, capture_output=True, text=True, timeout=10).stdout
+        tree = f"{len(changed.splitlines())} tracked files modified" if changed else "clean"
+    except (OSError, subprocess.TimeoutExpired):
+        tree = "?"
+    # What the server will import (PYTHONPATH is passed on: e.g. an exported commit).
+    where = "import cri_async; print(cri_async.__file__)"
+    source = subprocess.run(
+        [python, "-c", where], capture_output=True, text=True, cwd="/", timeout=30
+    ).stdout.strip()
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cri-async": f"{ours} (git {commit}, working tree {tree})",
+        "server": f"imports {source or '?'}",
+        "python": f"{cmd_version([python, '--version'])} ({python})",
+        "runc": cmd_version(["runc", "--version"]),
+        "crun": cmd_version(["crun", "--version"]),
+        "conmon": cmd_version(["conmon", "--version"]),
+        "kernel": platform.release(),
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+# -- the raw floor ----------------------------------------------------------------------------
+
+
+def host_capabilities() -> list[str]:
+    status = Path("/proc/self/status").read_text()
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("CapBnd:"))
+    have = capabilities_from_mask(mask)
+    return [c for c in DEFAULT_CAPABILITIES if c in have]
+
+
+def floor_spec(
+    rootfs: Path, cid: str, caps: list[str], args: Sequence[str] = ("true",)
+) -> dict[str, Any]:
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": 0, "gid": 0},
+            "args": list(args),
+            "env": [DEFAULT_PATH_ENV],
+            "cwd": "/",
+            "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
+            "noNewPrivileges": False,
+        },
+        "root": {"path": str(rootfs), "readonly": True},
+        "hostname": "floor",
+        "mounts": default_mounts(),
+        "linux": {
+            "cgroupsPath": f"/{FLOOR_CGROUP}/{cid}",
+            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+            "maskedPaths": list(DEFAULT_MASKED_PATHS),
+            "readonlyPaths": list(DEFAULT_READONLY_PATHS),
+        },
+    }
+
+
+def unpack_rootfs(image: im.BuiltImage, dest: Path) -> None:
+    """The image's layers, in order, into ``dest`` (our own image: no whiteouts)."""
+    dest.mkdir(parents=True)
+    for layer in image.layers:
+        with tarfile.open(fileobj=io.BytesIO(layer.tar)) as tar:
+            tar.extractall(dest, filter="fully_trusted")
+
+
+class FloorError(RuntimeError):
+    pass
+
+
+def wait_pidfd(pidfd: int, timeout: float) -> None:
+    p = select.poll()
+    p.register(pidfd, select.POLLIN)
+    if not p.poll(timeout * 1e3):
+        raise FloorError(f"process did not exit within {timeout}s")
+
+
+def wait_exact(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """Wait for ``proc`` to exit, without the sleep-polling of ``Popen.wait(timeout)`` (its
+    backoff reaches 50 ms steps, which would inflate every floor step): a pidfd is polled,
+    then the child is reaped."""
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        wait_pidfd(pidfd, timeout)
+    except FloorError:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        os.close(pidfd)
+    return proc.wait()
+
+
+def read_line(fd: int, timeout: float) -> bytes:
+    """The first line written to pipe ``fd`` (less if it is closed first)."""
+    data = b""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    while not data.endswith(b"\n"):
+        if not p.poll(max(0.0, deadline - time.monotonic()) * 1e3):
+            raise FloorError(f"nothing on the sync pipe within {timeout}s")
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def file_tail(f: IO[bytes]) -> str:
+    f.seek(0)
+    return f.read().decode(errors="replace").strip()[-2000:]
+
+
+def reap(pid: int) -> None:
+    """Reap ``pid`` if it is our child (re-parented to us as subreaper); else let it be."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+@dataclass
+class Floor:
+    """One runtime binary driven directly (``raw``) or through conmon, as cri-async does."""
+
+    backend: str
+    binary: str
+    conmon: str
+    root: Path  # --root of the runtime
+    bundles: Path
+    rootfs: Path
+    caps: list[str]
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.bundles.mkdir(parents=True, exist_ok=True)
+        (self.bundles / "exits").mkdir(exist_ok=True)
+        (self.bundles / "s").mkdir(exist_ok=True)
+
+    def _bundle(self, cid: str, args: Sequence[str] = ("true",)) -> Path:
+        b = self.bundles / cid
+        b.mkdir()
+        spec = floor_spec(self.rootfs, cid, self.caps, args)
+        (b / "config.json").write_text(json.dumps(spec))
+        return b
+
+    def _run(self, *args: str) -> None:
+        argv = [self.binary, f"--root={self.root}", *args]
+        # stderr to a file (thread-safe: one per call), never a pipe: platform.md 8i.
+        with tempfile.TemporaryFile(prefix="floor-") as errf:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errf
+            )
+            rc = wait_exact(proc, CMD_TIMEOUT)
+            if rc != 0:
+                raise FloorError(f"{' '.join(argv)} exited {rc}: {file_tail(errf)}")
+
+    def raw_once(self, cid: str) -> dict[str, float]:
+        bundle = self._bundle(cid)
+        pidfile = bundle / "pid"
+        try:
+            t0 = time.perf_counter()
+            self._run("create", "--bundle", str(bundle), "--pid-file", str(pidfile), cid)
+            t1 = time.perf_counter()
+            pid = int(pidfile.read_text())
+            pidfd = os.pidfd_open(pid)
+            try:
+                self._run("start", cid)
+                t2 = time.perf_counter()
+                wait_pidfd(pidfd, CMD_TIMEOUT)
+                reap(pid)
+            finally:
+                os.close(pidfd)
+            t3 = time.perf_counter()
+            self._run("delete", cid)
+            t4 = time.perf_counter()
+        except BaseException:
+            self.force_delete(cid)
+            raise
+        finally:
+            shutil.rmtree(bundle, ignore_errors=True)
+        return {"create": t1 - t0, "start": t2 - t1, "wait": t3 - t2, "delete": t4 - t3}
+
+    def conmon_once(self, cid: str) -> dict[str, float]:
+        bundle = self._bundle(cid)
+        exits = self.bundles / "exits"
+        argv = [
+            self.conmon,
+            "-b", str(bundle),
+            "-c", cid,
+            "-u", cid,
+            "-n", cid,
+            "--exit-dir", str(exits),
+            "-l", f"k8s-file:{bundle / 'ctr.log'}",
+            "--log-level", "info",
+            "-P", str(bundle / "conmon.pid"),
+            "-p", str(bundle / "pidfile"),
+            "--persist-dir", str(bundle),
+            "-r", self.binary,
+            "--socket-dir-path", str(self.bundles / "s"),
+            "--runtime-arg", f"--root={self.root}",
+        ]  # fmt: skip
+        conmon_pid: int | None = None
+        errf = tempfile.TemporaryFile(prefix="floor-conmon-")  # noqa: SIM115 (closed below)
+        try:
+            sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+            start_r, start_w = os.pipe2(os.O_CLOEXEC)
+            t0 = time.perf_counter()
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=errf,
+                    stderr=errf,
+                    pass_fds=(sync_w, start_r),
+                    env={
+                        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+                        "_OCI_SYNCPIPE": str(sync_w),
+                        "_OCI_STARTPIPE": str(start_r),
+                    },
+                    cwd=bundle,
+                )
+            finally:
+                os.close(sync_w)
+                os.close(start_r)
+            try:
+                os.write(start_w, b"0")
+            finally:
+                os.close(start_w)
+            try:
+                rc = wait_exact(proc, CMD_TIMEOUT)
+                if rc != 0:
+                    raise FloorError(f"conmon exited {rc}: {file_tail(errf)}")
+                line = read_line(sync_r, CMD_TIMEOUT)
+            finally:
+                os.close(sync_r)
+            msg = json.loads(line or b"{}")
+            pid = msg.get("pid")
+            if not isinstance(pid, int) or pid <= 0:
+                raise FloorError(f"conmon create failed: {msg} {file_tail(errf)}")
+            t1 = time.perf_counter()
+            conmon_pid = int((bundle / "conmon.pid").read_text())
+            pidfd = os.pidfd_open(pid)
+            try:
+                self._run("start", cid)
+                t2 = time.perf_counter()
+                wait_pidfd(pidfd, CMD_TIMEOUT)  # conmon reaps it; the exit file follows
+            finally:
+                os.close(pidfd)
+            exit_file = exits / cid
+            deadline = time.monotonic() + CMD_TIMEOUT
+            while not exit_file.exists():
+                if time.monotonic() > deadline:
+                    raise FloorError("conmon wrote no exit file")
+                time.sleep(0.0002)
+            t3 = time.perf_counter()
+            self._run("delete", cid)
+            t4 = time.perf_counter()
+        except BaseException:
+            if conmon_pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(conmon_pid, signal.SIGKILL)
+            self.force_delete(cid)
+            raise
+        finally:
+            errf.close()
+            if conmon_pid is not None:
+                reap(conmon_pid)  # it exits once the exit file is written; re-parented to us
+            (exits / cid).unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                (self.bundles / "s" / cid).unlink()
+            shutil.rmtree(bundle, ignore_errors=True)
+        return {"create": t1 - t0, "start": t2 - t1, "wait": t3 - t2, "delete": t4 - t3}
+
+    def up(self, cid: str) -> int:
+        """create + start of a ``sleep 1000`` container (as the concurrent pods run); returns
+        its pid for ``down``."""
+        bundle = self._bundle(cid, ("sleep", "1000"))
+        try:
+            self._run("create", "--bundle", str(bundle), "--pid-file", str(bundle / "pid"), cid)
+            self._run("start", cid)
+            return int((bundle / "pid").read_text())
+        except BaseException:
+            self.force_delete(cid)
+            shutil.rmtree(bundle, ignore_errors=True)
+            raise
+
+    def down(self, cid: str, pid: int) -> None:
+        """kill -9, wait for the exit, delete: what StopContainer + RemoveContainer do."""
+        try:
+            pidfd = os.pidfd_open(pid)
+            try:
+                self._run("kill", cid, "KILL")
+                wait_pidfd(pidfd, CMD_TIMEOUT)
+            finally:
+                os.close(pidfd)
+            reap(pid)
+            self._run("delete", cid)
+        except BaseException:
+            self.force_delete(cid)
+            raise
+        finally:
+            shutil.rmtree(self.bundles / cid, ignore_errors=True)
+
+    def force_delete(self, cid: str) -> None:
+        with contextlib.suppress(Exception):
+            self._run("delete", "--force", cid)
+
+
+# -- the server -------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    backend: str
+    proc: subprocess.Popen[bytes]
+    socket: Path
+    log: Path
+    state: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def logs(self, tail: int = 40) -> str:
+        try:
+            lines = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-tail:])
+
+    def stop(self) -> int | None:
+        """SIGTERM (in-flight RPCs finish, state is flushed), SIGKILL after 20 s."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                print(f"warning: {self.backend} server ignored SIGTERM; killing it")
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+def start_server(
+    backend: str, workdir: Path, run_root: Path, python: str, log_level: str, module: str
+) -> Server:
+    sock = run_root / "cri.sock"
+    state = workdir / "state"
+    cfg = workdir / "config.toml"
+    cfg.write_text(
+        f'[server]\nsocket = "{sock}"\n'
+        f'[log]\nlevel = "{log_level}"\n'
+        f'[state]\nroot = "{state}"\nrun_root = "{run_root}"\nsync = "normal"\n'
+        '[images]\nbackend = "registry"\n'
+        f'[runtimes.""]\nbackend = "{backend}"\n'
+    )
+    log = workdir / "server.log"
+    with log.open("wb") as f:
+        proc = subprocess.Popen(
+            [python, "-m", module, "serve", "--config", str(cfg)],
+            stdin=subprocess.DEVNULL,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            preexec_fn=_pdeathsig(),
+        )
+    return Server(backend, proc, sock, log, state)
+
+
+async def wait_ready(server: Server) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"server exited with {server.proc.returncode}:\n{server.logs()}")
+        if server.socket.exists():
+            client = CRIClient(server.socket)
+            try:
+                await asyncio.wait_for(client.version(), 2)
+                return
+            except Exception as e:  # not serving yet
+                last = e
+            finally:
+                client.close()
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"server not ready after {START_TIMEOUT}s ({last!r}):\n{server.logs()}")
+
+
+@contextlib.contextmanager
+def py_spy(
+    binary: str | None, pid: int, out: Path | None, *, idle: bool, rate: int
+) -> Iterator[None]:
+    """``py-spy record`` on the server while the body runs (no-op without ``out``)."""
+    if binary is None or out is None:
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    argv = [binary, "record", "--pid", str(pid), "--rate", str(rate), "--nonblocking"]
+    argv += ["--format", "raw", "--output", str(out)]
+    if idle:
+        argv.append("--idle")
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    time.sleep(1.0)  # let it attach before the phase starts
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        if not out.exists():
+            print(f"py-spy wrote nothing: {err.decode(errors='replace')}", file=sys.stderr)
+
+
+LINENO = re.compile(r":\d+\)$")
+# Frames worth a line in the inclusive view: ours, the gRPC stack, and the stdlib parts
+# (process spawning, worker threads, SQLite) that our code calls into.
+OUR_FRAMES = re.compile(
+    r"\((cri_async/(?!cli\.py)|grpclib/|h2/)|subprocess|to_thread|add_child_handler|sqlite"
+)
+
+
+def profile_summary(path: Path, top: int = 15) -> list[str]:
+    """The hottest functions of a collapsed-stack file: share of samples where each is on
+    the stack (inclusive) and where it is the innermost frame (self)."""
+    total = 0
+    incl: Counter[str] = Counter()
+    self_: Counter[str] = Counter()
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        count = int(n)
+        frames = [LINENO.sub(")", fr) for fr in stack.split(";")]
+        total += count
+        self_[frames[-1]] += count
+        for fr in set(frames):
+            incl[fr] += count
+    if not total:
+        return ["(no samples)"]
+    ours = Counter({fr: c for fr, c in incl.items() if OUR_FRAMES.search(fr)})
+    out = [f"{total} samples"]
+    out.append("  inclusive, cri_async / grpclib / subprocess / thread frames:")
+    out += [f"    {c / total:6.1%}  {fr}" for fr, c in ours.most_common(top)]
+    out.append("  self (innermost frame):")
+    out += [f"    {c / total:6.1%}  {fr}" for fr, c in self_.most_common(top)]
+    return out
+
+
+# -- the lifecycle ----------------------------------------------------------------------------
+
+
+async def timed(aw: Awaitable[T]) -> tuple[T, float]:
+    t0 = time.perf_counter()
+    async with asyncio.timeout(RPC_TIMEOUT):
+        r = await aw
+    return r, time.perf_counter() - t0
+
+
+class Lifecycle:
+    """One pod with one ``sleep`` container, driven through the CRI as kubelet would."""
+
+    def __init__(self, cli: CRIClient, image: str, logs: Path, seen: set[str]) -> None:
+        self.cli = cli
+        self.image = image
+        self.logs = logs
+        self.seen = seen  # every sandbox id ever created (for the cgroup check)
+
+    async def up(self, name: str) -> tuple[str, str, dict[str, float]]:
+        pcfg = pod_config(name, log_directory=str(self.logs / name))
+        ccfg = container_config("c", self.image, command=["sleep", "1000"], log_path="c/0.log")
+        pod, t_run = await timed(self.cli.run_pod(pcfg))
+        self.seen.add(pod)
+        cid, t_create = await timed(self.cli.create_container(pod, ccfg, pcfg))
+        _, t_start = await timed(self.cli.start_container(cid))
+        return pod, cid, {"run_pod": t_run, "create": t_create, "start": t_start}
+
+    async def down(self, pod: str, cid: str) -> dict[str, float]:
+        rt = self.cli.runtime
+        _, t_stop = await timed(
+            rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0))
+        )
+        _, t_rm = await timed(rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid)))
+        _, t_stopp = await timed(rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod)))
+        _, t_rmp = await timed(rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod)))
+        return {"stop": t_stop, "remove": t_rm, "stop_pod": t_stopp, "remove_pod": t_rmp}
+
+    async def once(self, name: str) -> dict[str, float]:
+        pod, cid, t = await self.up(name)
+        t |= await self.down(pod, cid)
+        t["total"] = sum(t[k] for k, _ in STEPS)
+        return t
+
+    async def remove_everything(self) -> int:
+        """Remove every pod the server knows (and so their containers)."""
+        rt = self.cli.runtime
+        pods = (await rt.ListPodSandbox(pb.ListPodSandboxRequest())).items
+        for p in pods:
+            with contextlib.suppress(Exception):
+                await rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=p.id))
+            await rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=p.id))
+        return len(pods)
+
+
+@dataclass
+class BackendResult:
+    backend: str
+    iterations: int
+    steps: dict[str, list[float]] = field(default_factory=dict)
+    floor: dict[str, list[float]] = field(default_factory=dict)
+    conmon_floor: dict[str, list[float]] = field(default_factory=dict)
+    concurrent: int = 0
+    up_wall: float = math.nan
+    up_per_pod: list[float] = field(default_factory=list)
+    down_wall: float = math.nan
+    down_per_pod: list[float] = field(default_factory=list)
+    floor_up_wall: float = math.nan
+    floor_up: list[float] = field(default_factory=list)
+    floor_down_wall: float = math.nan
+    floor_down: list[float] = field(default_factory=list)
+    cpu: dict[str, dict[str, float]] = field(default_factory=dict)
+    version_rpc: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def floor_total(self, conmon: bool = False) -> list[float]:
+        f = self.conmon_floor if conmon else self.floor
+        if not f:
+            return []
+        return [sum(v) for v in zip(*(f[s] for s in FLOOR_STEPS), strict=True)]
+
+    def summary(self) -> dict[str, Any]:
+        total = Dist.of(self.steps.get("total", []))
+        floor = Dist.of(self.floor_total())
+        cfloor = Dist.of(self.floor_total(conmon=True))
+        return {
+            "steps": {k: vars(Dist.of(self.steps.get(k, []))) for k, _ in STEPS},
+            "total": vars(total),
+            "floor": vars(floor),
+            "floor_steps": {k: vars(Dist.of(self.floor.get(k, []))) for k in FLOOR_STEPS},
+            "conmon_floor": vars(cfloor),
+            "conmon_floor_steps": {
+                k: vars(Dist.of(self.conmon_floor.get(k, []))) for k in FLOOR_STEPS
+            },
+            "overhead_ms": {"p50": total.p50 - floor.p50, "p95": total.p95 - floor.p95},
+            "overhead_over_conmon_floor_ms": {
+                "p50": total.p50 - cfloor.p50,
+                "p95": total.p95 - cfloor.p95,
+            },
+            "concurrent": {
+                "pods": self.concurrent,
+                "up_wall_ms": self.up_wall * 1e3,
+                "up_per_pod": vars(Dist.of(self.up_per_pod)),
+                "down_wall_ms": self.down_wall * 1e3,
+                "down_per_pod": vars(Dist.of(self.down_per_pod)),
+                "floor_up_wall_ms": self.floor_up_wall * 1e3,
+                "floor_up_per_container": vars(Dist.of(self.floor_up)),
+                "floor_down_wall_ms": self.floor_down_wall * 1e3,
+                "floor_down_per_container": vars(Dist.of(self.floor_down)),
+            },
+            "server_cpu_ms_per_pod": self.cpu,
+            "version_rpc": vars(Dist.of(self.version_rpc)),
+        }
+
+
+@dataclass
+class Options:
+    iterations: int
+    warmup: int
+    concurrent: int
+    conmon_floor: bool
+    run_root: Path
+    tmp: Path
+    python: str
+    log_level: str
+    server_module: str
+    keep_logs: Path | None
+    py_spy: str | None
+    profile_dir: Path | None
+    profile_idle: bool
+    profile_rate: int
+
+
+def cpu_per_pod(before: CPU, after: CPU, pods: int) -> dict[str, float]:
+    d = after - before
+    return {"self": d.self_s * 1e3 / pods, "children": d.children_s * 1e3 / pods}
+
+
+async def sequential(
+    opts: Options, server: Server, lc: Lifecycle, floor: Floor, res: BackendResult
+) -> None:
+    """Rounds of one lifecycle through cri-async and one of each floor; the order rotates
+    every round, so that no series always follows the deferred work (exiting conmons, the
+    kernel's netns teardown) that another leaves behind."""
+    kinds = ["cri-async", "raw", *(["conmon"] if opts.conmon_floor else [])]
+    series = {"raw": res.floor, "conmon": res.conmon_floor}
+
+    async def one(kind: str, name: str) -> dict[str, float]:
+        if kind == "cri-async":
+            return await lc.once(name)
+        cid = f"{kind}-{res.backend}-{name}"
+        return floor.raw_once(cid) if kind == "raw" else floor.conmon_once(cid)
+
+    for i in range(opts.warmup):
+        for kind in kinds:
+            await one(kind, f"warm-{i}")
+    out = opts.profile_dir / f"{res.backend}-sequential.txt" if opts.profile_dir else None
+    with py_spy(opts.py_spy, server.pid, out, idle=opts.profile_idle, rate=opts.profile_rate):
+        before = proc_cpu(server.pid)
+        for i in range(opts.iterations):
+            shift = i % len(kinds)
+            for kind in kinds[shift:] + kinds[:shift]:
+                t = await one(kind, f"seq-{i}")
+                target = res.steps if kind == "cri-async" else series[kind]
+                for k, v in t.items():
+                    target.setdefault(k, []).append(v)
+        res.cpu["sequential"] = cpu_per_pod(before, proc_cpu(server.pid), opts.iterations)
+
+
+def floor_batch(floor: Floor, n: int, res: BackendResult) -> None:
+    """The floor of the concurrent phase: ``n`` containers created and started at once
+    straight through the runtime (one thread each), then killed and deleted at once."""
+    cids = [f"conc-{floor.backend}-{i}" for i in range(n)]
+
+    def up(cid: str) -> tuple[int, float]:
+        t0 = time.perf_counter()
+        pid = floor.up(cid)
+        return pid, time.perf_counter() - t0
+
+    def down(cid: str, pid: int) -> float:
+        t0 = time.perf_counter()
+        floor.down(cid, pid)
+        return time.perf_counter() - t0
+
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        t0 = time.perf_counter()
+        ups = [pool.submit(up, c) for c in cids]
+        concurrent.futures.wait(ups)
+        res.floor_up_wall = time.perf_counter() - t0
+        started = []
+        for cid, f in zip(cids, ups, strict=True):
+            if f.exception() is not None:
+                res.errors.append(f"concurrent floor start: {f.exception()!r}")
+                continue
+            pid, took = f.result()
+            started.append((cid, pid))
+            res.floor_up.append(took)
+        t0 = time.perf_counter()
+        downs = [pool.submit(down, c, p) for c, p in started]
+        concurrent.futures.wait(downs)
+        res.floor_down_wall = time.perf_counter() - t0
+        for d in downs:
+            if d.exception() is not None:
+                res.errors.append(f"concurrent floor remove: {d.exception()!r}")
+            else:
+                res.floor_down.append(d.result())
+
+
+async def concurrent_phase(
+    opts: Options, server: Server, lc: Lifecycle, floor: Floor, res: BackendResult
+) -> None:
+    n = opts.concurrent
+    res.concurrent = n
+    # Each batch leaves deferred work behind (n network namespaces torn down by the kernel,
+    # exiting conmons): let it settle before the next one.
+    await asyncio.sleep(SETTLE)
+    await asyncio.to_thread(floor_batch, floor, n, res)
+    await asyncio.sleep(SETTLE)
+    out = opts.profile_dir / f"{res.backend}-concurrent.txt" if opts.profile_dir else None
+    with py_spy(opts.py_spy, server.pid, out, idle=opts.profile_idle, rate=opts.profile_rate):
+        before = proc_cpu(server.pid)
+
+        async def up(i: int) -> tuple[str, str, float]:
+            t0 = time.perf_counter()
+            pod, cid, _ = await lc.up(f"conc-{i}")
+            return pod, cid, time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        ups = await asyncio.gather(*(up(i) for i in range(n)), return_exceptions=True)
+        res.up_wall = time.perf_counter() - t0
+        mid = proc_cpu(server.pid)
+        started = [u for u in ups if not isinstance(u, BaseException)]
+        res.errors += [f"concurrent start: {u!r}" for u in ups if isinstance(u, BaseException)]
+        res.up_per_pod = [u[2] for u in started]
+
+        async def down(pod: str, cid: str) -> float:
+            t0 = time.perf_counter()
+            await lc.down(pod, cid)
+            return time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        downs = await asyncio.gather(*(down(p, c) for p, c, _ in started), return_exceptions=True)
+        res.down_wall = time.perf_counter() - t0
+        res.errors += [f"concurrent remove: {d!r}" for d in downs if isinstance(d, BaseException)]
+        res.down_per_pod = [d for d in downs if isinstance(d, float)]
+        res.cpu["concurrent_up"] = cpu_per_pod(before, mid, n)
+        res.cpu["concurrent_down"] = cpu_per_pod(mid, proc_cpu(server.pid), n)
+
+
+def cleanup_host(opts: Options, workdir: Path, seen: set[str]) -> list[str]:
+    """Whatever is left after the server stopped: report it, then remove it."""
+    problems = []
+    for pid, cmd in processes_mentioning(str(opts.run_root) + "/"):
+        problems.append(f"process left: {pid} {cmd[:160]}")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        reap(pid)
+    left = mounts_under(opts.run_root, workdir)
+    # The namespace-pin dir is a private bind mount of itself that the server keeps across
+    # restarts on purpose (cri_async.network.pins): expected, removed without a report.
+    pins = str(opts.run_root / "ns")
+    if [m for m in left if m != pins]:
+        problems.append(f"mounts left: {left}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    for mp in sorted(left, key=len, reverse=True):
+        libc.umount2(mp.encode(), 2)  # MNT_DETACH
+    for sid in sorted(seen):
+        rel = f"{SERVER_CGROUP}/pod-{sid[:16]}"
+        if cgroup_dirs(rel):
+            problems.append(f"cgroup left: /{rel}")
+            problems += rmdir_cgroup_tree(rel)
+    # Runtimes never remove a parent cgroup: /crb-floor itself is always there, and only a
+    # container cgroup below it would be a leftover.
+    floor_left = [d for top in cgroup_dirs(FLOOR_CGROUP) for d in top.iterdir() if d.is_dir()]
+    if floor_left:
+        problems.append(f"floor cgroups left: {sorted({d.name for d in floor_left})}")
+    problems += rmdir_cgroup_tree(FLOOR_CGROUP)
+    # The server's parent cgroup, if nothing else (another cri-async) uses it: rmdir only
+    # ever removes an empty one.
+    for d in cgroup_dirs(SERVER_CGROUP):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+    return problems
+
+
+async def run_backend(
+    opts: Options, backend: str, ref: str, image: im.BuiltImage, rootfs: Path
+) -> BackendResult:
+    res = BackendResult(backend, opts.iterations)
+    if opts.run_root.exists() and any(opts.run_root.iterdir()):
+        raise SystemExit(f"{opts.run_root} is not empty: another run? remove it first")
+    binary = shutil.which(backend)
+    conmon = shutil.which("conmon")
+    if binary is None or conmon is None:
+        raise SystemExit(f"{backend} or conmon not found in PATH")
+    opts.run_root.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-lifecycle-{backend}-", dir=opts.tmp))
+    caps = host_capabilities()
+    fl = Floor(backend, binary, conmon, opts.run_root / "fr", opts.run_root / "fb", rootfs, caps)
+    seen: set[str] = set()
+    server = start_server(
+        backend, workdir, opts.run_root, opts.python, opts.log_level, opts.server_module
+    )
+    try:
+        await wait_ready(server)
+        cli = CRIClient(server.socket)
+        lc = Lifecycle(cli, ref, workdir / "logs", seen)
+        try:
+            t0 = time.perf_counter()
+            image_id = await asyncio.wait_for(cli.pull(ref), 120)
+            if image_id != image.image_id:
+                raise RuntimeError(f"pulled {image_id}, want {image.image_id}")
+            print(
+                f"  server pid {server.pid} ready, image pulled in {time.perf_counter() - t0:.2f}s"
+            )
+            async with asyncio.timeout(PHASE_TIMEOUT):
+                for _ in range(VERSION_CALLS):
+                    res.version_rpc.append((await timed(cli.version()))[1])
+                await sequential(opts, server, lc, fl, res)
+            print(f"  sequential: {opts.iterations} rounds done", flush=True)
+            if opts.concurrent:
+                async with asyncio.timeout(PHASE_TIMEOUT):
+                    await concurrent_phase(opts, server, lc, fl, res)
+                print(f"  concurrent: {opts.concurrent} pods up and down", flush=True)
+        except BaseException:
+            print(f"--- {backend} server log (tail) ---\n{server.logs()}", file=sys.stderr)
+            raise
+        finally:
+            try:
+                async with asyncio.timeout(120):
+                    n = await lc.remove_everything()
+                if n:
+                    res.errors.append(f"{n} pods were still there at the end (removed)")
+            except Exception as e:
+                res.errors.append(f"removing the pods failed: {e!r}")
+            cli.close()
+    finally:
+        rc = server.stop()
+        if rc not in (0, None):
+            res.errors.append(f"server exited {rc} on SIGTERM")
+        if opts.keep_logs is not None:
+            opts.keep_logs.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):
+                shutil.copy(server.log, opts.keep_logs / f"{backend}-server.log")
+        problems = cleanup_host(opts, workdir, seen)
+        for p in problems:
+            print(f"  cleanup: {p}")
+        res.errors += [f"cleanup: {p}" for p in problems]
+        if not mounts_under(opts.run_root, workdir):
+            shutil.rmtree(opts.run_root, ignore_errors=True)
+            shutil.rmtree(workdir, ignore_errors=True)
+    return res
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def fmt(d: Dist) -> str:
+    return f"{d.p50:8.1f} {d.p95:8.1f} {d.min:8.1f} {d.max:8.1f}"
+
+
+def print_backend(res: BackendResult, conmon_floor: bool) -> None:
+    print(f"\n== {res.backend}: {res.iterations} sequential rounds (ms) ==")
+    print(f"{'':34}{'p50':>8} {'p95':>8} {'min':>8} {'max':>8}")
+    for k, label in STEPS:
+        print(f"  {label:32}{fmt(Dist.of(res.steps.get(k, [])))}")
+    total = Dist.of(res.steps.get("total", []))
+    print(f"  {'total':32}{fmt(total)}")
+    floor = Dist.of(res.floor_total())
+    print(f"  {'floor: ' + res.backend + ' create..delete':32}{fmt(floor)}")
+    print("    " + "  ".join(f"{k} {Dist.of(res.floor.get(k, [])).p50:.1f}" for k in FLOOR_STEPS))
+    if conmon_floor:
+        cf = Dist.of(res.floor_total(conmon=True))
+        print(f"  {'floor via conmon':32}{fmt(cf)}")
+        print(
+            "    "
+            + "  ".join(f"{k} {Dist.of(res.conmon_floor.get(k, [])).p50:.1f}" for k in FLOOR_STEPS)
+        )
+    over = f"{total.p50 - floor.p50:8.1f} {total.p95 - floor.p95:8.1f}"
+    print(f"  {'overhead = total - floor':32}{over}")
+    print(f"  {'Version RPC (gRPC round trip)':32}{fmt(Dist.of(res.version_rpc))}")
+    if res.concurrent:
+        up, down = Dist.of(res.up_per_pod), Dist.of(res.down_per_pod)
+        print(
+            f"  concurrent {res.concurrent} pods up:   wall {res.up_wall * 1e3:7.0f}   "
+            f"per pod p50 {up.p50:7.1f} p95 {up.p95:7.1f}  (n={up.n})"
+        )
+        print(
+            f"  concurrent {res.concurrent} pods down: wall {res.down_wall * 1e3:7.0f}   "
+            f"per pod p50 {down.p50:7.1f} p95 {down.p95:7.1f}  (n={down.n})"
+        )
+        fup, fdown = Dist.of(res.floor_up), Dist.of(res.floor_down)
+        print(
+            f"  floor, {res.concurrent} containers up:   wall {res.floor_up_wall * 1e3:7.0f}   "
+            f"per ctr p50 {fup.p50:7.1f} p95 {fup.p95:7.1f}  (create+start, n={fup.n})"
+        )
+        print(
+            f"  floor, {res.concurrent} containers down: wall {res.floor_down_wall * 1e3:7.0f}   "
+            f"per ctr p50 {fdown.p50:7.1f} p95 {fdown.p95:7.1f}  (kill+wait+delete)"
+        )
+    for phase, c in res.cpu.items():
+        extra = ", ".join(f"{k} {v:.1f}" for k, v in c.items())
+        print(f"  server CPU per pod, {phase}: {extra} ms")
+    for e in res.errors:
+        print(f"  ! {e}")
+
+
+def print_summary(results: Sequence[BackendResult]) -> None:
+    if not results:
+        return
+    print("\n== summary (ms, p50 / p95) ==")
+    head = f"{'':36}" + "".join(f"{r.backend:>20}" for r in results)
+    print(head)
+    print("-" * len(head))
+
+    def row(label: str, cells: Sequence[str]) -> None:
+        print(f"{label:36}" + "".join(f"{c:>20}" for c in cells))
+
+    def pp(d: Dist) -> str:
+        return f"{d.p50:.1f} / {d.p95:.1f}"
+
+    for k, label in STEPS:
+        row(label, [pp(Dist.of(r.steps.get(k, []))) for r in results])
+    row("total", [pp(Dist.of(r.steps.get("total", []))) for r in results])
+    row("floor (runtime create..delete)", [pp(Dist.of(r.floor_total())) for r in results])
+    if any(r.conmon_floor for r in results):
+        row("floor via conmon", [pp(Dist.of(r.floor_total(conmon=True))) for r in results])
+    cells = []
+    for r in results:
+        t, f = Dist.of(r.steps.get("total", [])), Dist.of(r.floor_total())
+        cells.append(f"{t.p50 - f.p50:.1f} / {t.p95 - f.p95:.1f}")
+    row("overhead = total - floor", cells)
+    cells = []
+    for r in results:
+        t, f = Dist.of(r.steps.get("total", [])), Dist.of(r.floor_total())
+        cells.append(f"{t.p50 / f.p50:.1f}x / {t.p95 / f.p95:.1f}x")
+    row("total / floor", cells)
+    row("Version RPC (gRPC round trip)", [pp(Dist.of(r.version_rpc)) for r in results])
+    if not any(r.concurrent for r in results):
+        return
+    row(
+        f"concurrent {results[0].concurrent} up: wall",
+        [f"{r.up_wall * 1e3:.0f}" for r in results],
+    )
+    row("  per pod", [pp(Dist.of(r.up_per_pod)) for r in results])
+    row("  floor: wall", [f"{r.floor_up_wall * 1e3:.0f}" for r in results])
+    row("  floor: per container", [pp(Dist.of(r.floor_up)) for r in results])
+    row("concurrent down: wall", [f"{r.down_wall * 1e3:.0f}" for r in results])
+    row("  per pod", [pp(Dist.of(r.down_per_pod)) for r in results])
+    row("  floor: wall", [f"{r.floor_down_wall * 1e3:.0f}" for r in results])
+    row("  floor: per container", [pp(Dist.of(r.floor_down)) for r in results])
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    p.add_argument("--iterations", type=int, default=50, help="sequential rounds (50)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (2)")
+    p.add_argument("--concurrent", type=int, default=50, help="pods started at once (50)")
+    p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated (runc,crun)")
+    p.add_argument("--no-conmon-floor", action="store_true", help="skip the conmon floor")
+    p.add_argument("--json", type=Path, help="write samples and summary here")
+    p.add_argument(
+        "--run-root",
+        type=Path,
+        default=Path("/run/crb"),
+        help="short dir for sockets, bundles, pins (/run/crb; must be empty or absent)",
+    )
+    p.add_argument(
+        "--tmp",
+        type=Path,
+        default=Path(tempfile.gettempdir()),
+        help="where the state dirs go (default: $TMPDIR or /tmp)",
+    )
+    p.add_argument("--log-level", default="info", help="the server's log level (info)")
+    p.add_argument(
+        "--server-module",
+        default="cri_async.cli",
+        help="run the server as python -m MODULE serve (cri_async.cli; e.g. a timing wrapper)",
+    )
+    p.add_argument("--keep-logs", type=Path, help="copy each server's log into this dir")
+    p.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="DIR",
+        help="profile the server during each phase into DIR/<backend>-<phase>.txt",
+    )
+    p.add_argument("--py-spy-bin", help="the py-spy binary (default: py-spy in PATH)")
+    p.add_argument(
+        "--py-spy-idle", action="store_true", help="also sample idle threads (wall-clock view)"
+    )
+    p.add_argument("--py-spy-rate", type=int, default=250, help="samples per second (250)")
+    a = p.parse_args(argv)
+    if a.iterations < 1 or a.concurrent < 0 or a.warmup < 0:
+        p.error("--iterations must be >= 1, --concurrent and --warmup >= 0")
+    a.backends = [b for b in a.backends.split(",") if b]
+    bad = [b for b in a.backends if b not in BACKENDS]
+    if bad:
+        p.error(f"unknown backend(s) {bad}; choose from {BACKENDS}")
+    if len(os.fsencode(str(a.run_root))) > 40:
+        p.error("--run-root must be short (conmon attach socket paths must fit 108 bytes)")
+    return a
+
+
+def to_json(res: BackendResult) -> dict[str, Any]:
+    return {
+        "backend": res.backend,
+        "iterations": res.iterations,
+        "summary": res.summary(),
+        "samples_s": {
+            "steps": res.steps,
+            "floor": res.floor,
+            "conmon_floor": res.conmon_floor,
+            "concurrent_up_per_pod": res.up_per_pod,
+            "concurrent_down_per_pod": res.down_per_pod,
+            "concurrent_up_wall": res.up_wall,
+            "concurrent_down_wall": res.down_wall,
+            "concurrent_floor_up_per_container": res.floor_up,
+            "concurrent_floor_down_per_container": res.floor_down,
+            "concurrent_floor_up_wall": res.floor_up_wall,
+            "concurrent_floor_down_wall": res.floor_down_wall,
+            "version_rpc": res.version_rpc,
+        },
+        "errors": res.errors,
+    }
+
+
+async def run(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: real containers need mounts, namespaces and cgroups")
+    py_spy_bin = None
+    if args.py_spy is not None:
+        py_spy_bin = args.py_spy_bin or shutil.which("py-spy")
+        if py_spy_bin is None:
+            raise SystemExit("py-spy not found: pip install py-spy, or pass --py-spy-bin")
+    opts = Options(
+        iterations=args.iterations,
+        warmup=args.warmup,
+        concurrent=args.concurrent,
+        conmon_floor=not args.no_conmon_floor,
+        run_root=args.run_root,
+        tmp=args.tmp,
+        python=sys.executable,
+        log_level=args.log_level,
+        server_module=args.server_module,
+        keep_logs=args.keep_logs,
+        py_spy=py_spy_bin,
+        profile_dir=args.py_spy,
+        profile_idle=args.py_spy_idle,
+        profile_rate=args.py_spy_rate,
+    )
+    info = versions(opts.python)
+    for k, v in info.items():
+        print(f"{k + ':':<11}{v}")
+    print(f"capabilities in the floor: {len(host_capabilities())} of the 14 defaults")
+    become_subreaper()  # the floor's container processes are re-parented to us and reaped
+
+    image = im.busybox_image(cmd=("sh",))
+    results: list[BackendResult] = []
+    rootfs_dir = Path(tempfile.mkdtemp(prefix="bench-lifecycle-rootfs-", dir=opts.tmp))
+    try:
+        rootfs = rootfs_dir / "rootfs"
+        unpack_rootfs(image, rootfs)
+        with LocalRegistry() as reg:
+            im.push(reg, IMAGE_REPO, image, tag="latest")
+            ref = reg.ref(IMAGE_REPO, "latest")
+            print(f"image {ref} ({image.image_id[:19]}), rootfs for the floor in {rootfs}")
+            for backend in args.backends:
+                print(f"\n{backend}:", flush=True)
+                results.append(await run_backend(opts, backend, ref, image, rootfs))
+    finally:
+        shutil.rmtree(rootfs_dir, ignore_errors=True)
+    info["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+    for r in results:
+        print_backend(r, opts.conmon_floor)
+    print_summary(results)
+    print(f"\nloadavg at the start {info['loadavg']}, at the end {info['loadavg_end']}")
+    if opts.profile_dir is not None:
+        for f in sorted(opts.profile_dir.glob("*.txt")):
+            print(f"\n== py-spy {f} ==")
+            print("\n".join(profile_summary(f)))
+    if args.json is not None:
+        doc = {
+            "versions": info,
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "results": [to_json(r) for r in results],
+        }
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 1 if any(r.errors for r in results) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return asyncio.run(run(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
