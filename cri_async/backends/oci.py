@@ -124,6 +124,7 @@ class OCIBackend:
             conmon_binary, self.cli, runtime_path=self.binary, socket_dir=str(self.socket_dir)
         )
         self._host: oci.HostFacts | None = None
+        self._features: tuple[int, HandlerFeatures] | None = None
 
     # -- paths -----------------------------------------------------------------------
     def bundle(self, cid: str) -> Path:
@@ -147,19 +148,26 @@ class OCIBackend:
 
     # -- readiness -------------------------------------------------------------------
     async def probe(self) -> BackendStatus:
+        """Cheap enough for every RunPodSandbox: binaries are stat'ed each time, but the
+        runtime's ``features`` output is cached until its binary changes."""
         missing = [b for b in (self.binary, self.conmon_binary) if not shutil.which(b)]
         if missing:
+            self._features = None
             return BackendStatus(
                 False, "BinaryMissing", f"{', '.join(missing)} not found (handler {self.handler!r})"
             )
-        for d in (self.root / "containers", self.exits, self.socket_dir, self.root / "pods"):
-            d.mkdir(parents=True, exist_ok=True)
-        feats = await self.cli.features() if self.kind == "runc" else None
-        rro = bool(feats and "rro" in (feats.get("mountOptions") or []))
-        userns = bool(feats and "user" in ((feats.get("linux") or {}).get("namespaces") or []))
+        stamp = os.stat(shutil.which(self.binary) or self.binary).st_mtime_ns
+        if self._features is None or self._features[0] != stamp:
+            for d in (self.root / "containers", self.exits, self.socket_dir, self.root / "pods"):
+                d.mkdir(parents=True, exist_ok=True)
+            feats = await self.cli.features() if self.kind == "runc" else None
+            rro = bool(feats and "rro" in (feats.get("mountOptions") or []))
+            linux_ns = (feats or {}).get("linux") or {}
+            userns = "user" in (linux_ns.get("namespaces") or [])
+            self._features = (stamp, HandlerFeatures(rro, userns))
         return BackendStatus(
             True,
-            features=HandlerFeatures(recursive_read_only_mounts=rro, user_namespaces=userns),
+            features=self._features[1],
             info={"backend": self.kind, "binary": self.binary, "root": str(self.root)},
         )
 

@@ -33,7 +33,11 @@ async def pinner(tmp_path: Path) -> AsyncIterator[NamespacePinner]:
 async def test_pins_share_namespaces_and_unpin_cleanly(
     pinner: NamespacePinner, tmp_path: Path
 ) -> None:
+    mine = {k: os.readlink(f"/proc/thread-self/ns/{k}") for k in ("net", "ipc", "uts")}
     pins = await pinner.pin("pod1", "web-0", net=True, ipc=True, uts=True)
+    # Pinning happens on a thread of its own: this thread is still in the host namespaces.
+    assert mine == {k: os.readlink(f"/proc/thread-self/ns/{k}") for k in ("net", "ipc", "uts")}
+    assert os.uname().nodename != "web-0"
     assert pins.net and pins.ipc and pins.uts
     out = subprocess.run(
         [
