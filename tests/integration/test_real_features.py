@@ -300,3 +300,25 @@ async def test_mount_propagation_and_host_pid(
         await cli.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod))
         for m in reversed(host_mounts):
             linux.umount(m)
+
+
+async def test_runtime_default_seccomp_denies_what_unconfined_allows(
+    rsrv: CRIServer, busybox_ref: str
+) -> None:
+    cli = rsrv.client
+    await cli.pull(busybox_ref)
+    pcfg = pod_config("seccomp")
+    pod = await cli.run_pod(pcfg)
+    ids = {}
+    for name, profile in (
+        ("default", pb.SecurityProfile.RuntimeDefault),
+        ("unconfined", pb.SecurityProfile.Unconfined),
+    ):
+        cfg = container_config(name, busybox_ref, command=["sleep", "1000"])
+        cfg.linux.security_context.seccomp.profile_type = profile
+        ids[name] = await run(cli, pod, pcfg, cfg)
+    # unshare(CLONE_NEWUSER): refused by the RuntimeDefault profile, allowed without one.
+    r = await sh(cli, ids["default"], "unshare -U true; echo rc=$?")
+    assert b"rc=0" not in r.stdout
+    r = await sh(cli, ids["unconfined"], "unshare -U true; echo rc=$?")
+    assert r.stdout.strip().endswith(b"rc=0")

@@ -103,13 +103,16 @@ async def test_missing_runtime_binary_is_not_ready_and_refused(tmp_path: Path) -
         assert not (await srv.client.runtime.ListPodSandbox(pb.ListPodSandboxRequest())).items
 
 
-async def test_kill9_restart_keeps_real_containers(busybox_ref: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["runc", "crun"])
+async def test_kill9_restart_keeps_real_containers(
+    kind: str, busybox_ref: str, tmp_path: Path
+) -> None:
     """kill -9 of cri-async: containers keep running under conmon; the restarted server
     finds them running, records the exits that happened while it was down, and a remove
     leaves nothing behind."""
-    require("runc")
-    run_root = Path(f"/run/crt{os.getpid() % 10000}k")
-    p = Proc(tmp_path, images_backend="registry", runtime="runc", run_root=run_root)
+    require(kind)
+    run_root = Path(f"/run/crt{os.getpid() % 10000}k{kind[0]}")
+    p = Proc(tmp_path, images_backend="registry", runtime=kind, run_root=run_root)
     cli = await p.start()
     try:
         await cli.pull(busybox_ref)
