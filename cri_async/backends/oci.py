@@ -337,7 +337,9 @@ class OCIBackend:
             d = self.pod_dir(sid)
             await asyncio.to_thread(linux.umount, str(d / "shm"))
             await asyncio.to_thread(shutil.rmtree, d, True)
-            done.append(f"removed orphan pod sandbox {sid} (namespace pins, pod files)")
+            # Its record (and any kubelet-given parent) is gone; ours is derivable.
+            await asyncio.to_thread(self._rmdir_cgroups, f"{DEFAULT_CGROUP_PARENT}/pod-{sid[:16]}")
+            done.append(f"removed orphan pod sandbox {sid} (namespace pins, pod files, cgroup)")
         if self.cni is not None:
             for sid in sorted(set(self.cni.cached()) - sandboxes):
                 if await self._detach(sid, None):

@@ -117,7 +117,7 @@ def _network(n: NetworkStats | None) -> pb.NetworkUsage | None:
 
 
 def pod_stats(
-    sb: Sandbox, s: PodSample | None, containers: list[tuple[Container, ContainerSample | None]]
+    sb: Sandbox, s: PodSample | None, containers: list[pb.ContainerStats]
 ) -> pb.PodSandboxStats:
     md = sb.metadata
     out = pb.PodSandboxStats(
@@ -131,7 +131,7 @@ def pod_stats(
         )
     )
     linux = out.linux
-    linux.containers.extend(container_stats(c, cs) for c, cs in containers)
+    linux.containers.extend(containers)
     if s is not None:
         if (v := cpu(s.cpu)) is not None:
             linux.cpu.CopyFrom(v)

@@ -47,24 +47,29 @@ def test_bad_config_is_refused_naming_the_key(tmp_path: Path) -> None:
 async def test_sigterm_lets_inflight_rpcs_finish(tmp_path: Path) -> None:
     p = Proc(tmp_path)
     client = await p.start()
-    mode = stat.S_IMODE(p.sock.stat().st_mode)
-    assert mode == 0o660
-    await client.pull("busybox")
-    cfg = pod_config("p")
-    pod = await client.run_pod(cfg)
-    cid = await client.create_container(
-        pod, container_config("c", "busybox", command=["sleep", "infinity"]), cfg
-    )
-    await client.start_container(cid)
-    slow = asyncio.create_task(client.exec_sync(cid, ["sh", "-c", "sleep 1; echo done"]))
-    await asyncio.sleep(0.3)
-    assert p.proc is not None
-    p.proc.terminate()
-    r = await slow  # accepted before SIGTERM, so it completes
-    assert r.stdout == b"done\n"
-    assert await asyncio.to_thread(p.proc.wait, 20) == 0
-    assert not p.sock.exists()
-    client.close()
+    try:
+        mode = stat.S_IMODE(p.sock.stat().st_mode)
+        assert mode == 0o660
+        await client.pull("busybox")
+        cfg = pod_config("p")
+        pod = await client.run_pod(cfg)
+        cid = await client.create_container(
+            pod, container_config("c", "busybox", command=["sleep", "infinity"]), cfg
+        )
+        await client.start_container(cid)
+        slow = asyncio.create_task(client.exec_sync(cid, ["sh", "-c", "sleep 1; echo done"]))
+        await asyncio.sleep(0.3)
+        assert p.proc is not None
+        p.proc.terminate()
+        r = await slow  # accepted before SIGTERM, so it completes
+        assert r.stdout == b"done\n"
+        assert await asyncio.to_thread(p.proc.wait, 20) == 0
+        assert not p.sock.exists()
+    finally:
+        client.close()
+        if p.proc is not None and p.proc.poll() is None:  # never leave a server behind
+            p.kill9()
+        p.sock.unlink(missing_ok=True)
 
 
 async def test_second_server_on_same_socket_or_state_is_refused(tmp_path: Path) -> None:

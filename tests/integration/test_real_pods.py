@@ -187,6 +187,7 @@ async def test_startup_reconciles_orphans(
         assert not (await srv.client.runtime.ListPodSandbox(pb.ListPodSandboxRequest())).items
     assert f"removed orphan container {cid}" in caplog.text
     assert f"removed orphan pod sandbox {pod}" in caplog.text
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/cri-async/pod-{pod[:16]}"))
     linux.umount(str(run_root / "ns"))
     assert not [m for m in linux.mountinfo() if m[0].startswith(str(run_root))]
     await asyncio.sleep(0.5)
