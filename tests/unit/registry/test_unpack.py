@@ -1076,3 +1076,582 @@ def test_mutated_layers_only_raise_unsafe_layer_and_stay_inside(
         return bytes(data)
 
     _assert_contained(make)
+
+
+# -- cached directory descriptors ---------------------------------------------------------------
+# unpack_layer keeps directory descriptors open between entries. These layers change what a
+# cached path names after it was cached: the cache must never let a later entry through.
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+CACHE_INVALIDATION: list[tuple[str, Build, str]] = [
+    (
+        "dir-then-symlink-after-use",
+        lambda e: [d("a"), f("a/x", b"x"), sym("a", str(e.outside)), f("a/outside_file", b"x")],
+        "'a' is a symbolic link",
+    ),
+    (
+        "implicit-dir-then-symlink",
+        lambda e: [f("a/b/x", b"x"), sym("a/b", str(e.outside)), f("a/b/outside_file", b"x")],
+        "'a/b' is a symbolic link",
+    ),
+    (
+        "ancestor-of-cached-dir-then-symlink",
+        lambda e: [f("a/b/c/x", b"x"), sym("a", str(e.outside)), f("a/b/c/y", b"x")],
+        "'a' is a symbolic link",
+    ),
+    (
+        "ancestor-then-relative-symlink",
+        lambda e: [f("a/etc/x", b"x"), sym("a", "../outside"), f("a/etc/passwd", b"pwned")],
+        "'a' is a symbolic link",
+    ),
+    (
+        "cached-dir-then-file",
+        lambda e: [f("a/b/x", b"x"), f("a", b"now a file"), f("a/b/y", b"y")],
+        "'a' is not a directory",
+    ),
+    (
+        "cached-dir-then-fifo",
+        lambda e: [f("a/x", b"x"), entry("a", tarfile.FIFOTYPE), f("a/y", b"y")],
+        "'a' is not a directory",
+    ),
+    (
+        "cached-dir-then-hardlink-to-symlink",
+        lambda e: [sym("s", str(e.outside)), f("a/x", b"x"), hard("a", "s"), f("a/etc", b"y")],
+        "'a' is a symbolic link",
+    ),
+    (
+        "hardlink-target-dir-then-symlink",
+        lambda e: [f("t/x", b"x"), sym("t", str(e.outside)), hard("h", "t/outside_file")],
+        "'t' is a symbolic link",
+    ),
+    (
+        "whiteout-of-cached-dir-then-symlink",
+        lambda e: [f("a/x", b"x"), f(".wh.a"), sym("a", str(e.outside)), f("a/etc", b"y")],
+        "'a' is a symbolic link",
+    ),
+    (
+        "opaque-after-symlink",
+        lambda e: [f("a/x", b"x"), sym("a", str(e.outside)), f("a/.wh..wh..opq")],
+        "'a' is a symbolic link",
+    ),
+    (
+        "dir-entry-after-symlink",
+        lambda e: [d("a/etc"), sym("a", str(e.outside)), d("a/etc", mode=0o777, uid=1000)],
+        "'a' is a symbolic link",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("build", "message"), [pytest.param(b, m, id=i) for i, b, m in CACHE_INVALIDATION]
+)
+def test_cached_directory_replaced_later_is_not_used(env: Env, build: Build, message: str) -> None:
+    fds = _open_fds()
+    with pytest.raises(UnsafeLayer, match=message) as info:
+        unpack(make_tar(*build(env)), env.dest)
+    assert info.value.entry is not None
+    assert _open_fds() == fds  # every cached descriptor closed, on failure too
+    # the `env` fixture asserts nothing outside dest changed
+
+
+def test_cached_directory_replaced_by_a_new_directory(env: Env) -> None:
+    """Files after the replacement go into the new directory, not the removed one."""
+    layer = make_tar(
+        d("a", mode=0o700),
+        f("a/old", b"old"),
+        f("a/b/deep", b"deep"),
+        f("a", b"file now"),
+        d("a", mode=0o750),
+        f("a/new", b"new"),
+        f("a/b/again", b"again"),
+        f("c/x", b"x"),
+        f(".wh.c"),  # this layer's own c stays, made opaque
+        f("c/y", b"y"),
+    )
+    unpack(layer, env.dest)
+    assert listing(env.dest) == ["a", "a/b", "a/b/again", "a/new", "c", "c/x", "c/y"]
+    assert stat.S_IMODE(os.lstat(env.dest / "a").st_mode) == 0o750
+    assert (env.dest / "a/new").read_bytes() == b"new"
+    assert xattr(env.dest / "c", OPAQUE_XATTR) == b"y"
+
+
+def test_name_spellings_reach_the_same_file(env: Env) -> None:
+    """``a//b``, ``./a/./b`` and ``a/b`` are one name: later entries replace earlier ones."""
+    layer = make_tar(
+        f("a/b", b"1"),
+        f("a//b", b"2", mode=0o600),
+        hard("a/c", "./a//b"),
+        f("./a/./b", b"3", mode=0o640),
+        d("a/", mode=0o711),
+        d("./a//", mode=0o750),
+    )
+    unpack(layer, env.dest)
+    assert listing(env.dest) == ["a", "a/b", "a/c"]
+    assert (env.dest / "a/b").read_bytes() == b"3"
+    assert stat.S_IMODE(os.lstat(env.dest / "a/b").st_mode) == 0o640
+    assert (env.dest / "a/c").read_bytes() == b"2"  # the link kept the replaced inode
+    assert stat.S_IMODE(os.lstat(env.dest / "a").st_mode) == 0o750
+
+
+def test_more_directories_than_the_cache_holds(env: Env) -> None:
+    """Evicted directories are walked to again; replacing one still refuses what is below."""
+    names = [f"d{i:03d}" for i in range(120)]
+    members = [f(f"{n}/sub/file", n.encode()) for n in names]
+    members += [f(f"{n}/sub/again", n.encode()) for n in reversed(names)]
+    # a deep hard-link target: resolving it walks more directories than the cache holds
+    deep = "/".join(f"x{i}" for i in range(80))
+    members += [f(f"{deep}/target", b"t"), hard("d000/sub/link", f"{deep}/target")]
+    fds = _open_fds()
+    stats = unpack(make_tar(*members), env.dest)
+    assert _open_fds() == fds
+    for n in names:
+        assert (env.dest / n / "sub/file").read_bytes() == n.encode()
+        assert (env.dest / n / "sub/again").read_bytes() == n.encode()
+    t, link = os.lstat(env.dest / deep / "target"), os.lstat(env.dest / "d000/sub/link")
+    assert t.st_ino == link.st_ino and t.st_nlink == 2
+    assert stats.regular_files == 241 and stats.hardlinks == 1
+
+    second = env.dest / "second"
+    second.mkdir()
+    evil = [f(f"{n}/sub/file", b"x") for n in names]
+    evil += [sym("d000", str(env.outside)), f("d000/etc/passwd", b"pwned")]
+    with pytest.raises(UnsafeLayer, match="'d000' is a symbolic link"):
+        unpack(make_tar(*evil), second)
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_tiny_cache_evicting_all_the_time(
+    env: Env, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """Every walk evicts: a hard link's parent (resolved before its target) stays usable, and
+    the invalidation cases still refuse."""
+    import cri_async.registry.unpack as unpack_module
+
+    monkeypatch.setattr(unpack_module, "_DIR_CACHE", size)
+    layer = make_tar(
+        f("t/u/v/target", b"t"),
+        f("a/b/c/x", b"x"),
+        hard("a/b/c/link", "t/u/v/target"),
+        hard("a/b/c/x", "t/u/v/target"),  # replaces x by a link
+        f("t/u/v/w/y", b"y"),
+        d("a/b"),
+        f("a/b/c/z", b"z"),
+    )
+    fds = _open_fds()
+    unpack(layer, env.dest)
+    assert _open_fds() == fds
+    ino = os.lstat(env.dest / "t/u/v/target").st_ino
+    assert os.lstat(env.dest / "a/b/c/link").st_ino == ino
+    assert os.lstat(env.dest / "a/b/c/x").st_ino == ino
+    assert listing(env.dest / "a") == ["b", "b/c", "b/c/link", "b/c/x", "b/c/z"]
+    for i, (_, build, message) in enumerate(CACHE_INVALIDATION):
+        dest = env.dest / f"hostile{i}"
+        dest.mkdir()
+        with pytest.raises(UnsafeLayer, match=message):
+            unpack(make_tar(*build(env)), dest)
+    assert _open_fds() == fds
+
+
+def test_new_files_owned_as_the_header_says_in_setgid_directories(env: Env) -> None:
+    """Ownership is not left to what the kernel gives a new file (setgid parents hand down
+    their group): chown is skipped only when the owner cannot differ."""
+    layer = make_tar(
+        d("./", mode=0o2775, gid=1000),
+        f("top", b"t"),  # root:root in a setgid root owned by group 1000
+        d("g", mode=0o2775, gid=2000),
+        f("g/root", b"r"),
+        f("g/grp", b"g", gid=2000),
+        f("g/user", b"u", uid=3000, gid=0),
+        d("plain", gid=4000),
+        f("plain/root", b"r"),
+        f("implicit/in/root", b"r"),  # parents made 0755 root:root
+        d("g", mode=0o755, gid=0),  # the same directory again, no longer setgid
+        f("g/later", b"l"),
+        f("g/sub/x", b"x"),  # a parent created in g
+    )
+    unpack(layer, env.dest)
+
+    def owner(p: str) -> tuple[int, int]:
+        s = os.lstat(env.dest / p)
+        return s.st_uid, s.st_gid
+
+    assert owner(".") == (0, 1000)
+    assert owner("top") == (0, 0)
+    assert owner("g/root") == (0, 0)
+    assert owner("g/grp") == (0, 2000)
+    assert owner("g/user") == (3000, 0)
+    assert owner("plain/root") == (0, 0)
+    assert owner("implicit/in/root") == (0, 0)
+    assert owner("g") == (0, 0) and owner("g/later") == (0, 0)
+    assert owner("g/sub") == (0, 0) and owner("g/sub/x") == (0, 0)
+
+
+def test_descriptors_closed_after_success_and_failure(env: Env) -> None:
+    fds = _open_fds()
+    unpack(make_tar(*(f(f"d{i}/e{j}/f", b"x") for i in range(10) for j in range(10))), env.dest)
+    assert _open_fds() == fds
+    second = env.dest / "second"
+    second.mkdir()
+    with pytest.raises(UnsafeLayer):
+        unpack(make_tar(f("a/b/c", b"x"), f("a/b/c/d", b"y")), second)
+    assert _open_fds() == fds
+
+
+# -- reading the tar stream ---------------------------------------------------------------------
+
+
+class Trickle(io.RawIOBase):
+    """A stream whose reads return odd, short pieces (headers and data split anywhere)."""
+
+    def __init__(self, data: bytes, sizes: list[int]) -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+        self._sizes = sizes or [1]
+        self._i = 0
+
+    def read(self, n: int = -1) -> bytes:
+        k = self._sizes[self._i % len(self._sizes)]
+        self._i += 1
+        out = bytes(self._data[self._pos : self._pos + min(k, n)])
+        self._pos += len(out)
+        return out
+
+
+def _mixed_layer() -> bytes:
+    return make_tar(
+        d("etc", mode=0o750, mtime=111),
+        f("etc/passwd", b"root:x:0:0\n" * 50, uid=1000),
+        f("é/日本/long-" + "n" * 150, b"pax name", xattrs={"user.x": b"\xff"}),
+        f("big", bytes(range(256)) * 2000),  # crosses the reader's chunks
+        sym("etc/l", "passwd"),
+        hard("etc/h", "etc/passwd"),
+        entry("fifo", tarfile.FIFOTYPE, mode=0o600),
+        *(f(f"many/f{i}", os.urandom(i * 37 % 1500)) for i in range(300)),
+        f("empty"),
+        f("mtime", b"m", mtime=1.5),
+    )
+
+
+MIXED_LAYER = _mixed_layer()
+
+
+@settings(max_examples=25, deadline=None)
+@given(sizes=st.lists(st.integers(1, 1500), min_size=1, max_size=8))
+def test_short_reads_anywhere_give_the_same_tree(sizes: list[int]) -> None:
+    data = MIXED_LAYER
+    with tempfile.TemporaryDirectory() as tmp:
+        a, b = Path(tmp) / "a", Path(tmp) / "b"
+        a.mkdir()
+        b.mkdir()
+        sa = unpack(data, a)
+        sb = unpack_layer(Trickle(data, [*sizes, 4096]), b)  # type: ignore[arg-type]
+        assert sa == sb
+
+        def tree(root: Path) -> dict[str, tuple[Any, ...]]:  # parents made now: no mtime
+            return {k: v[:3] if stat.S_ISDIR(v[0]) else v for k, v in describe(root).items()}
+
+        assert tree(a) == tree(b)
+        assert xattr(b / "é/日本" / ("long-" + "n" * 150), "user.x") == b"\xff"
+
+
+def test_truncated_layers_are_corrupt(env: Env) -> None:
+    data = make_tar(f("a", b"x" * 3000), f("b", b"y" * 10))  # b's header at 3584
+    # in a's data, in a's padding, in b's header (a bad later header ends the archive, as for
+    # tarfile), in b's data
+    for cut, outcome in ((1024, "corrupt"), (3522, "corrupt"), (3684, "ok"), (4100, "corrupt")):
+        dest = env.dest / str(cut)
+        dest.mkdir()
+        if outcome == "corrupt":
+            with pytest.raises(UnsafeLayer, match="unexpected end of data"):
+                unpack(data[:cut], dest)
+        else:
+            unpack(data[:cut], dest)
+            assert listing(dest) == ["a"]
+    dest = env.dest / "nomarker"
+    dest.mkdir()
+    unpack(data[:4608], dest)  # no end-of-archive marker: fine, as for tarfile
+    assert (dest / "b").read_bytes() == b"y" * 10
+
+
+def test_empty_stream_is_an_empty_layer_and_short_one_corrupt(env: Env) -> None:
+    assert unpack(b"", env.dest).entries == 0
+    with pytest.raises(UnsafeLayer, match="corrupt layer"):
+        unpack(b"x" * 100, env.dest)
+    assert unpack(b"\0" * 512, env.dest).entries == 0
+
+
+HEADER_FIELDS = (
+    "name",
+    "type",
+    "mode",
+    "uid",
+    "gid",
+    "size",
+    "mtime",
+    "chksum",
+    "linkname",
+    "devmajor",
+    "devminor",
+    "pax_headers",
+    "sparse",
+    "offset",
+    "offset_data",
+)
+
+
+def _first_member_by_tarfile(data: bytes) -> Any:
+    try:
+        with tarfile.open(
+            fileobj=io.BytesIO(data), mode="r|", encoding="utf-8", errors="surrogateescape"
+        ) as tf:
+            ti = tf.next()
+            offset = tf.offset
+    except (tarfile.TarError, EOFError, ValueError, OverflowError):
+        return "error"
+    if ti is None:
+        return None
+    return (*(getattr(ti, a) for a in HEADER_FIELDS), offset)
+
+
+def _first_member_by_reader(data: bytes) -> Any:
+    from cri_async.registry.unpack import _Reader
+
+    r = _Reader(io.BytesIO(data))
+    try:
+        ti = r.next()
+    except UnsafeLayer:
+        return "error"
+    if ti is None:
+        return None
+    return (*(getattr(ti, a) for a in HEADER_FIELDS), r.offset)
+
+
+HEADER_TYPES = st.sampled_from(
+    [
+        tarfile.REGTYPE,
+        tarfile.AREGTYPE,
+        tarfile.CONTTYPE,
+        tarfile.DIRTYPE,
+        tarfile.SYMTYPE,
+        tarfile.LNKTYPE,
+        tarfile.CHRTYPE,
+        tarfile.BLKTYPE,
+        tarfile.FIFOTYPE,
+        b"x",
+        b"g",
+        b"L",
+        b"S",
+        b"V",
+    ]
+)
+# Numeric fields and the type flag, where header spellings differ between tar writers.
+NUMERIC_AT = st.one_of(st.integers(100, 156), st.integers(329, 344))
+SPELLING = st.sampled_from(list(b" \0\t01234567 89+-_xo\x1c\x80\xff/"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    name=st.text(alphabet="ab/é.", max_size=130),
+    kind=HEADER_TYPES,
+    numbers=st.tuples(*(st.integers(0, 8**7 - 1) for _ in range(5))),
+    size=st.integers(0, 3000),
+    linkname=st.text(alphabet="ab/é", max_size=20),
+    fmt=st.sampled_from([tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT]),
+    edits=st.lists(st.tuples(NUMERIC_AT | st.integers(0, 511), SPELLING), max_size=4),
+    fix=st.sampled_from(["no", "unsigned", "signed"]),
+)
+@example(  # a name needing the ustar prefix field, a V7 directory
+    name="p" * 120 + "/dir/",
+    kind=tarfile.AREGTYPE,
+    numbers=(0o755, 0, 0, 1, 2),
+    size=0,
+    linkname="",
+    fmt=tarfile.USTAR_FORMAT,
+    edits=[],
+    fix="no",
+)
+def test_header_decoding_matches_tarfile(
+    name: str,
+    kind: bytes,
+    numbers: tuple[int, ...],
+    size: int,
+    linkname: str,
+    fmt: Any,
+    edits: list[tuple[int, int]],
+    fix: str,
+) -> None:
+    """Whatever the header says, the reader's member is tarfile's (or both refuse it)."""
+    ti = tarfile.TarInfo(name)
+    ti.type = kind
+    ti.mode, ti.uid, ti.gid, ti.devmajor, ti.devminor = numbers
+    ti.size, ti.mtime, ti.linkname = size, numbers[4], linkname
+    try:
+        block = bytearray(ti.tobuf(fmt, "utf-8", "surrogateescape")[-512:])
+    except ValueError:
+        return  # not representable in this format
+    for pos, value in edits:
+        block[pos] = value
+    if fix != "no":
+        block[148:156] = b" " * 8
+        total = sum(block) if fix == "unsigned" else sum(struct.unpack("512b", block))
+        block[148:156] = b"%06o\0 " % (total & 0o777777)
+    data = bytes(block) + os.urandom(size) + bytes(3072)
+    assert _first_member_by_reader(data) == _first_member_by_tarfile(data)
+
+
+def test_plain_headers_take_the_fast_path() -> None:
+    from cri_async.registry.unpack import _plain_header
+
+    for fmt in (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        for member, _ in (f("usr/bin/x", b"12"), d("usr/"), sym("l", "t"), hard("h", "x")):
+            block = member.tobuf(fmt, "utf-8", "surrogateescape")
+            assert len(block) == 512
+            ti = _plain_header(block, 0)
+            assert ti is not None and ti.name == member.name.rstrip("/")
+    dense = tarfile.TarInfo("\xff" * 99)  # > 65521 in the checksum: summed exactly
+    dense.type, dense.linkname = tarfile.SYMTYPE, "\xfe" * 99
+    dense.uname = dense.gname = "\xff" * 31
+    block = dense.tobuf(tarfile.GNU_FORMAT, "latin-1", "strict")
+    assert sum(block) > 65521
+    ti = _plain_header(block, 0)
+    assert ti is not None and ti.name == "\udcff" * 99 and ti.linkname == "\udcfe" * 99
+    block = block[:148] + b"%06o\0 " % (int(block[148:154], 8) + 65521) + block[156:]
+    assert _plain_header(block, 0) is None  # the same residue mod 65521 is not enough
+
+
+# -- the decompress/hash pipeline in front of unpack_layer (registry.snapshots) ------------------
+
+
+def _gz(data: bytes, level: int = 6) -> bytes:
+    import gzip
+
+    return gzip.compress(data, compresslevel=level, mtime=0)
+
+
+def test_gunzip_reads_members_and_padding_like_gzip() -> None:
+    import gzip
+
+    from cri_async.registry.snapshots import _CHUNK, _gunzip
+
+    one = os.urandom(300_000)
+    text = b"hello world " * 200_000  # compresses ~1000:1: output comes in bounded chunks
+    for blob in (
+        b"",
+        _gz(b""),
+        _gz(one),
+        _gz(one) + _gz(text),
+        _gz(text) + b"\0" * 1000 + _gz(b"tail") + b"\0" * 7,
+        _gz(b"") + _gz(b"") + _gz(b"x"),
+    ):
+        chunks = list(_gunzip(io.BytesIO(blob)))
+        assert b"".join(chunks) == gzip.decompress(blob)
+        assert all(0 < len(c) <= _CHUNK for c in chunks)
+
+
+def test_gunzip_refuses_truncated_and_trailing_garbage() -> None:
+    import zlib
+
+    from cri_async.registry.snapshots import _gunzip
+
+    blob = _gz(os.urandom(100_000)) + _gz(b"second")
+    for cut in (1, 10, 50_000, len(blob) - 30, len(blob) - 1):
+        with pytest.raises(EOFError):
+            b"".join(_gunzip(io.BytesIO(blob[:cut])))
+    for bad in (blob + b"garbage", b"\0" + blob, blob[:20] + b"\xff" * 64 + blob[84:]):
+        with pytest.raises(zlib.error):
+            b"".join(_gunzip(io.BytesIO(bad)))
+
+
+def _store_unpack(tmp: Path, blob: bytes, diff_id: str, compression: str = "gzip") -> Any:
+    from cri_async.registry.snapshots import SnapshotStore
+
+    store = SnapshotStore(tmp / "snapshots")
+    store.open()
+    path = tmp / "blob"
+    path.write_bytes(blob)
+    return store._unpack_sync("sha256:" + "ab" * 32, diff_id, path, compression)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_snapshot_unpack_through_the_pipeline(tmp_path: Path, compression: str) -> None:
+    import hashlib
+
+    import zstandard
+
+    tar = MIXED_LAYER + bytes(10240)  # padding after the end marker is in the diff id
+    blob = {
+        "gzip": _gz(tar),
+        "zstd": zstandard.ZstdCompressor().compress(tar),
+        "none": tar,
+    }[compression]
+    info = _store_unpack(tmp_path, blob, "sha256:" + hashlib.sha256(tar).hexdigest(), compression)
+    with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+        assert info.bytes == sum(m.size for m in tf if m.isreg())
+    snap = tmp_path / "snapshots" / ("ab" * 32)
+    assert (snap / "etc/passwd").read_bytes() == b"root:x:0:0\n" * 50
+    assert not [p for p in (tmp_path / "snapshots").iterdir() if p.name.startswith("tmp-")]
+
+
+def test_snapshot_unpack_refuses_corrupt_compressed_data(tmp_path: Path) -> None:
+    import hashlib
+
+    from cri_async.registry.snapshots import LayerError
+
+    tar = MIXED_LAYER
+    diff_id = "sha256:" + hashlib.sha256(tar).hexdigest()
+    blob = bytearray(_gz(tar, level=1))
+    blob[len(blob) // 2 : len(blob) // 2 + 64] = b"\xff" * 64  # broken deflate data mid-file
+    with pytest.raises(LayerError, match="corrupt"):
+        _store_unpack(tmp_path, bytes(blob), diff_id)
+    with pytest.raises(LayerError, match="corrupt"):
+        _store_unpack(tmp_path, _gz(tar)[:-100], diff_id)  # truncated
+    with pytest.raises(LayerError, match="does not match"):
+        _store_unpack(tmp_path, _gz(tar + b"\0" * 512), diff_id)  # more padding: other diff id
+    assert not list((tmp_path / "snapshots").iterdir())
+
+
+def test_inflater_thread_stops_when_the_reader_gives_up(tmp_path: Path) -> None:
+    import threading
+
+    from cri_async.registry.snapshots import _CHUNK, _Inflater
+
+    path = tmp_path / "blob"
+    path.write_bytes(_gz(os.urandom(40 * _CHUNK)))
+    before = threading.active_count()
+    with open(path, "rb") as fh:
+        inflater = _Inflater(fh, "gzip")
+        assert len(inflater.read(100)) == 100  # the rest of the stream stays unread
+        inflater.close()
+    assert threading.active_count() == before
+
+
+def test_inflater_hands_out_the_stream_in_order(tmp_path: Path) -> None:
+    import hashlib
+
+    from cri_async.registry.snapshots import _CHUNK, _Inflater
+
+    data = os.urandom(3 * _CHUNK + 123)
+    path = tmp_path / "blob"
+    path.write_bytes(_gz(data))
+    with open(path, "rb") as fh:
+        inflater = _Inflater(fh, "gzip")
+        try:
+            got = inflater.read(10) + inflater.read(5000) + inflater.read(-1)
+            assert inflater.read(100) == b""
+        finally:
+            inflater.close()
+    assert got == data
+    assert inflater.hash.hexdigest() == hashlib.sha256(data).hexdigest()
+    path.write_bytes(_gz(data)[:-50])
+    with open(path, "rb") as fh:
+        inflater = _Inflater(fh, "gzip")
+        try:
+            with pytest.raises(EOFError):
+                inflater.read(-1)
+            assert inflater.read(1) == b""  # the error ends the stream
+        finally:
+            inflater.close()
