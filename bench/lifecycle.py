@@ -93,7 +93,7 @@ import tarfile
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -101,6 +101,18 @@ from typing import IO, Any, TypeVar
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benchhost import (  # noqa: E402
+    CPU,
+    cgroup_dirs,
+    cmd_version,
+    mounts_under,
+    pct,
+    pdeathsig,
+    proc_cpu,
+    processes_mentioning,
+    rmdir_cgroup_tree,
+)
 
 from cri_async.api.runtime.v1 import api_pb2 as pb  # noqa: E402
 from cri_async.client import CRIClient, container_config, pod_config  # noqa: E402
@@ -145,17 +157,6 @@ VERSION_CALLS = 200  # the gRPC round trip alone: what each of the 7 RPCs pays a
 # -- statistics --------------------------------------------------------------------------------
 
 
-def pct(xs: Sequence[float], q: float) -> float:
-    """The q-th percentile, linearly interpolated between closest ranks (numpy's default)."""
-    if not xs:
-        return math.nan
-    s = sorted(xs)
-    k = (len(s) - 1) * q / 100
-    lo = math.floor(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
 @dataclass(frozen=True)
 class Dist:
     """p50/p95/min/max of one series, in ms."""
@@ -175,95 +176,6 @@ class Dist:
 
 
 # -- processes and host state ------------------------------------------------------------------
-
-
-def _pdeathsig() -> Callable[[], None] | None:
-    """Make a child die with us even if we are SIGKILLed."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    sig = int(signal.SIGKILL)
-
-    def hook() -> None:
-        prctl(1, sig)  # PR_SET_PDEATHSIG
-
-    return hook
-
-
-@dataclass(frozen=True)
-class CPU:
-    """utime+stime of a process, and of the children it has reaped, in seconds."""
-
-    self_s: float
-    children_s: float
-
-    def __sub__(self, o: CPU) -> CPU:
-        return CPU(self.self_s - o.self_s, self.children_s - o.children_s)
-
-
-def proc_cpu(pid: int) -> CPU:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    f = stat[stat.rindex(")") + 2 :].split()  # f[0] is field 3 of proc(5)
-    ut, st, cut, cst = (int(x) for x in f[11:15])  # fields 14-17
-    return CPU((ut + st) / CLK_TCK, (cut + cst) / CLK_TCK)
-
-
-def mounts_under(*paths: Path) -> list[str]:
-    out = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        mp = line.split()[4].replace("\\040", " ")
-        for p in paths:
-            if mp == str(p) or mp.startswith(str(p).rstrip("/") + "/"):
-                out.append(mp)
-                break
-    return out
-
-
-def processes_mentioning(needle: str) -> list[tuple[int, str]]:
-    """(pid, cmdline) of every process other than us whose command line contains needle."""
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if needle in cmd:
-            found.append((int(d.name), cmd.strip()))
-    return found
-
-
-def cgroup_dirs(rel: str) -> list[Path]:
-    """``rel`` in every mounted hierarchy where it exists."""
-    hier = [CGROUP_ROOT, *(p for p in CGROUP_ROOT.iterdir() if p.is_dir())]
-    return [h / rel for h in hier if (h / rel).is_dir()]
-
-
-def rmdir_cgroup_tree(rel: str) -> list[str]:
-    """rmdir ``rel`` and its sub-cgroups (deepest first) in every hierarchy; returns what
-    could not be removed (still holding processes)."""
-    left = []
-    for top in cgroup_dirs(rel):
-        subdirs = sorted((Path(d) for d, _, _ in os.walk(top)), key=lambda p: -len(p.parts))
-        for d in subdirs:
-            try:
-                d.rmdir()
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                left.append(f"{d}: {e.strerror}")
-    return left
-
-
-def cmd_version(argv: Sequence[str]) -> str:
-    try:
-        out = subprocess.run(list(argv), capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"unknown ({e})"
-    text = (out.stdout or out.stderr).strip()
-    return text.splitlines()[0] if text else "?"
 
 
 def versions(python: str) -> dict[str, str]:
@@ -646,7 +558,7 @@ def start_server(
             stdout=f,
             stderr=subprocess.STDOUT,
             cwd=workdir,
-            preexec_fn=_pdeathsig(),
+            preexec_fn=pdeathsig(),
         )
     return Server(backend, proc, sock, log, state)
 
