@@ -27,7 +27,7 @@ def pct(xs: Sequence[float], q: float) -> float:
 
 
 def pdeathsig() -> Callable[[], None] | None:
-    """Make a child die with us even if we are SIGKILLed."""
+    """Make a child die with us even if we are SIGKILLed (main thread only)."""
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):

@@ -85,7 +85,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benchhost import pdeathsig  # noqa: E402
 
 from cri_async.client import CRIClient  # noqa: E402
 from tests.support import images as im  # noqa: E402
@@ -189,20 +191,6 @@ def build_images(only: str | None, workers: int) -> list[BenchImage]:
 
 
 # -- processes -------------------------------------------------------------------------------
-
-
-def _pdeathsig() -> Callable[[], None] | None:
-    """Make a child die with us even if we are SIGKILLed (main thread only)."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    sig = int(signal.SIGKILL)
-
-    def hook() -> None:
-        prctl(1, sig)  # PR_SET_PDEATHSIG
-
-    return hook
 
 
 @dataclass(frozen=True)
@@ -310,7 +298,7 @@ def spawn(runtime: str, argv: Sequence[str], workdir: Path, **paths: Path) -> Se
             stdout=f,
             stderr=subprocess.STDOUT,
             cwd=workdir,
-            preexec_fn=_pdeathsig(),
+            preexec_fn=pdeathsig(),
         )
     return Server(runtime, proc, paths["socket"], log, paths["snapshots"])
 
