@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TypeVar
 
+from cri_async import criu
 from cri_async.api.runtime.v1 import api_grpc
 from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.core.errors import Unimplemented
@@ -366,14 +367,12 @@ class RuntimeService(Service, api_grpc.RuntimeServiceBase):
     async def CheckpointContainer(
         self, req: pb.CheckpointContainerRequest
     ) -> pb.CheckpointContainerResponse:
-        raise Unimplemented(
-            "CheckpointContainer needs CRIU support, which cri-async does not have yet"
-        )
+        raise Unimplemented(f"CheckpointContainer needs CRIU: {await criu.unsupported_reason()}")
 
     @unary
     async def CheckpointPod(self, req: pb.CheckpointPodRequest) -> pb.CheckpointPodResponse:
-        raise Unimplemented("CheckpointPod needs CRIU support, which cri-async does not have yet")
+        raise Unimplemented(f"CheckpointPod needs CRIU: {await criu.unsupported_reason()}")
 
     @unary
     async def RestorePod(self, req: pb.RestorePodRequest) -> pb.RestorePodResponse:
-        raise Unimplemented("RestorePod needs CRIU support, which cri-async does not have yet")
+        raise Unimplemented(f"RestorePod needs CRIU: {await criu.unsupported_reason()}")
