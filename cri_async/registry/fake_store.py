@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from cri_async.core.errors import InvalidArgument, NotFound
 from cri_async.core.images import AuthConfig, FilesystemUsage
 from cri_async.core.model import Image, ImageSpec
+from cri_async.registry.manifest import user_fields
 from cri_async.registry.reference import Reference, ReferenceError, normalize, parse_image_id
 from cri_async.store import serde
 from cri_async.store.db import StateStore
@@ -88,13 +89,13 @@ class FakeImageStore:
         tag = str(src)
         digest = f"{src.name}@{item.manifest_digest()}"
         cur = self._images.get(image_id)
-        user = item.user.split(":", 1)[0]
+        uid, username = user_fields(item.user)
         if cur is None:
             cur = Image(
                 id=image_id,
                 size=item.size,
-                uid=int(user) if user.isdigit() else (0 if not user else None),
-                username="" if (not user or user.isdigit()) else user,
+                uid=uid,
+                username=username,
                 entrypoint=item.entrypoint,
                 cmd=item.cmd,
                 env=item.env,

@@ -278,3 +278,11 @@ def chain_ids(diff_ids: tuple[str, ...]) -> tuple[str, ...]:
     for d in diff_ids:
         out.append(d if not out else digest_of(f"{out[-1]} {d}".encode()))
     return tuple(out)
+
+
+def user_fields(user: str) -> tuple[int | None, str]:
+    """An image config USER as CRI reports it: a numeric uid, or a user name (uid unset)."""
+    name = user.split(":", 1)[0]
+    if not name:
+        return 0, ""
+    return (int(name), "") if name.isdigit() else (None, name)

@@ -64,13 +64,6 @@ class Counters:
     inodes: int = 0
 
 
-def _user_fields(user: str) -> tuple[int | None, str]:
-    name = user.split(":", 1)[0]
-    if not name:
-        return 0, ""
-    return (int(name), "") if name.isdigit() else (None, name)
-
-
 def _map_error(ref: str, e: Exception, verb: str = "pull") -> CRIError:
     msg = f"failed to {verb} {ref}: {e}"
     if isinstance(e, RegistryError):
@@ -256,7 +249,7 @@ class OCIImageStore:
                     changed[r.image.id] = replace(r, image=replace(r.image, repo_tags=tags))
         cur = self._records.get(image_id)
         c = p.config
-        uid, username = _user_fields(c.user)
+        uid, username = mf.user_fields(c.user)
         base = (
             cur.image
             if cur is not None

@@ -284,7 +284,7 @@ def _pb_image_spec(s: m.ImageSpec) -> pb.ImageSpec:
     )
 
 
-def _pb_metadata(md: m.PodMetadata) -> pb.PodSandboxMetadata:
+def pb_pod_metadata(md: m.PodMetadata) -> pb.PodSandboxMetadata:
     return pb.PodSandboxMetadata(
         name=md.name, uid=md.uid, namespace=md.namespace, attempt=md.attempt
     )
@@ -293,7 +293,7 @@ def _pb_metadata(md: m.PodMetadata) -> pb.PodSandboxMetadata:
 def pod_sandbox(s: m.Sandbox) -> pb.PodSandbox:
     return pb.PodSandbox(
         id=s.id,
-        metadata=_pb_metadata(s.metadata),
+        metadata=pb_pod_metadata(s.metadata),
         state=SANDBOX_STATE[s.state],
         created_at=s.created_at,
         labels=s.config.labels,
@@ -326,7 +326,7 @@ def _pb_namespaces(ns: m.NamespaceOptions) -> pb.NamespaceOption:
 def pod_sandbox_status(s: m.Sandbox) -> pb.PodSandboxStatus:
     return pb.PodSandboxStatus(
         id=s.id,
-        metadata=_pb_metadata(s.metadata),
+        metadata=pb_pod_metadata(s.metadata),
         state=SANDBOX_STATE[s.state],
         created_at=s.created_at,
         network=pb.PodSandboxNetworkStatus(
@@ -341,7 +341,7 @@ def pod_sandbox_status(s: m.Sandbox) -> pb.PodSandboxStatus:
     )
 
 
-def _pb_meta(md: m.ContainerMetadata) -> pb.ContainerMetadata:
+def pb_container_metadata(md: m.ContainerMetadata) -> pb.ContainerMetadata:
     return pb.ContainerMetadata(name=md.name, attempt=md.attempt)
 
 
@@ -355,7 +355,7 @@ def container(c: m.Container) -> pb.Container:
     return pb.Container(
         id=c.id,
         pod_sandbox_id=c.sandbox_id,
-        metadata=_pb_meta(c.metadata),
+        metadata=pb_container_metadata(c.metadata),
         image=_image_with_ref(c),
         image_ref=c.image_ref,
         image_id=c.image_id,
@@ -404,7 +404,7 @@ def _pb_mount(x: m.Mount) -> pb.Mount:
 def container_status(c: m.Container) -> pb.ContainerStatus:
     out = pb.ContainerStatus(
         id=c.id,
-        metadata=_pb_meta(c.metadata),
+        metadata=pb_container_metadata(c.metadata),
         state=CONTAINER_STATE[c.state],
         created_at=c.created_at,
         started_at=c.started_at,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.core.model import Container, Sandbox
+from cri_async.services import convert
 from cri_async.stats import metrics as mt
 from cri_async.stats.model import (
     ContainerSample,
@@ -63,7 +64,7 @@ def container_stats(c: Container, s: ContainerSample | None) -> pb.ContainerStat
     out = pb.ContainerStats(
         attributes=pb.ContainerAttributes(
             id=c.id,
-            metadata=pb.ContainerMetadata(name=c.metadata.name, attempt=c.metadata.attempt),
+            metadata=convert.pb_container_metadata(c.metadata),
             labels=c.config.labels,
             annotations=c.config.annotations,
         )
@@ -119,13 +120,10 @@ def _network(n: NetworkStats | None) -> pb.NetworkUsage | None:
 def pod_stats(
     sb: Sandbox, s: PodSample | None, containers: list[pb.ContainerStats]
 ) -> pb.PodSandboxStats:
-    md = sb.metadata
     out = pb.PodSandboxStats(
         attributes=pb.PodSandboxAttributes(
             id=sb.id,
-            metadata=pb.PodSandboxMetadata(
-                name=md.name, uid=md.uid, namespace=md.namespace, attempt=md.attempt
-            ),
+            metadata=convert.pb_pod_metadata(sb.metadata),
             labels=sb.config.labels,
             annotations=sb.config.annotations,
         )
