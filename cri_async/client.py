@@ -84,13 +84,16 @@ def pod_config(
     annotations: Mapping[str, str] | None = None,
     log_directory: str = "",
     host_network: bool = False,
+    hostname: str | None = None,
 ) -> pb.PodSandboxConfig:
-    """A PodSandboxConfig shaped like the ones kubelet sends."""
+    """A PodSandboxConfig shaped like the ones kubelet sends (``hostname`` defaults to
+    kubelet's choice, the pod name cut to a valid host name; "" leaves it unset)."""
     cfg = pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(
             name=name, namespace=namespace, uid=uid or str(uuid.uuid4()), attempt=attempt
         ),
-        hostname=name,
+        # kubelet's rule: the pod name cut to a valid host name.
+        hostname=name[:63].rstrip("-.") if hostname is None else hostname,
         log_directory=log_directory,
         labels=labels or {},
         annotations=annotations or {},

@@ -49,6 +49,7 @@ from cri_async.core.model import (
     Resources,
     Sandbox,
 )
+from cri_async.core.sandboxes import pod_hostname
 from cri_async.monitor.conmon import Conmon, ConmonError, ExitInfo
 from cri_async.network import podfiles
 from cri_async.network.cni import CNI, CNIError, PortMapping
@@ -174,7 +175,7 @@ class OCIBackend:
     # -- pods ------------------------------------------------------------------------
     async def create_sandbox(self, sandbox: Sandbox) -> Sandbox:
         ns = sandbox.config.security.namespaces
-        hostname = sandbox.config.hostname or sandbox.metadata.name
+        hostname = pod_hostname(sandbox.config)
         host_net = ns.network is NamespaceMode.NODE
         host_ipc = ns.ipc is NamespaceMode.NODE
         d = self.pod_dir(sandbox.id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from dataclasses import replace
 
@@ -15,6 +16,12 @@ from cri_async.core.filters import Filter, matches_labels
 from cri_async.core.model import Phase, Resources, Sandbox, SandboxConfig, SandboxState
 
 log = logging.getLogger("cri_async.core.sandboxes")
+
+
+def pod_hostname(config: SandboxConfig) -> str:
+    """The pod's host name: the requested one, else the node's (as containerd does; a
+    pod name can be longer than a host name may be)."""
+    return config.hostname or os.uname().nodename
 
 
 def sandbox_key(config: SandboxConfig) -> tuple[str, str, str, int]:
@@ -34,6 +41,8 @@ class SandboxManager:
         validate.name_field(m.namespace, "pod sandbox metadata.namespace")
         validate.name_field(m.uid, "pod sandbox metadata.uid")
         validate.key_values(config.labels, config.annotations, "pod sandbox config")
+        if config.hostname:
+            validate.hostname(config.hostname, "pod sandbox hostname")
         backend = ctx.backend(handler)
         status = await backend.probe()
         if not status.ready:

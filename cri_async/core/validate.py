@@ -36,3 +36,30 @@ def key_values(labels: Mapping[str, str], annotations: Mapping[str, str], what: 
         raise InvalidArgument(
             f"{what} labels and annotations total {size} bytes; at most {MAX_METADATA_BYTES}"
         )
+
+
+HOST_NAME_MAX = 64  # sethostname(2) refuses longer names
+
+
+def hostname(value: str, what: str) -> str:
+    """An RFC 1123 host name (labels of letters, digits and inner hyphens, dot-separated)
+    that the kernel accepts: at most 64 bytes, each label at most 63."""
+    size = len(value.encode())
+    if size > HOST_NAME_MAX:
+        raise InvalidArgument(
+            f"{what} {value[:80]!r} is {size} bytes; a host name has at most {HOST_NAME_MAX}"
+        )
+    for label in value.split("."):
+        ok = (
+            0 < len(label) <= 63
+            and label.isascii()
+            and label.replace("-", "").isalnum()
+            and not label.startswith("-")
+            and not label.endswith("-")
+        )
+        if not ok:
+            raise InvalidArgument(
+                f"{what} {value!r} is not a valid host name: dot-separated labels of "
+                "letters, digits and inner hyphens, each 1-63 characters"
+            )
+    return value

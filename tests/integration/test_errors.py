@@ -34,6 +34,10 @@ async def assert_nothing_created(cli: CRIClient) -> None:
         (pod_config("a/b"), "must not contain"),
         (pod_config("x", labels={"": "v"}), "empty key"),
         (pod_config("x", annotations={"k": "v" * 300_000}), "at most"),
+        (pod_config("x", hostname="h" * 65), "hostname 'hhh"),
+        (pod_config("x", hostname="a_b"), "not a valid host name"),
+        (pod_config("x", hostname="-a"), "not a valid host name"),
+        (pod_config("x", hostname="a..b"), "not a valid host name"),
     ],
 )
 async def test_bad_pod_configs(cli: CRIClient, config: pb.PodSandboxConfig, needle: str) -> None:

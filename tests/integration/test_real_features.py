@@ -73,6 +73,21 @@ async def test_security_and_mounts(rsrv: CRIServer, busybox_ref: str, tmp_path: 
     assert r.stdout.strip() == b"0"  # ... the container a masked (empty) file
 
 
+async def test_pod_without_hostname_gets_the_nodes(rsrv: CRIServer, busybox_ref: str) -> None:
+    """A pod name longer than a host name may be (as critest's are) with no hostname set:
+    the pod runs with the node's host name, as containerd does."""
+    cli = rsrv.client
+    await cli.pull(busybox_ref)
+    name = "create-PodSandbox-for-container-8c3ad7e2-4b1f-4f51-9d1e-0a3c7d2b6e41"
+    assert len(name) > 64
+    pcfg = pod_config(name, hostname="")
+    pod = await cli.run_pod(pcfg)
+    cid = await run(cli, pod, pcfg, container_config("c", busybox_ref, command=["sleep", "1000"]))
+    r = await sh(cli, cid, "hostname; cat /etc/hostname")
+    node = os.uname().nodename.encode()
+    assert r.stdout.split() == [node, node]
+
+
 async def test_host_network_and_ipc(rsrv: CRIServer, busybox_ref: str) -> None:
     cli = rsrv.client
     await cli.pull(busybox_ref)

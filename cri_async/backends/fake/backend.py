@@ -29,6 +29,7 @@ from cri_async.backends.fake.process import FakeProcess, LogFile
 from cri_async.backends.fake.script import NotFound, Timeline, simulate
 from cri_async.core.errors import DeadlineExceeded, Internal
 from cri_async.core.model import Container, Image, NamespaceMode, NetworkStatus, Resources, Sandbox
+from cri_async.core.sandboxes import pod_hostname
 from cri_async.logs.crilog import OutputCapture, Stream
 
 ExecHook = Callable[[Container, Sequence[str]], Awaitable[ExecResult]]
@@ -91,7 +92,7 @@ class FakeBackend:
         spec = {
             "argv": argv,
             "env": env,
-            "hostname": sandbox.config.hostname or sandbox.metadata.name,
+            "hostname": pod_hostname(sandbox.config),
             "workdir": container.config.working_dir or image.working_dir or "/",
         }
         (d / "spec.json").write_text(json.dumps(spec))
