@@ -38,6 +38,13 @@ FSCONFIG_CMD_CREATE = 6
 FSMOUNT_CLOEXEC = 0x1
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 AT_FDCWD = -100
+SYS_OPENAT2 = 437
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_IN_ROOT = 0x10
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
 def _check(ret: int, what: str) -> int:
@@ -73,6 +80,19 @@ def umount(target: str, *, detach: bool = True) -> bool:
 
 def _syscall(nr: int, *args: object, what: str) -> int:
     return _check(int(_libc.syscall(nr, *args)), what)
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
+    """openat2(2): ``path`` relative to ``dirfd`` under the ``RESOLVE_*`` rules."""
+    how = _OpenHow(flags | os.O_CLOEXEC, 0, resolve)
+    return _syscall(
+        SYS_OPENAT2,
+        ctypes.c_int(dirfd),
+        path.encode(),
+        ctypes.byref(how),
+        ctypes.c_size_t(ctypes.sizeof(how)),
+        what=f"openat2 {path}",
+    )
 
 
 def mount_new_api(fstype: str, target: str, options: list[tuple[str, str]]) -> None:

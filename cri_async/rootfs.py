@@ -1,4 +1,5 @@
-"""Container root filesystems: an overlay of the image's snapshots plus a writable upper.
+"""Container root filesystems: an overlay of the image's snapshots plus a writable upper,
+and reading files inside one as the container would see them.
 
 Legacy mount(2) silently truncates its option string at 4 KiB (platform.md row 1b), so
 long lowerdir lists go through the new mount API, and every mount is checked against
@@ -8,12 +9,16 @@ long lowerdir lists go through the new mount API, and every mount is checked aga
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import stat
 from pathlib import Path
 
 from cri_async import linux
 
 LEGACY_LIMIT = 3500  # stay clear of the 4096-byte page the kernel copies
+READ_LIMIT = 16 << 20  # bytes of one in-rootfs file we are willing to read (passwd, group)
+MAX_LINKS = 40  # symlinks followed in one path, as the kernel's ELOOP limit
 
 
 class RootfsError(Exception):
@@ -69,3 +74,100 @@ def disk_usage(path: Path) -> tuple[int, int]:
             inodes += 1
             size += st.st_blocks * 512
     return size, inodes
+
+
+def read_in_root(root: Path, path: str, limit: int = READ_LIMIT) -> bytes | None:
+    """The bytes of ``path`` inside the root filesystem ``root``, or None if it does not
+    exist there.
+
+    Symlinks resolve as if ``root`` were "/" (an absolute link or a run of ".." never
+    leaves it), so an image cannot make us read a host file. Only a regular file of at
+    most ``limit`` bytes is read; opening never blocks (a FIFO), and anything else raises
+    RootfsError.
+    """
+    rfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            fd = linux.openat2(
+                rfd,
+                path.lstrip("/"),
+                os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY,
+                linux.RESOLVE_IN_ROOT | linux.RESOLVE_NO_MAGICLINKS,
+            )
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None
+            why = os.strerror(e.errno or 0)
+            raise RootfsError(f"cannot open {path} in the image: {why}") from None
+    finally:
+        os.close(rfd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise RootfsError(f"{path} in the image is not a regular file")
+        if st.st_size > limit:
+            raise RootfsError(f"{path} in the image is {st.st_size} bytes; at most {limit} read")
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, 1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise RootfsError(f"{path} in the image grew past {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def resolve_in_root(root: Path, path: str) -> str:
+    """``path`` inside ``root`` with each symlink resolved as if ``root`` were "/".
+
+    Components that do not exist are kept as they are, so the result names where a
+    missing target belongs. Every component of the result below ``root`` that exists is
+    a real directory (or the final entry), never a link.
+    """
+    pending = [p for p in reversed(path.split("/")) if p not in ("", ".")]
+    resolved: list[str] = []
+    links = 0
+    while pending:
+        part = pending.pop()
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        try:
+            target = os.readlink(os.path.join(root, *resolved, part))
+        except OSError:  # not a link, or missing
+            resolved.append(part)
+            continue
+        links += 1
+        if links > MAX_LINKS:
+            raise RootfsError(f"{path} in the image: too many levels of symbolic links")
+        if target.startswith("/"):
+            resolved = []
+        pending.extend(p for p in reversed(target.split("/")) if p not in ("", "."))
+    return "/" + "/".join(resolved)
+
+
+def make_mount_target(root: Path, path: str, *, directory: bool) -> None:
+    """Create the target of a bind mount inside ``root`` if it is missing (a directory, or
+    an empty file), resolving the image's symlinks inside ``root``. The runtime then finds
+    it where the container will see it (crun refuses a missing target behind a link)."""
+    resolved = resolve_in_root(root, path)
+    parts = [p for p in resolved.split("/") if p]
+    if not parts:
+        return
+    cur = str(root)
+    try:
+        for i, part in enumerate(parts):
+            cur = os.path.join(cur, part)
+            last = i == len(parts) - 1
+            if last and not directory:
+                if not os.path.lexists(cur):
+                    os.close(
+                        os.open(cur, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_WRONLY, 0o644)
+                    )
+            elif not os.path.lexists(cur):
+                os.mkdir(cur, 0o755)
+    except OSError as e:
+        raise RootfsError(f"cannot create mount target {path} in the image: {e.strerror}") from None

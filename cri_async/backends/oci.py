@@ -64,6 +64,7 @@ log = logging.getLogger("cri_async.backends.oci")
 SHM_SIZE = 64 << 20
 _ORPHAN_CONFIG = ContainerConfig(ContainerMetadata("orphan"), ImageSpec())
 DEFAULT_CGROUP_PARENT = "/cri-async"
+POD_FILE_TARGETS = ("/etc/hosts", "/etc/resolv.conf", "/etc/hostname")
 
 
 def host_facts() -> oci.HostFacts:
@@ -87,6 +88,11 @@ def _read_text(path: Path) -> str | None:
         return path.read_text()
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
+
+
+def _text_in_root(root: Path, path: str) -> str | None:
+    data = rootfs.read_in_root(root, path)
+    return None if data is None else data.decode(errors="replace")
 
 
 class OCIBackend:
@@ -375,16 +381,21 @@ class OCIBackend:
                 run_as_username=sec.run_as_username,
                 supplemental_groups=sec.supplemental_groups,
                 policy=sec.supplemental_groups_policy,
-                passwd=_read_text(rootfs_dir / "etc/passwd"),
-                group=_read_text(rootfs_dir / "etc/group"),
+                passwd=_text_in_root(rootfs_dir, "/etc/passwd"),
+                group=_text_in_root(rootfs_dir, "/etc/group"),
             )
-        except UserError as e:
+        except (UserError, rootfs.RootfsError) as e:
             raise InvalidArgument(f"container {container.metadata.name!r}: {e}") from None
 
-    def _prepare_mounts(self, container: Container) -> None:
+    def _prepare_mounts(self, container: Container, rootfs_dir: Path) -> None:
         for m in container.config.mounts:
             if m.host_path and m.image is None and not os.path.exists(m.host_path):
                 os.makedirs(m.host_path, exist_ok=True)  # as kubelet expects (hostPath dirs)
+            if m.host_path and m.image is None:
+                directory = os.path.isdir(m.host_path)
+                rootfs.make_mount_target(rootfs_dir, m.container_path, directory=directory)
+        for target in POD_FILE_TARGETS:
+            rootfs.make_mount_target(rootfs_dir, target, directory=False)
 
     async def create_container(
         self, sandbox: Sandbox, container: Container, image: Image
@@ -402,7 +413,10 @@ class OCIBackend:
             bundle.mkdir(parents=True, exist_ok=True)
             await rootfs.mount_overlay(rootfs_dir, lowers, layer / "fs", layer / "work")
             user = await asyncio.to_thread(self._user, container, image, rootfs_dir)
-            await asyncio.to_thread(self._prepare_mounts, container)
+            try:
+                await asyncio.to_thread(self._prepare_mounts, container, rootfs_dir)
+            except rootfs.RootfsError as e:
+                raise InvalidArgument(f"container {container.metadata.name!r}: {e}") from None
             try:
                 spec = oci.container_spec(
                     sandbox,
