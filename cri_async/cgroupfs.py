@@ -1,8 +1,11 @@
-"""Writing cgroup v1 resource files directly: for runtimes without an ``update`` command
-(runsc) and for pod-level cgroups, which no OCI runtime owns."""
+"""The host's cgroup tree, in one place: where the hierarchies are, joining a process to a
+cgroup, removing the cgroups we made, and writing v1 resource files directly (for runtimes
+without an ``update`` command, runsc, and for pod-level cgroups, which no OCI runtime owns).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 from pathlib import Path
 
@@ -10,6 +13,48 @@ from cri_async.core.errors import FailedPrecondition, InvalidArgument
 from cri_async.core.model import Resources
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def hierarchies(root: Path = CGROUP_ROOT) -> list[Path]:
+    """Every mounted hierarchy: the root itself on a pure cgroup2 host; on v1 and hybrid
+    hosts one per controller (plus name=systemd and unified) below it."""
+    if (root / "cgroup.procs").exists():
+        return [root]
+    try:
+        return [h for h in sorted(root.iterdir()) if (h / "cgroup.procs").exists()]
+    except OSError:
+        return []
+
+
+def join(pid: int, cgroup: str, root: Path = CGROUP_ROOT) -> None:
+    """Move ``pid`` into ``cgroup`` in every mounted hierarchy (created when missing)."""
+    rel = Path(cgroup.strip("/"))
+    for hierarchy in hierarchies(root):
+        target = hierarchy
+        for part in rel.parts:
+            parent, target = target, target / part
+            if target.is_dir():
+                continue
+            target.mkdir(exist_ok=True)
+            # A new v1 cpuset starts with no cpus/mems and refuses tasks (ENOSPC) until
+            # they are set; inherit the parent's.
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                if (target / name).exists() and not (target / name).read_text().strip():
+                    (target / name).write_text((parent / name).read_text())
+        (target / "cgroup.procs").write_text(f"{pid}\n")
+
+
+def ensure(cgroup: str, controllers: tuple[str, ...], root: Path = CGROUP_ROOT) -> None:
+    """Create ``cgroup`` in the v1 hierarchies of ``controllers``."""
+    for controller in controllers:
+        (root / controller / cgroup.strip("/")).mkdir(parents=True, exist_ok=True)
+
+
+def remove(cgroup: str, root: Path = CGROUP_ROOT) -> None:
+    """Remove the (now empty) ``cgroup`` from every hierarchy; runtimes leave parents."""
+    for h in [root, *hierarchies(root)]:
+        with contextlib.suppress(OSError):
+            (h / cgroup.strip("/")).rmdir()
 
 
 def _write_cgroup(path: Path, value: str) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
+
+from cri_async import proc
 
 _cached: str | None = None
 
@@ -17,18 +18,14 @@ async def unsupported_reason() -> str:
     if criu is None:
         _cached = "CRIU is not installed"
         return _cached
-    proc = await asyncio.create_subprocess_exec(
-        criu, "check", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), 30)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
+        done = await proc.run([criu, "check"], timeout=30)
+    except proc.TimedOut:
         _cached = "`criu check` did not finish within 30 s"
         return _cached
+    out = done.stdout + done.stderr
     lines = [ln for ln in out.decode(errors="replace").splitlines() if ln.strip()]
-    if proc.returncode != 0:
+    if done.returncode != 0:
         _cached = f"`criu check` fails on this host: {lines[-1] if lines else 'no output'}"
     else:
         _cached = "CRIU works here, but cri-async does not implement checkpointing yet"

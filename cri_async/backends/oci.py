@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cri_async import linux, rootfs
+from cri_async import cgroupfs, files, linux, rootfs
 from cri_async.backends.base import (
     BackendStatus,
     ExecResult,
@@ -36,7 +36,7 @@ from cri_async.backends.base import (
     StartError,
 )
 from cri_async.backends.ocicli import RuntimeCLI, RuntimeCLIError
-from cri_async.cgroupfs import CGROUP_ROOT, write_cgroup_resources
+from cri_async.cgroupfs import write_cgroup_resources
 from cri_async.core.errors import DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument
 from cri_async.core.model import (
     Container,
@@ -83,13 +83,6 @@ def host_facts() -> oci.HostFacts:
     )
 
 
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        return None
-
-
 def _text_in_root(root: Path, path: str) -> str | None:
     data = rootfs.read_in_root(root, path)
     return None if data is None else data.decode(errors="replace")
@@ -128,7 +121,10 @@ class OCIBackend:
         # in sun_path (108 bytes): keep socket_dir short and shared by all handlers.
         self.socket_dir = socket_dir or run_root / "s"
         self.conmon = Conmon(
-            conmon_binary, self.cli, runtime_path=self.binary, socket_dir=str(self.socket_dir)
+            conmon_binary,
+            runtime_path=self.binary,
+            runtime_args=self.cli.global_args(),
+            socket_dir=str(self.socket_dir),
         )
         self._host: oci.HostFacts | None = None
         self._features: tuple[int, HandlerFeatures] | None = None
@@ -259,10 +255,10 @@ class OCIBackend:
         self, sandbox: Sandbox, d: Path, hostname: str, host_net: bool, host_ipc: bool
     ) -> None:
         d.mkdir(parents=True, exist_ok=True)
-        host_resolv = _read_text(Path("/etc/resolv.conf")) or ""
+        host_resolv = files.read_text(Path("/etc/resolv.conf")) or ""
         if host_net:
             (d / "resolv.conf").write_text(host_resolv)
-            (d / "hosts").write_text(_read_text(Path("/etc/hosts")) or podfiles.hosts("", []))
+            (d / "hosts").write_text(files.read_text(Path("/etc/hosts")) or podfiles.hosts("", []))
             (d / "hostname").write_text(podfiles.hostname_file(os.uname().nodename))
         else:
             (d / "resolv.conf").write_text(podfiles.resolv_conf(sandbox.config.dns, host_resolv))
@@ -285,7 +281,7 @@ class OCIBackend:
         def run() -> None:
             linux.umount(str(d / "shm"))
             shutil.rmtree(d, ignore_errors=True)
-            self._rmdir_cgroups(self._cgroup_parent(sandbox))
+            cgroupfs.remove(self._cgroup_parent(sandbox))
 
         await asyncio.to_thread(run)
 
@@ -294,8 +290,7 @@ class OCIBackend:
         parent = self._cgroup_parent(sandbox)
 
         def run() -> None:
-            for controller in ("cpu", "cpuacct", "memory", "pids"):
-                (CGROUP_ROOT / controller / parent.strip("/")).mkdir(parents=True, exist_ok=True)
+            cgroupfs.ensure(parent, ("cpu", "cpuacct", "memory", "pids"))
             write_cgroup_resources(parent, resources)
 
         try:
@@ -305,14 +300,6 @@ class OCIBackend:
 
     def _cgroup_parent(self, sandbox: Sandbox) -> str:
         return sandbox.config.cgroup_parent or f"{DEFAULT_CGROUP_PARENT}/pod-{sandbox.id[:16]}"
-
-    @staticmethod
-    def _rmdir_cgroups(rel: str) -> None:
-        """Remove a (now empty) cgroup dir in every hierarchy; runtimes leave parents."""
-        base = Path("/sys/fs/cgroup")
-        for h in [base, *(p for p in base.iterdir() if p.is_dir())]:
-            with contextlib.suppress(OSError):
-                (h / rel.lstrip("/")).rmdir()
 
     # -- startup reconciliation ---------------------------------------------------------
     async def reconcile(self, sandboxes: set[str], containers: set[str]) -> list[str]:
@@ -345,7 +332,7 @@ class OCIBackend:
             await asyncio.to_thread(linux.umount, str(d / "shm"))
             await asyncio.to_thread(shutil.rmtree, d, True)
             # Its record (and any kubelet-given parent) is gone; ours is derivable.
-            await asyncio.to_thread(self._rmdir_cgroups, f"{DEFAULT_CGROUP_PARENT}/pod-{sid[:16]}")
+            await asyncio.to_thread(cgroupfs.remove, f"{DEFAULT_CGROUP_PARENT}/pod-{sid[:16]}")
             done.append(f"removed orphan pod sandbox {sid} (namespace pins, pod files, cgroup)")
         if self.cni is not None:
             for sid in sorted(set(self.cni.cached()) - sandboxes):
@@ -523,12 +510,12 @@ class OCIBackend:
         process = dict(spec["process"], args=list(cmd), terminal=container.config.tty)
         process.pop("consoleSize", None)
         workdir = self.bundle(container.id) / "exec"
-        code, out, err, timed_out = await self.conmon.exec_sync(
+        done = await self.conmon.exec_sync(
             container.id, process, timeout=timeout, workdir=workdir, limit=limit
         )
-        if timed_out:
+        if done.timed_out:
             raise DeadlineExceeded(f"command {list(cmd)!r} timed out after {timeout:g}s")
-        return ExecResult(code, out, err)
+        return ExecResult(done.exit_code, done.stdout, done.stderr)
 
     async def update_resources(self, container: Container, resources: Resources) -> None:
         try:

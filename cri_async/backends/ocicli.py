@@ -19,15 +19,15 @@ Tested behaviour this module relies on (runc 1.1.5, crun 1.8.1):
 
 from __future__ import annotations
 
-import asyncio
 import builtins
-import contextlib
 import json
 import logging
 import os
-import re
 from collections.abc import Sequence
 from typing import Any
+
+from cri_async import proc
+from cri_async.oci.errors import runtime_message
 
 __all__ = ["RuntimeCLI", "RuntimeCLIError", "runtime_message"]
 
@@ -35,19 +35,6 @@ log = logging.getLogger(__name__)
 
 _STDERR_KEEP = 2000
 """Characters of a runtime's stderr kept in an error message (the end holds the reason)."""
-
-
-_LOGRUS_MSG = re.compile(r'level=(?:error|fatal|warning)\s+msg="((?:[^"\\]|\\.)*)"')
-
-
-def runtime_message(text: str) -> str:
-    """The human part of a runtime's error output.
-
-    runc (and youki) log through logrus: ``time="..." level=error msg="runc create failed:
-    ..."``; the quoted ``msg`` values are joined. Anything else (crun) is returned stripped.
-    """
-    msgs = [re.sub(r"\\(.)", r"\1", m) for m in _LOGRUS_MSG.findall(text)]
-    return "; ".join(msgs) if msgs else text.strip()
 
 
 def _trim(text: str) -> str:
@@ -114,33 +101,15 @@ class RuntimeCLI:
         """Run a subcommand; return (returncode, stdout, stderr)."""
         argv = self.argv(*args)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-        except OSError as e:  # the binary is missing or not executable
-            why = f"cannot run {self.binary}: {e.strerror}"
-            raise RuntimeCLIError(args, 127, why, argv=argv) from None
-
-        try:
-            async with asyncio.timeout(self.timeout):
-                out, err = await proc.communicate(stdin)
-        except BaseException as e:
-            # Timeout or cancellation: never leave the runtime running behind our back.
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            if isinstance(e, TimeoutError):
-                raise RuntimeCLIError(args, None, "", argv=argv) from None
-            raise
-        rc = proc.returncode
-        assert rc is not None
-        err_text = err.decode(errors="replace")
-        if check and rc != 0:
-            raise RuntimeCLIError(args, rc, err_text, argv=argv)
-        return rc, out, err_text
+            done = await proc.run(argv, timeout=self.timeout, input=stdin)
+        except proc.CannotRun as e:  # the binary is missing or not executable
+            raise RuntimeCLIError(args, 127, str(e), argv=argv) from None
+        except proc.TimedOut:
+            raise RuntimeCLIError(args, None, "", argv=argv) from None
+        err_text = done.stderr.decode(errors="replace")
+        if check and done.returncode != 0:
+            raise RuntimeCLIError(args, done.returncode, err_text, argv=argv)
+        return done.returncode, done.stdout, err_text
 
     async def version(self) -> str:
         """The version number from ``--version`` (e.g. ``1.1.5+ds1``), else its first line."""

@@ -78,6 +78,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from cri_async import cgroupfs, files, proc, waits
 from cri_async.backends.base import (
     BackendStatus,
     ExecResult,
@@ -87,7 +88,7 @@ from cri_async.backends.base import (
     StartError,
 )
 from cri_async.backends.oci import OCIBackend
-from cri_async.backends.ocicli import RuntimeCLI, RuntimeCLIError, runtime_message
+from cri_async.backends.ocicli import RuntimeCLI, RuntimeCLIError
 from cri_async.cgroupfs import CGROUP_ROOT, write_cgroup_resources
 from cri_async.core.errors import (
     DeadlineExceeded,
@@ -100,6 +101,7 @@ from cri_async.monitor.conmon import Conmon
 from cri_async.network.cni import CNI
 from cri_async.network.pins import NamespacePinner
 from cri_async.oci import spec as oci
+from cri_async.oci.errors import runtime_message
 
 __all__ = [
     "NETWORK_MODES",
@@ -379,14 +381,6 @@ def _start_log_message(path: Path) -> str:
     return "; ".join(msgs)[-2000:]
 
 
-def _read_int(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.lstrip("-").isdigit() else None
-
-
 def _cmdline_has(pid: int, *needles: bytes) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -394,40 +388,6 @@ def _cmdline_has(pid: int, *needles: bytes) -> bool:
     except OSError:
         return False
     return all(n in cmdline for n in needles)
-
-
-async def _wait_fds(fds: Sequence[int], timeout: float | None) -> set[int]:
-    """Wait until any of ``fds`` is readable; the readable ones (empty on timeout)."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[None] = loop.create_future()
-    ready: set[int] = set()
-
-    def on_ready(fd: int) -> None:
-        ready.add(fd)
-        if not fut.done():
-            fut.set_result(None)
-
-    for fd in fds:
-        loop.add_reader(fd, on_ready, fd)
-    try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(fut, timeout)
-    finally:
-        for fd in fds:
-            loop.remove_reader(fd)
-    return ready
-
-
-async def _wait_pid_exit(pid: int, timeout: float) -> bool:
-    """True once ``pid`` has exited (or does not exist); False on timeout."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(await _wait_fds([pidfd], timeout))
-    finally:
-        os.close(pidfd)
 
 
 # --------------------------------------------------------------------------------------------
@@ -508,7 +468,10 @@ class RunscBackend(OCIBackend):
         )
         self.wrapper = run_root / "conmon-runtime"
         self.conmon = Conmon(
-            conmon_binary, self.cli, runtime_path=str(self.wrapper), socket_dir=str(self.socket_dir)
+            conmon_binary,
+            runtime_path=str(self.wrapper),
+            runtime_args=self.cli.global_args(),
+            socket_dir=str(self.socket_dir),
         )
         self._infra: tuple[str, tuple[str, ...]] | None = None
 
@@ -570,7 +533,7 @@ class RunscBackend(OCIBackend):
         ):
             d.mkdir(parents=True, exist_ok=True)
         script = wrapper_script(self.binary, self.cli.global_args())
-        if _read_text_or_none(self.wrapper) != script or not os.access(self.wrapper, os.X_OK):
+        if files.read_text(self.wrapper) != script or not os.access(self.wrapper, os.X_OK):
             tmp = self.wrapper.with_name(f".{self.wrapper.name}.{secrets.token_hex(4)}")
             tmp.write_text(script)
             tmp.chmod(0o755)
@@ -625,12 +588,15 @@ class RunscBackend(OCIBackend):
             cgroups_path=f"{self._cgroup_parent(sandbox)}/{sid}",
             oom_score_adj=self.host.min_oom_score_adj,
         )
-        await asyncio.to_thread(_write_json, bundle / "config.json", spec)
+        await asyncio.to_thread(bundle.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(
+            files.write_atomic, bundle / "config.json", json.dumps(spec).encode(), durable=False
+        )
         network = self._sandbox_network(sandbox)
         pidfile = bundle / "pidfile"
         create = ["create", "--bundle", str(bundle), "--pid-file", str(pidfile), sid]
         await self._infra_command(network, create, bundle / "create.log", "create")
-        pid = _read_int(pidfile) or 0
+        pid = files.read_int(pidfile) or 0
         reaper = self.conmon.reaper
         if reaper is not None and pid > 0:
             reaper.adopt(pid)  # our orphan now: reap it at once so `runsc delete` is fast
@@ -658,21 +624,11 @@ class RunscBackend(OCIBackend):
             argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "x", *argv]
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=fd, stderr=fd
-            )
+            rc = (await proc.run(argv, timeout=self.cli.timeout, output=fd)).returncode
+        except proc.TimedOut:
+            raise Internal(f"runsc {what} of the pod sandbox timed out") from None
         finally:
             os.close(fd)
-        try:
-            async with asyncio.timeout(self.cli.timeout):
-                rc = await proc.wait()
-        except BaseException as e:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await asyncio.shield(proc.wait())
-            if isinstance(e, TimeoutError):
-                raise Internal(f"runsc {what} of the pod sandbox timed out") from None
-            raise
         if rc != 0:
             text = runtime_message(await asyncio.to_thread(out.read_text, errors="replace"))
             raise Internal(f"runsc could not {what} the pod sandbox: {text[-2000:]}")
@@ -684,14 +640,14 @@ class RunscBackend(OCIBackend):
             await self.cli.kill(sid, signals.SIGKILL)
         pid = int(sandbox.backend_info.get("infraPid") or 0)
         mine = pid > 0 and _cmdline_has(pid, b"runsc-sandbox", sid.encode())
-        if mine and not await _wait_pid_exit(pid, _STOP_WAIT):
+        if mine and not await waits.wait_pid_exit(pid, _STOP_WAIT):
             log.warning("runsc sandbox %s (pid %d) still running after SIGKILL", sid, pid)
 
     async def remove_sandbox(self, sandbox: Sandbox) -> None:
         sid = sandbox.id
         with contextlib.suppress(RuntimeCLIError):
             await self.cli.delete(sid, force=True)
-        await asyncio.to_thread(self._rmdir_cgroups, f"{self._cgroup_parent(sandbox)}/{sid}")
+        await asyncio.to_thread(cgroupfs.remove, f"{self._cgroup_parent(sandbox)}/{sid}")
         await super().remove_sandbox(sandbox)
 
     async def reconcile(self, sandboxes: set[str], containers: set[str]) -> list[str]:
@@ -761,7 +717,7 @@ class RunscBackend(OCIBackend):
                     pidfd = os.pidfd_open(holder)
             buf = b""
             while b"\n" not in buf:
-                ready = await _wait_fds([rfd] if pidfd < 0 else [rfd, pidfd], None)
+                ready = await waits.wait_readable([rfd] if pidfd < 0 else [rfd, pidfd], None)
                 # What the holder wrote before it exited is in the FIFO by now.
                 with contextlib.suppress(BlockingIOError):
                     buf += os.read(rfd, 64)
@@ -788,7 +744,7 @@ class RunscBackend(OCIBackend):
         """An exit the holder could not learn from runsc: the whole sandbox died (a kill,
         or the host's OOM killer in the pod sandbox's cgroup, platform.md 2d)."""
         bundle = self.bundle(container.id)
-        why = _read_text_or_none(bundle / WAIT_LOG)
+        why = files.read_text(bundle / WAIT_LOG)
         if status.exit_code != 255 or not why:
             return status
         why = why.strip().splitlines()[-1] if why.strip() else why
@@ -805,14 +761,14 @@ class RunscBackend(OCIBackend):
         cid = container.id
         bundle = self.bundle(cid)
         # A created container that was never started has a holder waiting for the word.
-        holder = _read_int(bundle / "pidfile")
+        holder = files.read_int(bundle / "pidfile")
         if holder and holder > 0 and _cmdline_has(holder, HOLD_FLAG.encode(), cid.encode()):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(holder, signals.SIGKILL)
         conmon_pid = self.conmon.conmon_pid(bundle)
         if conmon_pid and _cmdline_has(conmon_pid, b"conmon", cid.encode()):
             # It writes its exit files into the bundle: let it finish before the rmtree.
-            await _wait_pid_exit(conmon_pid, _STOP_WAIT)
+            await waits.wait_pid_exit(conmon_pid, _STOP_WAIT)
         await super().delete_container(container)
 
     async def exec_sync(
@@ -831,23 +787,23 @@ class RunscBackend(OCIBackend):
 
         await asyncio.to_thread(prepare)
         try:
-            code, out, err, timed_out = await self.conmon.exec_sync(
+            done = await self.conmon.exec_sync(
                 container.id, process, timeout=timeout, workdir=workdir, limit=limit
             )
-            if timed_out:
+            if done.timed_out:
                 await self._kill_exec(container.id, marker)
         except BaseException:
             await asyncio.shield(self._kill_exec(container.id, marker))
             raise
         finally:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
-        if timed_out:
+        if done.timed_out:
             raise DeadlineExceeded(f"command {list(cmd)!r} timed out after {timeout:g}s")
-        return ExecResult(code, out, err)
+        return ExecResult(done.exit_code, done.stdout, done.stderr)
 
     async def _kill_exec(self, cid: str, marker: Path) -> None:
         """Kill an exec'd process inside the sandbox (the host-side runsc is already gone)."""
-        pid = _read_int(marker)
+        pid = files.read_int(marker)
         if pid is not None and pid > 0:
             assert isinstance(self.cli, RunscCLI)
             await self.cli.kill_pid(cid, pid, signals.SIGKILL)
@@ -879,21 +835,9 @@ def _sandbox_oom_killed(bundle: Path, sandbox_id: str) -> bool:
     if not cgroup:
         return False
     parent = os.path.dirname(cgroup.rstrip("/")).strip("/")
-    text = _read_text_or_none(CGROUP_ROOT / "memory" / parent / sandbox_id / "memory.oom_control")
+    text = files.read_text(CGROUP_ROOT / "memory" / parent / sandbox_id / "memory.oom_control")
     for line in (text or "").splitlines():
         key, _, value = line.partition(" ")
         if key == "oom_kill" and value.strip().isdigit():
             return int(value) > 0
     return False
-
-
-def _read_text_or_none(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except OSError:
-        return None
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))

@@ -25,30 +25,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import logging
 import math
 import os
 import shutil
 import signal
-import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from cri_async.backends.ocicli import RuntimeCLI, runtime_message
-from cri_async.logs.crilog import EXEC_SYNC_OUTPUT_LIMIT, OutputCapture, ParseError, Stream
-from cri_async.logs.crilog import parse_line as _parse_log_line
+from cri_async import cgroupfs, files, waits
+from cri_async.logs.crilog import EXEC_SYNC_OUTPUT_LIMIT
+from cri_async.monitor import execsync, syncpipe
+from cri_async.monitor.execsync import ExecOutcome
 from cri_async.monitor.reaper import Reaper
+from cri_async.oci.errors import runtime_message
 
-__all__ = ["SUN_PATH_MAX", "Conmon", "ConmonError", "ExitInfo"]
+__all__ = ["SUN_PATH_MAX", "Conmon", "ConmonError", "ExecOutcome", "ExitInfo"]
 
 log = logging.getLogger(__name__)
 
 SUN_PATH_MAX = 107
 """Longest AF_UNIX path in bytes (``sun_path`` is 108 bytes including the NUL)."""
 
-_CGROUP_ROOT = Path("/sys/fs/cgroup")
 _SYNC_LINE_MAX = 1 << 20
 _EXEC_BACKSTOP = 5
 """Seconds after our own exec timeout that conmon's ``-T`` fires, should ours not work."""
@@ -68,179 +68,25 @@ class ConmonError(Exception):
     """conmon or the runtime under it failed; the message carries the runtime's words."""
 
 
-def _read_tail(f: IO[bytes]) -> str:
-    f.seek(0)
-    text = f.read().decode(errors="replace").strip()
-    return text[-_STDERR_KEEP:]
-
-
-def _hierarchies() -> list[Path]:
-    # A pure cgroup2 host mounts its one hierarchy at the root; v1 and hybrid hosts mount one
-    # per controller (plus name=systemd and unified) below it.
-    if (_CGROUP_ROOT / "cgroup.procs").exists():
-        return [_CGROUP_ROOT]
-    return [h for h in sorted(_CGROUP_ROOT.iterdir()) if (h / "cgroup.procs").exists()]
-
-
-def _join_cgroup(pid: int, cgroup: str) -> None:
-    """Move ``pid`` into ``cgroup`` in every mounted hierarchy (created when missing)."""
-    rel = Path(cgroup.strip("/"))
-    for hierarchy in _hierarchies():
-        target = hierarchy
-        for part in rel.parts:
-            parent, target = target, target / part
-            if target.is_dir():
-                continue
-            target.mkdir(exist_ok=True)
-            # A new v1 cpuset starts with no cpus/mems and refuses tasks (ENOSPC) until
-            # they are set; inherit the parent's.
-            for name in ("cpuset.cpus", "cpuset.mems"):
-                if (target / name).exists() and not (target / name).read_text().strip():
-                    (target / name).write_text((parent / name).read_text())
-        (target / "cgroup.procs").write_text(f"{pid}\n")
-
-
-async def _open_reader(fd: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=_SYNC_LINE_MAX)
-    pipe = os.fdopen(fd, "rb", buffering=0)
-    try:
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), pipe
-        )
-    except BaseException:
-        pipe.close()
-        raise
-    return reader, transport
-
-
-def _parse_sync(data: bytes) -> list[dict[str, Any]]:
-    """The JSON messages conmon wrote on the sync pipe (one per line)."""
-    out: list[dict[str, Any]] = []
-    for line in data.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            log.warning("conmon: unparsable sync message %r", line[:200])
-            continue
-        if isinstance(msg, dict):
-            out.append(msg)
-    return out
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def _read_exec_log(path: Path, limit: int) -> tuple[bytes, bytes]:
-    """stdout and stderr of an exec-sync log, each capped at ``limit`` bytes (in a thread)."""
-    capture = OutputCapture(limit)
-    try:
-        f = path.open("rb")
-    except FileNotFoundError:
-        return b"", b""
-    with f:
-        for line in f:
-            try:
-                capture.add_record(_parse_log_line(line))
-            except ParseError:
-                continue  # conmon only writes valid records; a torn last line is skipped
-    return capture.output(Stream.STDOUT), capture.output(Stream.STDERR)
-
-
-def _prepare_exec(workdir: Path, process: dict[str, Any]) -> Path:
-    """A fresh directory for one exec below ``workdir``, holding its ``process.json``.
-
-    One per call, so concurrent execs in the same container can share ``workdir``.
-    """
-    workdir.mkdir(parents=True, exist_ok=True)
-    calldir = Path(tempfile.mkdtemp(prefix="exec-", dir=workdir))
-    (calldir / "process.json").write_text(json.dumps(process))
-    return calldir
-
-
-async def _wait_readable(fd: int, timeout: float | None) -> bool:
-    """Wait until ``fd`` is readable; False on timeout."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[None] = loop.create_future()
-
-    def ready() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    loop.add_reader(fd, ready)
-    try:
-        await asyncio.wait_for(fut, timeout)
-    except TimeoutError:
-        return False
-    finally:
-        loop.remove_reader(fd)
-    return True
-
-
-def _descendants(root: int) -> list[int]:
-    """``root`` and every process below it, parents before children (via /proc children)."""
-    found = [root]
-    i = 0
-    while i < len(found):
-        pid = found[i]
-        i += 1
-        try:
-            tasks = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tasks:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                    found.extend(int(p) for p in f.read().split())
-            except OSError:
-                continue
-    return found
-
-
-def _kill_tree(pid: int | None) -> None:
-    """SIGKILL ``pid`` and its descendants; they are stopped first so none can fork away."""
-    if pid is None:
-        return
-    stopped: set[int] = set()
-    for _ in range(100):
-        new = [p for p in _descendants(pid) if p not in stopped]
-        if not new:
-            break
-        for p in new:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p, signal.SIGSTOP)
-        stopped.update(new)
-    for p in stopped:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p, signal.SIGKILL)
-
-
 class Conmon:
     """Runs conmon for the containers of one runtime (``runtime``'s binary and root)."""
 
     def __init__(
         self,
         conmon: str,
-        runtime: RuntimeCLI,
         *,
         runtime_path: str,
+        runtime_args: Sequence[str],
         socket_dir: str,
         log_level: str = "info",
         reaper: Reaper | None = None,
         create_timeout: float = 120.0,
     ) -> None:
         self.conmon = conmon
-        self.runtime = runtime
         self.runtime_path = runtime_path
         """What conmon executes as the runtime (``-r``): the binary, or a wrapper (runsc)."""
+        self.runtime_args = tuple(runtime_args)
+        """The runtime's global flags (``--root=...``), passed as ``--runtime-arg``."""
         self.socket_dir = socket_dir
         self.log_level = log_level
         self.reaper = reaper
@@ -262,11 +108,11 @@ class Conmon:
     @staticmethod
     def conmon_pid(bundle: Path) -> int | None:
         """The long-lived conmon's pid (from its ``-P`` file), if it was written."""
-        return _read_pid(bundle / "conmon.pid")
+        return files.read_pid(bundle / "conmon.pid")
 
     def _runtime_args(self) -> list[str]:
         args: list[str] = []
-        for arg in self.runtime.global_args():
+        for arg in self.runtime_args:
             args += ["--runtime-arg", arg]
         return args
 
@@ -335,12 +181,12 @@ class Conmon:
             async with asyncio.timeout(self.create_timeout):
                 return await self._create(cid, bundle, args, cgroup)
         except TimeoutError:
-            await self._abort_create(cid, bundle)
+            self._abort_create(bundle)
             raise ConmonError(
                 f"conmon create of {cid} took longer than {self.create_timeout} s"
             ) from None
         except BaseException:
-            await asyncio.shield(self._abort_create(cid, bundle))
+            self._abort_create(bundle)
             raise
 
     def _prepare_create(self, cid: str, bundle: Path, exit_dir: Path) -> None:
@@ -352,81 +198,35 @@ class Conmon:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.socket_dir, cid))
 
-    async def _spawn(
-        self, args: list[str], errf: IO[bytes], sync_w: int, start_r: int, cwd: Path
-    ) -> asyncio.subprocess.Process:
-        """Start conmon with the two pipes of its sync protocol. Its diagnostics go to a file,
-        never a pipe; it runs in ``cwd`` because it drops stray files (an "oom" marker) there."""
-        return await asyncio.create_subprocess_exec(
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=errf,
-            stderr=errf,
-            pass_fds=(sync_w, start_r),
-            env=self._env(sync_w, start_r),
-            cwd=cwd,
-        )
-
     async def _create(self, cid: str, bundle: Path, args: list[str], cgroup: str | None) -> int:
-        sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
-        start_r, start_w = os.pipe2(os.O_CLOEXEC)
-        transport: asyncio.BaseTransport | None = None
-        proc: asyncio.subprocess.Process | None = None
-        # conmon's own diagnostics go to a file, never a pipe: its daemon half would keep a
-        # pipe open for the container's lifetime (platform.md 8i).
-        with tempfile.TemporaryFile(prefix="conmon-") as errf:
-            try:
-                try:
-                    proc = await self._spawn(args, errf, sync_w, start_r, bundle)
-                finally:
-                    os.close(sync_w)
-                    os.close(start_r)
-                try:
-                    if cgroup:
-                        _join_cgroup(proc.pid, cgroup)
-                    os.write(start_w, b"0")
-                finally:
-                    os.close(start_w)
-                    start_w = -1
-                rc = await proc.wait()
-                if rc != 0:
-                    raise ConmonError(f"conmon exited {rc}: {_read_tail(errf)}")
-                reader, transport = await _open_reader(sync_r)
-                sync_r = -1
-                line = await reader.readline()
-            except BaseException:
-                # Timed out or cancelled before conmon forked: stop it from going on.
-                if proc is not None and proc.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
-                raise
-            finally:
-                if start_w >= 0:
-                    os.close(start_w)
-                if sync_r >= 0:
-                    os.close(sync_r)
-                if transport is not None:
-                    transport.close()
-            msgs = _parse_sync(line)
+        async with syncpipe.spawn(args, cwd=bundle) as session:
+            if cgroup:
+                cgroupfs.join(session.process.pid, cgroup)
+            session.go()
+            rc = await session.process.wait()
+            if rc != 0:
+                raise ConmonError(f"conmon exited {rc}: {session.diagnostics_tail()}")
+            msgs = syncpipe.parse(await session.reader.readline())
             if not msgs:
-                raise ConmonError(f"conmon sent no container pid: {_read_tail(errf)}")
+                raise ConmonError(f"conmon sent no container pid: {session.diagnostics_tail()}")
         pid = msgs[0].get("pid")
         if not isinstance(pid, int) or pid <= 0:
             message = runtime_message(str(msgs[0].get("message") or msgs[0]))
             raise ConmonError(f"runtime create failed: {message}")
-        conmon_pid = _read_pid(bundle / "conmon.pid")
+        conmon_pid = files.read_pid(bundle / "conmon.pid")
         if self.reaper is not None and conmon_pid is not None:
             self.reaper.adopt(conmon_pid)
         log.debug("conmon %s: container %s pid %d", conmon_pid, cid, pid)
         return pid
 
-    async def _abort_create(self, cid: str, bundle: Path) -> None:
-        conmon_pid = _read_pid(bundle / "conmon.pid")
+    @staticmethod
+    def _abort_create(bundle: Path) -> None:
+        """Stop a conmon whose create failed or was abandoned; deleting the runtime's state
+        is the caller's (it deletes the container)."""
+        conmon_pid = files.read_pid(bundle / "conmon.pid")
         if conmon_pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(conmon_pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            await self.runtime.delete(cid, force=True)
 
     def remove(self, cid: str, exit_dir: Path) -> None:
         """Remove what conmon leaves outside the bundle: the socket symlink, the exit file."""
@@ -463,15 +263,12 @@ class Conmon:
         """Wait for the exit file: a pidfd on the container's pid says when it is gone, then
         the file follows within milliseconds (short backoff polls, at most 100 ms apart)."""
         while (info := self.exit_info(cid, bundle, exit_dir)) is None:
-            pid = _read_pid(bundle / "pidfile")
-            pidfd = -1
-            if pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    pidfd = os.pidfd_open(pid)
-            if pidfd >= 0:
+            pid = files.read_pid(bundle / "pidfile")
+            pidfd = waits.pidfd(pid) if pid is not None else None
+            if pidfd is not None:
                 try:
                     # Re-check the exit file now and then: a recycled pid would never fire.
-                    while not await _wait_readable(pidfd, 5.0):
+                    while not await waits.wait_readable([pidfd], 5.0):
                         if self.exit_info(cid, bundle, exit_dir) is not None:
                             break
                 finally:
@@ -495,113 +292,39 @@ class Conmon:
         timeout: float | None,
         workdir: Path,
         limit: int = EXEC_SYNC_OUTPUT_LIMIT,
-    ) -> tuple[int, bytes, bytes, bool]:
-        """Run ``process`` (OCI process JSON) in the container and collect its output.
-
-        Returns (exit code, stdout, stderr, timed out); each stream is capped at ``limit``
-        bytes. The spec, log and pidfile live in a per-call directory below ``workdir``,
-        removed afterwards. ``timeout`` None or <= 0 means none. On timeout the exec'd
-        process and all its descendants are stopped and killed here (the exit code is then
-        -1): conmon's own ``-T`` only kills the process group, which a ``setsid`` child
-        leaves; it stays as a backstop a little later.
-        """
-        calldir = _prepare_exec(workdir, process)
-        try:
-            return await self._exec_sync(cid, process, timeout, calldir, limit)
-        finally:
-            shutil.rmtree(calldir, ignore_errors=True)
-
-    async def _exec_sync(
-        self, cid: str, process: dict[str, Any], timeout: float | None, calldir: Path, limit: int
-    ) -> tuple[int, bytes, bytes, bool]:
-        spec = calldir / "process.json"
-        log_path = calldir / "exec.log"
-        pidfile = calldir / "exec.pid"
+    ) -> ExecOutcome:
+        """Run ``process`` (OCI process JSON) in the container and collect its output, each
+        stream capped at ``limit`` bytes. The spec, log and pidfile live in a per-call
+        directory below ``workdir``, removed afterwards. ``timeout`` None or <= 0 means
+        none; on timeout the exec'd process tree is killed (``ExecOutcome.timed_out``)."""
+        call = await asyncio.to_thread(execsync.prepare, workdir, process)
         args = [
             self.conmon,
             "-c", cid,
             "-n", cid,
             "-r", self.runtime_path,
-            "-p", str(pidfile),
+            "-p", str(call.pidfile),
             "-e",
-            "-l", f"k8s-file:{log_path}",
+            "-l", f"k8s-file:{call.log}",
             "--socket-dir-path", self.socket_dir,
             "--log-level", self.log_level,
             "--sync",
             # Room for both streams plus record headers; each stream is capped again below.
             "--log-global-size-max", str(4 * limit + (1 << 20)),
-            "--exec-process-spec", str(spec),
+            "--exec-process-spec", str(call.spec),
             *self._runtime_args(),
         ]  # fmt: skip
         if process.get("terminal"):
             args.append("-t")
         deadline = timeout if timeout is not None and timeout > 0 else None
         if deadline is not None:
-            args += ["-T", str(math.ceil(deadline) + _EXEC_BACKSTOP)]
-
-        sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
-        start_r, start_w = os.pipe2(os.O_CLOEXEC)
-        transport: asyncio.BaseTransport | None = None
-        proc: asyncio.subprocess.Process | None = None
-        read: asyncio.Task[bytes] | None = None
-        timed_out = False
-        with tempfile.TemporaryFile(prefix="conmon-exec-") as errf:
-            try:
-                try:
-                    proc = await self._spawn(args, errf, sync_w, start_r, calldir)
-                finally:
-                    os.close(sync_w)
-                    os.close(start_r)
-                try:
-                    os.write(start_w, b"0")
-                finally:
-                    os.close(start_w)
-                    start_w = -1
-                reader, transport = await _open_reader(sync_r)
-                sync_r = -1
-                # A task, so that the bytes read so far survive the timeout.
-                read = asyncio.ensure_future(reader.read())
-                try:
-                    data = await asyncio.wait_for(asyncio.shield(read), deadline)
-                except TimeoutError:
-                    timed_out = True
-                    # Again until conmon reports: the runtime may not have written the pid yet.
-                    while not read.done():
-                        _kill_tree(_read_pid(pidfile))
-                        await asyncio.wait([read], timeout=0.5)
-                    data = await read
-                rc = await proc.wait()
-            except BaseException:
-                # Cancelled (or failed): nothing of the exec may outlive the call.
-                _kill_tree(_read_pid(pidfile))
-                if proc is not None and proc.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
-                    await asyncio.shield(proc.wait())
-                raise
-            finally:
-                if read is not None and not read.done():
-                    read.cancel()
-                if start_w >= 0:
-                    os.close(start_w)
-                if sync_r >= 0:
-                    os.close(sync_r)
-                if transport is not None:
-                    transport.close()
-            msgs = [m for m in _parse_sync(data) if "exit_code" in m]
-            if not msgs:
-                raise ConmonError(f"conmon exec exited {rc} without a result: {_read_tail(errf)}")
-        result = msgs[-1]
-        raw = result.get("exit_code")
-        message = str(result.get("message") or "")
-        if not isinstance(raw, int) or raw < 0:
-            if "timed out" not in message:
-                raise ConmonError(f"exec in {cid} failed: {runtime_message(message) or result}")
-            timed_out = True
-        # After our kill conmon reports 137; CRI callers only look at timed_out then.
-        code = raw if isinstance(raw, int) and not timed_out else -1
-        stdout, stderr = await asyncio.to_thread(_read_exec_log, log_path, limit)
-        return code, stdout, stderr, timed_out
+            args += ["-T", str(math.ceil(deadline) + execsync.BACKSTOP)]
+        try:
+            return await execsync.collect(args, call, cid, deadline, limit)
+        except execsync.ExecFailed as e:
+            raise ConmonError(str(e)) from None
+        finally:
+            await asyncio.to_thread(shutil.rmtree, call.dir, True)
 
     # ----------------------------------------------------------------------------------------
     # ctl fifo

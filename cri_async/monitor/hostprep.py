@@ -11,24 +11,19 @@ Mounting goes through mount(2) via ctypes (no subprocess, no blocking on another
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
 from pathlib import Path
 
-__all__ = ["CGROUP_ROOT", "missing_v1_controllers", "prepare_host"]
+from cri_async import linux
+from cri_async.cgroupfs import CGROUP_ROOT
+
+__all__ = ["missing_v1_controllers", "prepare_host"]
 
 log = logging.getLogger(__name__)
-
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 # Controllers a runtime may expect as their own v1 hierarchy; only mounted if the kernel has
 # them enabled but nothing mounts them (net_cls/net_prio/perf_event are optional everywhere).
 _WANTED = ("hugetlb",)
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_void_p]
-_libc.mount.restype = ctypes.c_int
 
 
 def _mounted_v1_controllers(mountinfo: str) -> set[str]:
@@ -75,11 +70,7 @@ def prepare_host() -> list[str]:
             target.mkdir(mode=0o755)
             changed.append(f"created {target}")
             log.info("host prep: created %s", target)
-        opts = ctypes.c_char_p(controller.encode())
-        rc = _libc.mount(controller.encode(), str(target).encode(), b"cgroup", 0, opts)
-        if rc != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"mount -t cgroup -o {controller}: {os.strerror(err)}", str(target))
+        linux.mount(controller, str(target), "cgroup", 0, controller)
         changed.append(f"mounted cgroup v1 {controller} at {target}")
         log.info("host prep: mounted the cgroup v1 %s hierarchy at %s", controller, target)
     return changed

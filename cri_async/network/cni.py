@@ -26,12 +26,12 @@ import os
 import re
 import shlex
 import shutil
-import signal
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cri_async import files, proc
 from cri_async.network.cniconf import (
     CONFIG_EXTENSIONS,
     CNIConfigError,
@@ -124,22 +124,6 @@ def _plugin_env() -> dict[str, str]:
     parts += [d for d in _SBIN if d not in parts]  # bridge/portmap run iptables
     env["PATH"] = ":".join(parts)
     return env
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def _net_from_entry(entry: dict[str, Any]) -> NetworkConfig:
@@ -265,7 +249,7 @@ class CNI:
 
         def write() -> None:
             self.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _write_atomic(path, data)
+            files.write_atomic(path, data)
 
         await asyncio.to_thread(write)
 
@@ -330,35 +314,23 @@ class CNI:
         self, binary: str, plugin: str, command: str, env: dict[str, str], stdin: bytes
     ) -> bytes:
         try:
-            proc = await asyncio.create_subprocess_exec(
-                binary,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=env,
-                cwd="/",
-                start_new_session=True,  # so a timeout kills the plugin and its helpers
+            # Its own session, so that a timeout kills the plugin and its helpers.
+            done = await proc.run(
+                [binary], timeout=self.timeout, input=stdin, env=env, cwd="/", new_session=True
             )
-        except OSError as e:
+        except proc.CannotRun as e:
             raise CNIError(f"CNI plugin {plugin} ({command}): {e}", plugin=plugin) from None
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(stdin), self.timeout)
-        except BaseException as e:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(proc.wait())
-            if isinstance(e, TimeoutError):
-                raise CNIError(
-                    f"CNI plugin {plugin} {command} timed out after {self.timeout:g}s",
-                    plugin=plugin,
-                    command=command,
-                ) from None
-            raise
+        except proc.TimedOut:
+            raise CNIError(
+                f"CNI plugin {plugin} {command} timed out after {self.timeout:g}s",
+                plugin=plugin,
+                command=command,
+            ) from None
+        out, err = done.stdout, done.stderr
         if err.strip():
             log.debug("CNI plugin %s %s stderr: %s", plugin, command, err.decode(errors="replace"))
-        if proc.returncode != 0:
-            raise _plugin_error(plugin, command, proc.returncode or 0, out, err)
+        if done.returncode != 0:
+            raise _plugin_error(plugin, command, done.returncode, out, err)
         return out
 
     async def _invoke(
@@ -672,20 +644,8 @@ class CNI:
     # -- leftovers of a DEL without a namespace -----------------------------------------
 
     async def _run(self, *argv: str) -> tuple[int, str]:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=_plugin_env(),
-        )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            raise
-        return proc.returncode or 0, (out or err).decode(errors="replace")
+        done = await proc.run(argv, timeout=self.timeout, env=_plugin_env())
+        return done.returncode, (done.stdout or done.stderr).decode(errors="replace")
 
     async def _sweep_nat(self, network: str, container_id: str) -> None:
         """Remove NAT rules tagged for this attachment, and their private CNI- chains."""

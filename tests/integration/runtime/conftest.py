@@ -325,8 +325,8 @@ async def env(
     reaper.start()
     conmon = Conmon(
         conmon_bin,
-        runtime,
         runtime_path=binary,
+        runtime_args=runtime.global_args(),
         socket_dir=str(socket_dir),
         log_level="debug",
         reaper=reaper,

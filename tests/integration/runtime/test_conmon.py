@@ -14,7 +14,7 @@ import pytest
 
 from cri_async.backends.ocicli import RuntimeCLIError
 from cri_async.logs.crilog import Stream, join_records, parse_lines
-from cri_async.monitor.conmon import SUN_PATH_MAX, Conmon, ConmonError
+from cri_async.monitor.conmon import SUN_PATH_MAX, Conmon, ConmonError, ExecOutcome
 
 from .conftest import CGROUP_PARENT, CGROUP_ROOT, Env, cgroup_dirs, lexists, list_dir, until
 
@@ -85,7 +85,7 @@ async def test_exec_sync(env: Env, tmp_path: Path) -> None:
         "user": {"uid": 0, "gid": 0},
     }
     got = await env.conmon.exec_sync(ctr.cid, proc, timeout=10, workdir=tmp_path / "x1")
-    assert got == (3, b"hi\ntail", b"err\n", False)
+    assert got == ExecOutcome(3, b"hi\ntail", b"err\n", False)
 
     # Concurrent execs may share a workdir (each call gets its own directory below it).
     many = await asyncio.gather(
@@ -99,22 +99,20 @@ async def test_exec_sync(env: Env, tmp_path: Path) -> None:
             for i in range(4)
         )
     )
-    assert many == [(i, f"{i}\n".encode(), b"", False) for i in range(4)]
+    assert many == [ExecOutcome(i, f"{i}\n".encode(), b"", False) for i in range(4)]
     assert list_dir(tmp_path / "shared") == []
 
     # Each stream is capped on its own.
     big = dict(proc, args=["sh", "-c", "echo 0123456789; echo abcdefghij >&2"])
     got = await env.conmon.exec_sync(ctr.cid, big, timeout=10, workdir=tmp_path / "x2", limit=4)
-    assert got == (0, b"0123", b"abcd", False)
+    assert got == ExecOutcome(0, b"0123", b"abcd", False)
 
     # Timeout: the exec'd process and all it started die, even a child in its own session
     # (outside the process group conmon's -T would kill).
     slow = dict(proc, args=["sh", "-c", "echo started; setsid sleep 30 & sleep 31"])
     t0 = time.monotonic()
-    code, out, _, timed_out = await env.conmon.exec_sync(
-        ctr.cid, slow, timeout=1, workdir=tmp_path / "x3"
-    )
-    assert (code, out, timed_out) == (-1, b"started\n", True)
+    got = await env.conmon.exec_sync(ctr.cid, slow, timeout=1, workdir=tmp_path / "x3")
+    assert (got.exit_code, got.stdout, got.timed_out) == (-1, b"started\n", True)
     assert 1 <= time.monotonic() - t0 < 3
     await asyncio.sleep(0.1)
     assert cgroup_procs("pids", ctr.cid) == [ctr.pid]
@@ -124,7 +122,7 @@ async def test_exec_sync(env: Env, tmp_path: Path) -> None:
     # With a tty both streams arrive as one, and lines end in \r\n.
     tty = dict(proc, terminal=True, args=["sh", "-c", "echo hi; echo err >&2"])
     got = await env.conmon.exec_sync(ctr.cid, tty, timeout=10, workdir=tmp_path / "x5")
-    assert got == (0, b"hi\r\nerr\r\n", b"", False)
+    assert got == ExecOutcome(0, b"hi\r\nerr\r\n", b"", False)
 
     with pytest.raises(ConmonError, match="nonexistent"):
         await env.conmon.exec_sync(
@@ -252,7 +250,10 @@ async def test_create_failure_carries_runtime_message(env: Env) -> None:
 async def test_attach_path_too_long_is_refused(env: Env, tmp_path: Path) -> None:
     long_dir = "/run/" + "d" * (SUN_PATH_MAX - 20)
     conmon = Conmon(
-        env.conmon.conmon, env.runtime, runtime_path=env.runtime.binary, socket_dir=long_dir
+        env.conmon.conmon,
+        runtime_path=env.runtime.binary,
+        runtime_args=env.runtime.global_args(),
+        socket_dir=long_dir,
     )
     with pytest.raises(ConmonError, match="longer than 107 bytes"):
         await conmon.create(

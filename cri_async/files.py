@@ -1,0 +1,49 @@
+"""Small file reads and writes the adapters share: tolerant reads of files another process
+writes (pid files, exit codes), and atomic, durable replacement of our own files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def read_text(path: Path) -> str | None:
+    """The file's text, or None if it (or a parent) does not exist or cannot be read."""
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def read_int(path: Path) -> int | None:
+    """An integer written into a file (a pid, an exit code), or None."""
+    text = (read_text(path) or "").strip()
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o600, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` so a reader (or a crash) sees the old or the new
+    content, never a part; ``durable`` also fsyncs the file and its directory."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+    if durable:
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def read_pid(path: Path) -> int | None:
+    """A process id from a pid file: a positive integer, else None (never 0 or -1, which
+    would signal a whole process group or every process)."""
+    value = read_int(path)
+    return value if value is not None and value > 0 else None
