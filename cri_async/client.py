@@ -98,6 +98,8 @@ def pod_config(
         labels=labels or {},
         annotations=annotations or {},
     )
+    # kubelet's default (shareProcessNamespace: false); the proto's zero value is POD.
+    cfg.linux.security_context.namespace_options.pid = pb.CONTAINER
     if host_network:
         cfg.linux.security_context.namespace_options.network = pb.NODE
     return cfg
@@ -115,7 +117,9 @@ def container_config(
     log_path: str = "",
     env: Mapping[str, str] | None = None,
 ) -> pb.ContainerConfig:
-    return pb.ContainerConfig(
+    """A ContainerConfig shaped like the ones kubelet sends (its own PID namespace, as
+    kubelet asks unless the pod shares one)."""
+    cfg = pb.ContainerConfig(
         metadata=pb.ContainerMetadata(name=name, attempt=attempt),
         image=pb.ImageSpec(image=image),
         command=list(command),
@@ -125,3 +129,5 @@ def container_config(
         log_path=log_path,
         envs=[pb.KeyValue(key=k, value=v.encode()) for k, v in (env or {}).items()],
     )
+    cfg.linux.security_context.namespace_options.pid = pb.CONTAINER
+    return cfg

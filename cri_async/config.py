@@ -110,9 +110,11 @@ class NetworkSection:
     conf_dirs: list[str] = field(default_factory=lambda: ["/etc/cni/net.d"])
     bin_dirs: list[str] = field(default_factory=lambda: ["/opt/cni/bin", "/usr/lib/cni"])
     plugin_timeout: float = 60.0
+    teardown_timeout: float = 120.0
 
     def __post_init__(self) -> None:
         _positive("network.plugin_timeout", self.plugin_timeout)
+        _positive("network.teardown_timeout", self.teardown_timeout)
         if not self.conf_dirs or not self.bin_dirs:
             raise ConfigError("network: conf_dirs and bin_dirs must not be empty")
 
@@ -445,6 +447,9 @@ conf_dirs = ["/etc/cni/net.d"]
 bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
 # Seconds one plugin invocation may take.
 plugin_timeout = 60.0
+# Seconds a pod's network teardown (CNI DEL of the whole chain) may take when a pod stops or
+# is removed; past it the removal goes on and the teardown is retried later.
+teardown_timeout = 120.0
 
 # The images the fake backend's simulated registry serves ([[fake.images]] per image):
 # ref, size (bytes), entrypoint, cmd, env, user, working_dir, stop_signal.

@@ -1,4 +1,5 @@
-"""Builds the object graph from config, serves the CRI socket, shuts down cleanly."""
+"""One CRI server: prepares the host, serves the CRI socket, shuts down cleanly (the
+objects it runs are built by ``compose``)."""
 
 from __future__ import annotations
 
@@ -9,138 +10,30 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from grpclib._typing import IServable
 from grpclib.server import Server as GRPCServer
 
 from cri_async import __version__, linux
-from cri_async.backends.base import OCIRuntime
-from cri_async.backends.fake.backend import FakeBackend
-from cri_async.backends.oci import OCIBackend
-from cri_async.backends.runsc import RunscBackend
-from cri_async.config import Config, ConfigError
+from cri_async.compose import BackendFactory, build_image_store
+from cri_async.config import Config
 from cri_async.core.context import Limits
 from cri_async.core.errors import Unavailable
-from cri_async.core.images import FilesystemUsage, ImageStore
+from cri_async.core.images import FilesystemUsage
+from cri_async.core.model import NodeNetwork
 from cri_async.core.runtime import Runtime
 from cri_async.monitor.hostprep import prepare_host
 from cri_async.monitor.reaper import Reaper, become_subreaper
 from cri_async.network.cni import CNI
 from cri_async.network.pins import NamespacePinner
-from cri_async.registry.auth import load_credentials_file
-from cri_async.registry.client import RegistryClient
-from cri_async.registry.fake_store import CatalogImage, FakeImageStore
-from cri_async.registry.hosts import HostResolver
-from cri_async.registry.manifest import Platform, host
-from cri_async.registry.store import OCIImageStore
 from cri_async.services.admin import AdminService
 from cri_async.services.image import ImageService
 from cri_async.services.runtime import RuntimeService
 from cri_async.stats.cache import StatsCache
-from cri_async.store.db import StateStore
+from cri_async.store.db import SQLiteStore
 
 log = logging.getLogger("cri_async.server")
-
-
-def build_backends(
-    config: Config, images: ImageStore, pinner: NamespacePinner, cni: CNI | None = None
-) -> dict[str, OCIRuntime]:
-    backends: dict[str, OCIRuntime] = {}
-    for name, h in config.runtimes.items():
-        if h.backend == "fake":
-            backends[name] = FakeBackend(name, config.handler_root(name))
-            continue
-        if not isinstance(images, OCIImageStore):
-            raise ConfigError(
-                f'runtimes."{name}": the {h.backend} backend needs images.backend = "registry"'
-            )
-        if h.backend == "runsc":
-            backends[name] = RunscBackend(
-                name,
-                binary=h.binary or "runsc",
-                run_root=config.handler_root(name),
-                state_root=Path(config.state.root) / "containers",
-                conmon_binary=config.runtime.conmon,
-                pinner=pinner,
-                lowers=_lowers(images),
-                socket_dir=Path(config.state.run_root) / "s",
-                cni=cni,
-                platform=h.platform,
-                network=h.network,
-                infra_binary=h.infra_binary,
-            )
-            continue
-        backends[name] = OCIBackend(
-            name,
-            kind=h.backend,
-            binary=h.binary or h.backend,
-            run_root=config.handler_root(name),
-            state_root=Path(config.state.root) / "containers",
-            conmon_binary=config.runtime.conmon,
-            pinner=pinner,
-            lowers=_lowers(images),
-            socket_dir=Path(config.state.run_root) / "s",
-            cni=cni,
-        )
-    return backends
-
-
-def _lowers(images: OCIImageStore) -> Callable[[str], list[str] | None]:
-    def lowers(image_id: str) -> list[str] | None:
-        rec = images.record(image_id)
-        if rec is None:
-            return None
-        return [str(images.snapshots.path(c)) for c in reversed(rec.chain_ids)]
-
-    return lowers
-
-
-def catalog(config: Config) -> list[CatalogImage]:
-    return [
-        CatalogImage(
-            ref=i.ref,
-            size=i.size,
-            entrypoint=tuple(i.entrypoint),
-            cmd=tuple(i.cmd),
-            env=tuple(i.env),
-            user=i.user,
-            working_dir=i.working_dir,
-            stop_signal=i.stop_signal,
-        )
-        for i in config.fake.images
-    ]
-
-
-def build_image_store(
-    config: Config, store: StateStore, in_use: Callable[[], set[str]]
-) -> ImageStore:
-    if config.images.backend == "fake":
-        return FakeImageStore(
-            store, catalog(config), config.images.pinned, mountpoint=config.state.root
-        )
-    reg = config.registry
-    client = RegistryClient(
-        HostResolver(
-            config_path=reg.config_path,
-            mirrors={h: tuple(u) for h, u in reg.mirrors.items()},
-            insecure=frozenset(reg.insecure),
-            ca={h: tuple(files) for h, files in reg.ca.items()},
-        ),
-        credentials=load_credentials_file(reg.credentials_file),
-        stall_timeout=config.images.stall_timeout,
-    )
-    return OCIImageStore(
-        store,
-        Path(config.state.root),
-        client,
-        platform=Platform.parse(config.images.platform) if config.images.platform else host(),
-        pinned=config.images.pinned,
-        handlers=config.runtimes.keys(),
-        max_downloads=config.images.max_concurrent_downloads,
-        in_use=in_use,
-    )
 
 
 def prepare_socket_path(path: Path) -> None:
@@ -173,9 +66,8 @@ class Server:
         self.config = config
         self.rpc_timeout = config.server.rpc_timeout
         self.socket_path = Path(config.server.socket)
-        self.store = StateStore(config.db_path, sync=config.state.sync)
+        self.store = SQLiteStore(config.db_path, sync=config.state.sync)
         self.images = build_image_store(config, self.store, self._images_in_use)
-        self.pinner = NamespacePinner(Path(config.state.run_root) / "ns")
         self.real = any(h.backend != "fake" for h in config.runtimes.values())
         self.cni = (
             CNI(
@@ -188,11 +80,17 @@ class Server:
             else None
         )
         self._cni_watch: asyncio.Task[None] | None = None
-        self.backends = build_backends(config, self.images, self.pinner, self.cni)
-        self.reaper: Reaper | None = None
-        for b in self.backends.values():
-            if isinstance(b, OCIBackend):
-                b.pod_cidr = lambda: self.runtime.pod_cidr
+        self.reaper = Reaper() if self.real else None
+        node = NodeNetwork()
+        self.pinner = NamespacePinner(Path(config.state.run_root) / "ns")
+        self.backends = BackendFactory(
+            config,
+            self.images,
+            pinner=self.pinner,
+            cni=self.cni,
+            node=node,
+            reaper=self.reaper,
+        ).build()
         self.runtime = Runtime(
             self.store,
             self.backends,
@@ -204,6 +102,7 @@ class Server:
             info={"version": __version__, "socket": str(self.socket_path)},
             stats=StatsCache() if self.real else None,
             network_status=self.cni.status if self.cni is not None else None,
+            node=node,
         )
         self._grpc: GRPCServer | None = None
         self._inflight = 0
@@ -251,13 +150,9 @@ class Server:
             linux.mount("none", "/", None, linux.MS_REC | linux.MS_SHARED)
 
     async def start(self) -> None:
-        if self.real:
+        if self.reaper is not None:
             await asyncio.to_thread(self._prepare_host)
-            self.reaper = Reaper()
             self.reaper.start()
-            for b in self.backends.values():
-                if isinstance(b, OCIBackend):
-                    b.conmon.reaper = self.reaper
         await self.store.open()
         try:
             if self.cni is not None:
@@ -279,9 +174,7 @@ class Server:
             os.chmod(self.socket_path, self.config.server.mode)
         except BaseException:
             await self.runtime.close()
-            close = getattr(self.images, "close", None)
-            if close is not None:
-                await close()
+            await self.images.close()
             await self.store.close()
             raise
         log.info("cri-async %s serving on unix://%s", __version__, self.socket_path)
@@ -307,9 +200,7 @@ class Server:
         await self.runtime.close(self.config.server.shutdown_timeout)
         if self._cni_watch is not None:
             self._cni_watch.cancel()
-        close = getattr(self.images, "close", None)
-        if close is not None:
-            await close()
+        await self.images.close()
         await self.store.close()
         if self.reaper is not None:
             self.reaper.close()

@@ -9,7 +9,6 @@ import secrets
 import signal as signals
 from collections.abc import Sequence
 
-from cri_async.backends.base import ExecResult, ExitStatus, StartError
 from cri_async.core import validate
 from cri_async.core.context import Context, now_ns
 from cri_async.core.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -20,10 +19,12 @@ from cri_async.core.model import (
     ContainerConfig,
     ContainerState,
     ContainerUser,
+    NamespaceMode,
     Phase,
     Resources,
     SandboxState,
 )
+from cri_async.core.ports import ExecResult, ExitStatus, StartError
 
 log = logging.getLogger("cri_async.core.containers")
 
@@ -73,6 +74,7 @@ class ContainerManager:
         image = ctx.images.get(config.image)
         if image is None:
             raise NotFound(f"image {config.image.image!r} not found; pull it first")
+        pid_target = self._pid_target(sandbox.id, config)
         key = (sandbox.id, config.metadata.name, config.metadata.attempt)
         display = f"{config.metadata.name}_{sandbox.metadata.name}_{config.metadata.attempt}"
         backend = ctx.backend_for(sandbox)
@@ -96,7 +98,7 @@ class ContainerManager:
             )
             await ctx.containers.put(rec)
             try:
-                rec = await backend.create_container(sandbox, rec, image)
+                rec = await backend.create_container(sandbox, rec, image, pid_target=pid_target)
                 rec = await ctx.containers.put(rec.evolve(phase=Phase.LIVE))
             except BaseException:
                 await ctx.cleanup(f"roll back container {cid}", lambda: self._discard(rec))
@@ -106,6 +108,20 @@ class ContainerManager:
             return cid
 
         return await ctx.container_names.create(key, display, make)
+
+    def _pid_target(self, sandbox_id: str, config: ContainerConfig) -> Container | None:
+        """The container whose PID namespace a container with PID mode TARGET joins: a
+        running container of the same pod."""
+        ns = config.security.namespaces
+        if ns.pid is not NamespaceMode.TARGET:
+            return None
+        target_id = validate.require(ns.target_id, "namespace_options.target_id")
+        target = self.ctx.containers.find(target_id)
+        if target is None or target.sandbox_id != sandbox_id:
+            raise NotFound(f"target container {target_id!r} not found in pod {sandbox_id}")
+        if target.state is not ContainerState.RUNNING:
+            raise FailedPrecondition(f"target container {target.id} is not running")
+        return target
 
     async def _discard(self, rec: Container) -> None:
         await self.ctx.backend_for(self.ctx.sandboxes.get(rec.sandbox_id)).delete_container(rec)

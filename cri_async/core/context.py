@@ -9,15 +9,13 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from cri_async.backends.base import OCIRuntime
 from cri_async.core.errors import FailedPrecondition, InvalidArgument
 from cri_async.core.events import ContainerEvent, EventBus, EventType
 from cri_async.core.images import ImageStore
 from cri_async.core.model import Container, Sandbox
 from cri_async.core.names import NameIndex
+from cri_async.core.ports import OCIRuntime, StateStore, StatsSource
 from cri_async.core.tables import Table
-from cri_async.stats.cache import StatsCache
-from cri_async.store.db import StateStore
 
 log = logging.getLogger("cri_async.core")
 T = TypeVar("T")
@@ -46,7 +44,7 @@ class Context:
     sandbox_names: NameIndex = field(default_factory=lambda: NameIndex("pod sandbox"))
     container_names: NameIndex = field(default_factory=lambda: NameIndex("container"))
     limits: Limits = field(default_factory=Limits)
-    stats: StatsCache | None = None
+    stats: StatsSource | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _single: dict[tuple[str, str], asyncio.Task[Any]] = field(default_factory=dict)
 

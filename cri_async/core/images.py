@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from cri_async.core.model import Image, ImageSpec
@@ -27,6 +28,14 @@ class FilesystemUsage:
     mountpoint: str
     used_bytes: int
     inodes_used: int
+
+
+class PullProgress(Protocol):
+    @property
+    def done(self) -> int: ...
+
+    @property
+    def total(self) -> int: ...
 
 
 class ImageStore(Protocol):
@@ -54,3 +63,13 @@ class ImageStore(Protocol):
     def verbose_info(self, image: Image) -> dict[str, str]:
         """ImageStatus(verbose) ``info``: ``{"info": <JSON with the image config>}``."""
         ...
+
+    def progress(self, spec: ImageSpec) -> PullProgress | None:
+        """Bytes done of a pull in progress (None: none running)."""
+        ...
+
+    async def import_path(self, path: Path, name: str = "") -> list[tuple[str, str]]:
+        """Import an OCI layout or ``docker save`` archive; (name, image id) per image."""
+        ...
+
+    async def close(self) -> None: ...

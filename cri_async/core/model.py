@@ -345,3 +345,11 @@ class Image:
     working_dir: str = ""
     stop_signal: str = ""
     user: str = ""
+
+
+@dataclass
+class NodeNetwork:
+    """What kubelet tells the runtime about the node's network (UpdateRuntimeConfig),
+    recorded by the core and read by the pods' CNI setup: one shared, mutable value."""
+
+    pod_cidr: str = ""

@@ -9,16 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cri_async import CRI_API_VERSION, RUNTIME_NAME, __version__
-from cri_async.backends.base import BackendStatus, OCIRuntime
 from cri_async.core.containers import ContainerManager
 from cri_async.core.context import Context, Limits
 from cri_async.core.events import EventBus
 from cri_async.core.images import ImageStore
-from cri_async.core.model import Container, ContainerState, Phase, Sandbox
+from cri_async.core.model import Container, ContainerState, NodeNetwork, Phase, Sandbox
+from cri_async.core.ports import BackendStatus, OCIRuntime, StateStore, StatsSource
 from cri_async.core.sandboxes import SandboxManager, sandbox_key
 from cri_async.core.tables import Table
-from cri_async.stats.cache import StatsCache
-from cri_async.store.db import StateStore
 
 log = logging.getLogger("cri_async.core.runtime")
 
@@ -58,8 +56,9 @@ class Runtime:
         limits: Limits | None = None,
         event_queue: int = 1024,
         info: dict[str, str] | None = None,
-        stats: StatsCache | None = None,
+        stats: StatsSource | None = None,
         network_status: Callable[[], tuple[bool, str, str]] | None = None,
+        node: NodeNetwork | None = None,
     ) -> None:
         if default_handler not in backends:
             raise ValueError(f"default runtime handler {default_handler!r} is not configured")
@@ -77,7 +76,7 @@ class Runtime:
         self.containers = ContainerManager(self.ctx)
         self.sandboxes = SandboxManager(self.ctx, self.containers)
         self.cgroup_driver = cgroup_driver
-        self.pod_cidr = ""
+        self.node = node or NodeNetwork()
         self._info = info or {}
         # None: no real pod networking configured (the fake backend simulates it).
         self._network_status = network_status
@@ -92,7 +91,7 @@ class Runtime:
         await ctx.images.load()
         sandboxes = await ctx.sandboxes.load()
         containers = await ctx.containers.load()
-        self.pod_cidr = await ctx.store.get_meta("pod_cidr") or ""
+        self.node.pod_cidr = await ctx.store.get_meta("pod_cidr") or ""
         for c in containers:
             if c.phase is Phase.CREATING:
                 log.warning("rolling back container %s left half-created by a crash", c.id)
@@ -115,9 +114,7 @@ class Runtime:
         sandbox_ids = {s.id for s in ctx.sandboxes.live()}
         container_ids = {c.id for c in ctx.containers.live()}
         for backend in ctx.backends.values():
-            reconcile = getattr(backend, "reconcile", None)
-            if reconcile is not None:
-                await reconcile(sandbox_ids, container_ids)
+            await backend.reconcile(sandbox_ids, container_ids)
         log.info(
             "state loaded: %d pod sandboxes, %d containers",
             len(ctx.sandboxes.live()),
@@ -159,9 +156,7 @@ class Runtime:
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
         for backend in self.ctx.backends.values():
-            close = getattr(backend, "close", None)
-            if close is not None:
-                await close()
+            await backend.close()
 
     # -- runtime-level RPCs --------------------------------------------------------------
     def version(self) -> VersionInfo:
@@ -187,10 +182,10 @@ class Runtime:
             info["handlers"] = json.dumps(
                 {n: {"ready": h.ready, **h.info} for n, h in handlers.items()}, sort_keys=True
             )
-            info["podCIDR"] = self.pod_cidr
+            info["podCIDR"] = self.node.pod_cidr
         return RuntimeStatus(conditions, handlers, info)
 
     async def update_runtime_config(self, pod_cidr: str) -> None:
-        if pod_cidr and pod_cidr != self.pod_cidr:
+        if pod_cidr and pod_cidr != self.node.pod_cidr:
             await self.ctx.store.set_meta("pod_cidr", pod_cidr)
-            self.pod_cidr = pod_cidr
+            self.node.pod_cidr = pod_cidr

@@ -10,7 +10,7 @@ from dataclasses import replace
 from cri_async.core import validate
 from cri_async.core.containers import ContainerManager
 from cri_async.core.context import Context, now_ns
-from cri_async.core.errors import FailedPrecondition, Unimplemented
+from cri_async.core.errors import FailedPrecondition
 from cri_async.core.events import EventType
 from cri_async.core.filters import Filter, matches_labels
 from cri_async.core.model import Phase, Resources, Sandbox, SandboxConfig, SandboxState
@@ -123,12 +123,9 @@ class SandboxManager:
         if sb.state is not SandboxState.READY:
             raise FailedPrecondition(f"pod sandbox {sb.id} is not ready")
         backend = self.ctx.backend_for(sb)
-        update = getattr(backend, "update_sandbox_resources", None)
-        if update is None:
-            raise Unimplemented(
-                f"runtime handler {sb.runtime_handler!r} has no pod-level resources to update"
-            )
-        await update(sb, _with_overhead(resources or Resources(), overhead))
+        await backend.update_sandbox_resources(
+            sb, _with_overhead(resources or Resources(), overhead)
+        )
         await self.ctx.sandboxes.update(
             sb.id,
             lambda r: r.evolve(config=replace(r.config, resources=resources, overhead=overhead)),

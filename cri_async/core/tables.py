@@ -11,11 +11,11 @@ import asyncio
 from collections.abc import Callable, Iterator
 from typing import Generic, Protocol, TypeVar
 
+from cri_async.core import serde
 from cri_async.core.errors import InvalidArgument, NotFound
 from cri_async.core.filters import resolve_id
 from cri_async.core.model import Container, Phase, Sandbox
-from cri_async.store import serde
-from cri_async.store.db import Delete, Op, Put, StateStore
+from cri_async.core.ports import Delete, Op, Put, StateStore
 
 
 class _Record(Protocol):

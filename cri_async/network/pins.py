@@ -2,10 +2,13 @@
 
 A dedicated short-lived thread unshares the namespaces, sets the hostname, brings up
 loopback and bind-mounts them onto files under ``<run_root>/ns``, with no program to exec;
-containers join them by path (platform.md row 5: an ``unshare`` exec costs 2.4 ms, a runc
-pause container ~29 ms + ~107 ms). The
-pin directory is a private bind mount of itself, so pins never propagate to other mount
-namespaces even when / is made rshared.
+containers join them by path (an ``unshare`` exec costs ~2.4 ms, a runc pause container
+~29 ms to start and ~107 ms to delete). The pin directory is a private bind mount of
+itself, so pins never propagate to other mount namespaces even when / is made rshared.
+
+A PID namespace cannot outlive its init process, so a pod whose containers share one
+(``pid: POD``) gets the one process such pods need: a pause program (``catatonit -P``)
+spawned by the same thread as the new namespace's init, in the pod's other namespaces.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 
 from cri_async import linux
 
-KINDS = ("net", "ipc", "uts")
+KINDS = ("net", "ipc", "uts", "pid")
 
 
 class PinError(Exception):
@@ -36,25 +39,25 @@ class Pins:
     net: str | None
     ipc: str | None
     uts: str | None
+    pid: str | None = None
+    pause_pid: int = 0
+    """The host pid of the pod's PID namespace init (0: no shared PID namespace)."""
 
-    def paths(self) -> list[str]:
-        return [p for p in (self.net, self.ipc, self.uts) if p]
 
-
-_CLONE = {"net": 0x40000000, "ipc": 0x08000000, "uts": 0x04000000}
+_CLONE = {"net": 0x40000000, "ipc": 0x08000000, "uts": 0x04000000, "pid": 0x20000000}
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 
 
-def _settle(fut: asyncio.Future[None], err: BaseException | None) -> None:
+def _settle(fut: asyncio.Future[int], outcome: int | BaseException) -> None:
     if fut.done():
         return
-    if err is None:
-        fut.set_result(None)
+    if isinstance(outcome, BaseException):
+        fut.set_exception(outcome)
     else:
-        fut.set_exception(err)
+        fut.set_result(outcome)
 
 
 def _loopback_up() -> None:
@@ -64,13 +67,25 @@ def _loopback_up() -> None:
         fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sh14x", b"lo", flags | IFF_UP))
 
 
-def _unshare_and_pin(files: dict[str, Path], hostname: str) -> None:
+def _spawn_init(argv: list[str]) -> int:
+    """Spawn ``argv`` as the init of this thread's new PID namespace, in its own session
+    with no stdio."""
+    devnull = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
+    return os.posix_spawn(
+        argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, file_actions=devnull, setsid=True
+    )
+
+
+def _unshare_and_pin(files: dict[str, Path], hostname: str, pause: list[str] | None) -> int:
     """In the calling (dedicated) thread: new namespaces, hostname, loopback up, bind them
-    onto ``files``; then back to the original namespaces. Namespaces are per thread, so the
-    rest of the process never sees this."""
+    onto ``files``, with ``pause`` spawned as the init of a new PID namespace; then back to
+    the original namespaces. Namespaces are per thread, so the rest of the process never
+    sees this. Returns the pause process's pid (0: none)."""
     if not files:
-        return
-    originals = {k: os.open(f"/proc/thread-self/ns/{k}", os.O_RDONLY) for k in files}
+        return 0
+    # The thread's PID namespace itself never changes (only its children's).
+    originals = {k: os.open(f"/proc/thread-self/ns/{k}", os.O_RDONLY) for k in files if k != "pid"}
+    pause_pid = 0
     try:
         flags = 0
         for k in files:
@@ -82,12 +97,21 @@ def _unshare_and_pin(files: dict[str, Path], hostname: str) -> None:
             socket.sethostname(hostname)
         if "net" in files:
             _loopback_up()
+        if "pid" in files:
+            assert pause is not None
+            pause_pid = _spawn_init(pause)
         for k, f in files.items():
-            linux.mount(f"/proc/thread-self/ns/{k}", str(f), None, linux.MS_BIND)
+            src = f"/proc/{pause_pid}/ns/pid" if k == "pid" else f"/proc/thread-self/ns/{k}"
+            linux.mount(src, str(f), None, linux.MS_BIND)
+    except BaseException:
+        if pause_pid:
+            os.kill(pause_pid, 9)
+        raise
     finally:
         for k, fd in originals.items():
             _libc.setns(fd, _CLONE[k])
             os.close(fd)
+    return pause_pid
 
 
 def _private_root(root: Path) -> None:
@@ -112,32 +136,46 @@ class NamespacePinner:
     def path(self, kind: str, sandbox_id: str) -> Path:
         return self.root / kind / sandbox_id
 
-    async def pin(self, sandbox_id: str, hostname: str, *, net: bool, ipc: bool, uts: bool) -> Pins:
+    async def pin(
+        self,
+        sandbox_id: str,
+        hostname: str,
+        *,
+        net: bool,
+        ipc: bool,
+        uts: bool,
+        pause: list[str] | None = None,
+    ) -> Pins:
+        """Pin new namespaces for a pod; ``pause`` (an absolute argv) also gives it a shared
+        PID namespace with that program as its init, which the caller must reap."""
         await self._prepare()
-        want = {"net": net, "ipc": ipc, "uts": uts}
+        want = {"net": net, "ipc": ipc, "uts": uts, "pid": pause is not None}
         files = {k: self.path(k, sandbox_id) for k, on in want.items() if on}
         for f in files.values():
             f.touch()
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
+        done: asyncio.Future[int] = loop.create_future()
 
         def run() -> None:
             try:
-                _unshare_and_pin(files, hostname or "pod")
+                pause_pid = _unshare_and_pin(files, hostname or "pod", pause)
             except BaseException as e:
                 loop.call_soon_threadsafe(_settle, done, e)
             else:
-                loop.call_soon_threadsafe(_settle, done, None)
+                loop.call_soon_threadsafe(_settle, done, pause_pid)
 
         # A fresh thread, never a pooled one: it leaves its namespaces and then ends, so no
         # other work can ever run inside a pod's namespaces.
         threading.Thread(target=run, name=f"pin-{sandbox_id[:12]}", daemon=True).start()
         try:
-            await asyncio.shield(done)
+            pause_pid = await asyncio.shield(done)
         except OSError as e:
             await self.unpin(sandbox_id)
             raise PinError(f"cannot create pod namespaces: {e}") from None
-        return Pins(*(str(files[k]) if k in files else None for k in KINDS))
+        paths = {k: str(f) for k, f in files.items()}
+        return Pins(
+            paths.get("net"), paths.get("ipc"), paths.get("uts"), paths.get("pid"), pause_pid
+        )
 
     async def unpin(self, sandbox_id: str) -> None:
         """Idempotent: unmount and remove whatever pins exist for the sandbox."""

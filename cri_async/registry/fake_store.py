@@ -12,14 +12,15 @@ import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
-from cri_async.core.errors import InvalidArgument, NotFound
-from cri_async.core.images import AuthConfig, FilesystemUsage
+from cri_async.core import serde
+from cri_async.core.errors import InvalidArgument, NotFound, Unimplemented
+from cri_async.core.images import AuthConfig, FilesystemUsage, PullProgress
 from cri_async.core.model import Image, ImageSpec
+from cri_async.core.ports import StateStore
 from cri_async.registry.manifest import user_fields
 from cri_async.registry.reference import Reference, ReferenceError, normalize, parse_image_id
-from cri_async.store import serde
-from cri_async.store.db import StateStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +173,15 @@ class FakeImageStore:
             "StopSignal": image.stop_signal,
         }
         return {"info": json.dumps({"imageSpec": {"config": config}}, sort_keys=True)}
+
+    def progress(self, spec: ImageSpec) -> PullProgress | None:
+        return None  # fake pulls complete at once
+
+    async def import_path(self, path: Path, name: str = "") -> list[tuple[str, str]]:
+        raise Unimplemented("images.backend = 'fake' serves its catalog only; nothing to import")
+
+    async def close(self) -> None:
+        return None
 
     def fs_usage(self) -> list[FilesystemUsage]:
         return [

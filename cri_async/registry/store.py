@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from cri_async.core import serde
 from cri_async.core.errors import (
     CRIError,
     DeadlineExceeded,
@@ -27,6 +28,7 @@ from cri_async.core.errors import (
 )
 from cri_async.core.images import AuthConfig, FilesystemUsage
 from cri_async.core.model import Image, ImageSpec
+from cri_async.core.ports import Delete, Op, Put, StateStore
 from cri_async.registry import layout
 from cri_async.registry import manifest as mf
 from cri_async.registry.auth import AuthError, Credentials, from_auth_config
@@ -35,8 +37,6 @@ from cri_async.registry.content import ContentStore, DigestMismatch
 from cri_async.registry.pull import Progress, Pulled, Puller
 from cri_async.registry.reference import Reference, ReferenceError, normalize, parse_image_id
 from cri_async.registry.snapshots import LayerError, SnapshotInfo, SnapshotStore
-from cri_async.store import serde
-from cri_async.store.db import Delete, Op, Put, StateStore
 
 log = logging.getLogger("cri_async.registry.store")
 

@@ -8,10 +8,8 @@ from pathlib import Path
 
 from cri_async.api.admin.v1 import admin_grpc
 from cri_async.api.admin.v1 import admin_pb2 as pb
-from cri_async.core.errors import Unimplemented
 from cri_async.core.images import AuthConfig, ImageStore
 from cri_async.core.model import ImageSpec
-from cri_async.registry.store import OCIImageStore
 from cri_async.services.errors import Service, Tracker, server_stream, unary
 
 PROGRESS_EVERY = 0.25  # seconds between progress messages
@@ -22,14 +20,9 @@ class AdminService(Service, admin_grpc.AdminBase):
         super().__init__(tracker)
         self.images = images
 
-    def _store(self) -> OCIImageStore:
-        if not isinstance(self.images, OCIImageStore):
-            raise Unimplemented("this server's images.backend is not 'registry'")
-        return self.images
-
     @server_stream
     async def PullImage(self, req: pb.PullImageRequest) -> AsyncIterator[pb.PullProgress]:
-        store = self._store()
+        store = self.images
         spec = ImageSpec(image=req.image)
         auth = AuthConfig(username=req.username, password=req.password) if req.username else None
         task = asyncio.ensure_future(store.pull(spec, auth))
@@ -47,5 +40,5 @@ class AdminService(Service, admin_grpc.AdminBase):
 
     @unary
     async def ImportImages(self, req: pb.ImportImagesRequest) -> pb.ImportImagesResponse:
-        done = await self._store().import_path(Path(req.path), req.name)
+        done = await self.images.import_path(Path(req.path), req.name)
         return pb.ImportImagesResponse(images=[pb.ImportedImage(name=n, id=i) for n, i in done])

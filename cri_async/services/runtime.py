@@ -9,6 +9,7 @@ from typing import TypeVar
 from cri_async import criu
 from cri_async.api.runtime.v1 import api_grpc
 from cri_async.api.runtime.v1 import api_pb2 as pb
+from cri_async.core import metrics, serde
 from cri_async.core.errors import Unimplemented
 from cri_async.core.filters import Filter
 from cri_async.core.model import Container, ContainerState, Sandbox, SandboxState
@@ -22,8 +23,6 @@ from cri_async.services.errors import (
     unary,
     unbounded_stream,
 )
-from cri_async.stats import metrics
-from cri_async.store import serde
 
 STREAM_CHUNK = 256  # items per message on the Stream* list RPCs
 T = TypeVar("T")

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from cri_async.api.runtime.v1 import api_pb2 as pb
+from cri_async.core import metrics as mt
 from cri_async.core.model import Container, Sandbox
-from cri_async.services import convert
-from cri_async.stats import metrics as mt
-from cri_async.stats.model import (
+from cri_async.core.stats import (
     ContainerSample,
     CpuStats,
     InterfaceStats,
@@ -16,6 +15,7 @@ from cri_async.stats.model import (
     Psi,
     PsiData,
 )
+from cri_async.services import convert
 
 
 def _u64(v: int | None) -> pb.UInt64Value | None:

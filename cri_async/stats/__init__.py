@@ -4,8 +4,9 @@ counters read inside the pod's netns, and cAdvisor-compatible CRI metrics.
 Domain code only: frozen dataclasses (``model``), no protobuf; the gRPC edge converts.
 """
 
+from cri_async.core.stats import ContainerSample, PodSample
+
 from .cache import StatsCache
 from .cgroups import CgroupReader, CgroupStats
-from .model import ContainerSample, PodSample
 
 __all__ = ["CgroupReader", "CgroupStats", "ContainerSample", "PodSample", "StatsCache"]

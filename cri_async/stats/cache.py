@@ -25,9 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
 
-from .cgroups import CgroupReader, CgroupStats
-from .fsusage import dir_usage, mountpoint_of
-from .model import (
+from cri_async.core.stats import (
     ContainerSample,
     CpuStats,
     FilesystemStats,
@@ -38,6 +36,9 @@ from .model import (
     ProcessStats,
     SwapStats,
 )
+
+from .cgroups import CgroupReader, CgroupStats
+from .fsusage import dir_usage, mountpoint_of
 from .network import parse_netdev, read_netdev_in_netns
 
 log = logging.getLogger("cri_async.stats")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from .model import IoDeviceStats, Psi, PsiData
+from cri_async.core.stats import IoDeviceStats, Psi, PsiData
 
 NS_PER_US = 1_000
 NS_PER_S = 1_000_000_000

@@ -15,7 +15,7 @@ import os
 import threading
 from functools import cache
 
-from .model import InterfaceStats
+from cri_async.core.stats import InterfaceStats
 
 CLONE_NEWNET = 0x40000000
 OWN_NETNS = "/proc/thread-self/ns/net"

@@ -12,12 +12,12 @@ import concurrent.futures
 import fcntl
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
 from cri_async.core.errors import Unavailable
+from cri_async.core.ports import Delete, Op, Put
 
 T = TypeVar("T")
 
@@ -33,23 +33,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Put:
-    kind: str
-    id: str
-    data: str
-
-
-@dataclass(frozen=True, slots=True)
-class Delete:
-    kind: str
-    id: str
-
-
-Op = Put | Delete
-
-
-class StateStore:
+class SQLiteStore:
     """One state database per server; an exclusive lock file keeps a second server out."""
 
     def __init__(self, path: Path, *, sync: str = "full") -> None:
@@ -116,7 +100,7 @@ class StateStore:
 
         return await self._run(_load)
 
-    async def apply(self, ops: Sequence[Op]) -> None:
+    async def apply(self, ops: Iterable[Op]) -> None:
         """Apply the operations atomically (one transaction, one fsync)."""
 
         def _apply() -> None:

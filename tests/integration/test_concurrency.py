@@ -70,8 +70,8 @@ async def test_failed_create_rolls_back_and_frees_the_name(srv: CRIServer) -> No
     deleted: list[str] = []
     real_delete = backend.delete_container
 
-    async def broken(sb: Sandbox, c: Container, image: Any) -> Container:
-        await real(sb, c, image)
+    async def broken(sb: Sandbox, c: Container, image: Any, **kw: Any) -> Container:
+        await real(sb, c, image, **kw)
         raise OSError("disk on fire")
 
     async def spy_delete(c: Container) -> None:

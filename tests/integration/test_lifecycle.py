@@ -190,7 +190,7 @@ async def test_image_defaults_and_exec_sync(cli: CRIClient, srv: CRIServer) -> N
     assert loop.time() - t0 < 5
 
     async def probe(container: object, cmd: object) -> object:
-        from cri_async.backends.base import ExecResult
+        from cri_async.core.ports import ExecResult
 
         return ExecResult(0, b"healthy", b"")
 

@@ -12,6 +12,7 @@ from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.client import CRIClient, container_config, pod_config
 from cri_async.testing import CRIServer
 
+from .conftest import processes_mentioning
 from .test_real_pods import wait_exit
 
 pytestmark = [pytest.mark.root, pytest.mark.registry]
@@ -86,6 +87,47 @@ async def test_pod_without_hostname_gets_the_nodes(rsrv: CRIServer, busybox_ref:
     r = await sh(cli, cid, "hostname; cat /etc/hostname")
     node = os.uname().nodename.encode()
     assert r.stdout.split() == [node, node]
+
+
+async def test_pod_and_target_pid_namespaces(rsrv: CRIServer, busybox_ref: str) -> None:
+    """pid POD: the pod's containers share one PID namespace whose init is a pause process
+    (as with containerd's sandbox container); TARGET joins another container's."""
+    cli = rsrv.client
+    await cli.pull(busybox_ref)
+    pcfg = pod_config("pidns")
+    pcfg.linux.security_context.namespace_options.pid = pb.POD
+    pod = await cli.run_pod(pcfg)
+
+    def ctr(name: str, mode: int, *, target: str = "") -> pb.ContainerConfig:
+        cfg = container_config(name, busybox_ref, command=["sleep", f"{1000 + len(name)}"])
+        ns = cfg.linux.security_context.namespace_options
+        ns.pid, ns.target_id = mode, target  # type: ignore[assignment]
+        return cfg
+
+    a = await run(cli, pod, pcfg, ctr("a", pb.POD))
+    b = await run(cli, pod, pcfg, ctr("bb", pb.POD))
+    own = await run(cli, pod, pcfg, ctr("ccc", pb.CONTAINER))
+    r = await sh(cli, b, "cat /proc/1/cmdline | tr '\\0' ' '; echo; ps -o args")
+    init, *procs = r.stdout.decode().splitlines()
+    assert "catatonit" in init
+    assert "sleep 1001" in procs and "sleep 1002" in procs
+    ns = {c: (await sh(cli, c, "readlink /proc/self/ns/pid")).stdout for c in (a, b, own)}
+    assert ns[a] == ns[b] != ns[own]
+    t = await run(cli, pod, pcfg, ctr("t", pb.TARGET, target=own))
+    assert (await sh(cli, t, "readlink /proc/self/ns/pid")).stdout == ns[own]
+    with pytest.raises(GRPCError) as err:
+        await cli.create_container(pod, ctr("u", pb.TARGET, target="0" * 64), pcfg)
+    assert err.value.status is Status.NOT_FOUND
+
+    await cli.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod))
+    assert not [p for p in processes_mentioning("catatonit") if _in_pod_cgroup(p, pod)]
+
+
+def _in_pod_cgroup(pid: int, pod: str) -> bool:
+    try:
+        return f"pod-{pod[:16]}" in Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return False
 
 
 async def test_host_network_and_ipc(rsrv: CRIServer, busybox_ref: str) -> None:

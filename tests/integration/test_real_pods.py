@@ -15,7 +15,7 @@ from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.client import CRIClient, container_config, pod_config
 from cri_async.config import Config, HandlerConfig, ImagesConfig, StateConfig
 from cri_async.logs.crilog import Stream, join_records, parse_lines
-from cri_async.store.db import StateStore
+from cri_async.store.db import SQLiteStore
 from cri_async.testing import CRIServer
 
 from .conftest import processes_mentioning, require
@@ -177,7 +177,7 @@ async def test_startup_reconciles_orphans(
             pod, container_config("c", busybox_ref, command=["sleep", "1000"]), pcfg
         )
         await cli.start_container(cid)
-    db = StateStore(Path(cfg.state.root) / "state.db")
+    db = SQLiteStore(Path(cfg.state.root) / "state.db")
     await db.open()
     await db.delete("container", [cid])
     await db.delete("pod sandbox", [pod])

@@ -14,8 +14,8 @@ import pytest_asyncio
 from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.client import CRIClient, container_config, pod_config
 from cri_async.core import model as m
-from cri_async.store import serde
-from cri_async.store.db import StateStore
+from cri_async.core import serde
+from cri_async.store.db import SQLiteStore
 from cri_async.testing import CRIServer
 
 pytestmark = [pytest.mark.socket, pytest.mark.subprocess]
@@ -198,7 +198,7 @@ async def test_half_created_objects_are_rolled_back_at_startup(tmp_path: Path) -
     )
     ghost_ctr = backend_root / ("f" * 64)
     ghost_ctr.mkdir(parents=True)
-    db = StateStore(store_path)
+    db = SQLiteStore(store_path)
     await db.open()
     await db.put("pod sandbox", ghost.id, serde.dumps(ghost))
     sb_id = next(i for i, _ in await db.load("pod sandbox") if i != ghost.id)
@@ -220,7 +220,7 @@ async def test_half_created_objects_are_rolled_back_at_startup(tmp_path: Path) -
         assert not (await srv.client.runtime.ListContainers(pb.ListContainersRequest())).containers
         assert not ghost_ctr.exists()
         await srv.client.run_pod(pod_config("ghost", uid="g"))
-    db = StateStore(store_path)
+    db = SQLiteStore(store_path)
     await db.open()
     assert {i for i, _ in await db.load("pod sandbox")} >= {sb_id}
     assert ghost.id not in {i for i, _ in await db.load("pod sandbox")}

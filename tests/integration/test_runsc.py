@@ -24,20 +24,14 @@ import pytest
 import pytest_asyncio
 from grpclib import GRPCError, Status
 
-from cri_async import config as config_module
 from cri_async import linux
-from cri_async import server as server_module
 from cri_async.api.runtime.v1 import api_pb2 as pb
-from cri_async.backends.oci import DEFAULT_CGROUP_PARENT
-from cri_async.backends.runsc import (
-    RunscBackend,
-    adjust_container_spec,
-    find_infra_binary,
-    wrapper_script,
-)
+from cri_async.backends.runsc import RunscBackend
+from cri_async.backends.runscspec import adjust_container_spec, find_infra_binary, wrapper_script
 from cri_async.client import CRIClient, container_config, pod_config
 from cri_async.config import Config, HandlerConfig, ImagesConfig, StateConfig
 from cri_async.logs.crilog import Stream, join_records, parse_lines
+from cri_async.pods.host import DEFAULT_CGROUP_PARENT
 from cri_async.testing import CRIServer
 
 from .conftest import processes_mentioning, require
@@ -54,16 +48,6 @@ def require_runsc() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(why)
         pytest.skip(why)
-
-
-def _backend_class(network: str, infra: str) -> type[RunscBackend]:
-    class AsRunsc(RunscBackend):
-        """What server.build_backends builds for a handler, as a runsc backend."""
-
-        def __init__(self, handler: str, *, kind: str, binary: str, **kw: Any) -> None:
-            super().__init__(handler, network=network, infra_binary=infra, **kw)
-
-    return AsRunsc
 
 
 class Timings:
@@ -96,13 +80,9 @@ async def runsc_server(
     """A CRI server whose default handler is runsc; on the way out every pod is removed and
     the host must be clean (no runsc state, mounts or processes of this run root)."""
     require_runsc()
-    wired = "runsc" in config_module.BACKENDS and network == "host" and not infra
-    if not wired:
-        # server.py builds OCIBackend for every real handler; build a runsc one instead.
-        monkeypatch.setattr(server_module, "OCIBackend", _backend_class(network, infra))
     cfg = dataclasses.replace(
         Config(),
-        runtimes={"": HandlerConfig(backend="runsc" if wired else "runc")},
+        runtimes={"": HandlerConfig(backend="runsc", network=network, infra_binary=infra)},
         images=ImagesConfig(backend="registry"),
     )
     srv = CRIServer(tmp_path, config=cfg)

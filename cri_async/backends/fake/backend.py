@@ -17,7 +17,11 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from cri_async.backends.base import (
+from cri_async.backends.fake.process import FakeProcess, LogFile
+from cri_async.backends.fake.script import NotFound, Timeline, simulate
+from cri_async.core.errors import DeadlineExceeded, Internal, Unimplemented
+from cri_async.core.model import Container, Image, NamespaceMode, NetworkStatus, Resources, Sandbox
+from cri_async.core.ports import (
     BackendStatus,
     ExecResult,
     ExitStatus,
@@ -25,10 +29,6 @@ from cri_async.backends.base import (
     ProcessStatus,
     StartError,
 )
-from cri_async.backends.fake.process import FakeProcess, LogFile
-from cri_async.backends.fake.script import NotFound, Timeline, simulate
-from cri_async.core.errors import DeadlineExceeded, Internal
-from cri_async.core.model import Container, Image, NamespaceMode, NetworkStatus, Resources, Sandbox
 from cri_async.core.sandboxes import pod_hostname
 from cri_async.logs.crilog import OutputCapture, Stream
 
@@ -73,12 +73,30 @@ class FakeBackend:
     async def remove_sandbox(self, sandbox: Sandbox) -> None:
         return None
 
+    async def update_sandbox_resources(self, sandbox: Sandbox, resources: Resources) -> None:
+        raise Unimplemented(f"the fake handler {self.handler!r} has no pod-level resources")
+
+    async def reconcile(self, sandboxes: set[str], containers: set[str]) -> list[str]:
+        """Remove the state directories of containers no record knows."""
+        done: list[str] = []
+        entries = os.listdir(self.root) if self.root.is_dir() else []
+        for name in sorted(set(entries) - containers):
+            if (self.root / name).is_dir():
+                shutil.rmtree(self.root / name, ignore_errors=True)
+                done.append(f"removed the state of orphan container {name}")
+        return done
+
     # -- containers ------------------------------------------------------------------
     def _dir(self, container: Container) -> Path:
         return self.root / container.id
 
     async def create_container(
-        self, sandbox: Sandbox, container: Container, image: Image
+        self,
+        sandbox: Sandbox,
+        container: Container,
+        image: Image,
+        *,
+        pid_target: Container | None = None,
     ) -> Container:
         d = self._dir(container)
         d.mkdir(parents=True, exist_ok=True)

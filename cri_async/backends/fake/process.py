@@ -9,8 +9,8 @@ import signal as signals
 import time
 from collections.abc import Callable
 
-from cri_async.backends.base import ExitStatus
 from cri_async.backends.fake.script import Timeline, exit_code_for_signal
+from cri_async.core.ports import ExitStatus
 from cri_async.logs.crilog import LineSplitter, Stream, encode_record
 
 # Signals whose default action is not to terminate the process.

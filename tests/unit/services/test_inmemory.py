@@ -16,7 +16,7 @@ from cri_async.core.runtime import Runtime
 from cri_async.registry.fake_store import CatalogImage, FakeImageStore
 from cri_async.services.image import ImageService
 from cri_async.services.runtime import RuntimeService
-from cri_async.store.db import StateStore
+from cri_async.store.db import SQLiteStore
 
 
 class Tracker:
@@ -42,7 +42,7 @@ class Stubs:
 
 @pytest_asyncio.fixture
 async def stubs(tmp_path: Path) -> AsyncIterator[Stubs]:
-    store = StateStore(tmp_path / "state.db", sync="normal")
+    store = SQLiteStore(tmp_path / "state.db", sync="normal")
     await store.open()
     images = FakeImageStore(store, [CatalogImage("busybox")])
     runtime = Runtime(store, {"": FakeBackend("", tmp_path / "fake")}, images)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from cri_async.core.stats import MemoryStats, SwapStats
 from cri_async.stats.cache import CpuMark, StatsCache, nano_cores
 from cri_async.stats.cgroups import CgroupStats, stats_from_v2
-from cri_async.stats.model import MemoryStats, SwapStats
 
 from .support import FIXTURES, fixture_files
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cri_async.core.stats import IoDeviceStats, Psi, PsiData
 from cri_async.stats.cgroups import (
     V1_FILES,
     CgroupLayout,
@@ -27,7 +28,6 @@ from cri_async.stats.cgroups import (
     stats_from_v2,
     working_set,
 )
-from cri_async.stats.model import IoDeviceStats, Psi, PsiData
 
 from .support import FIXTURES, fixture_files
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from cri_async.stats.cache import cpu_stats, io_stats, memory_stats, process_stats, swap_stats
-from cri_async.stats.cgroups import stats_from_v2
-from cri_async.stats.metrics import (
+from cri_async.core.metrics import (
     BASE_LABEL_KEYS,
     ContainerInfo,
     Metric,
@@ -14,7 +12,7 @@ from cri_async.stats.metrics import (
     metric_descriptors,
     pod_sandbox_metrics,
 )
-from cri_async.stats.model import (
+from cri_async.core.stats import (
     ContainerSample,
     FilesystemStats,
     IoDeviceStats,
@@ -22,6 +20,8 @@ from cri_async.stats.model import (
     PodSample,
     ProcessStats,
 )
+from cri_async.stats.cache import cpu_stats, io_stats, memory_stats, process_stats, swap_stats
+from cri_async.stats.cgroups import stats_from_v2
 from cri_async.stats.network import parse_netdev
 
 from .support import FIXTURES, fixture_files

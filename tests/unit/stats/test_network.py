@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cri_async.stats.model import InterfaceStats
+from cri_async.core.stats import InterfaceStats
 from cri_async.stats.network import parse_netdev, read_in_netns, read_netdev_in_netns
 
 from .support import FIXTURES, need_root, unavailable

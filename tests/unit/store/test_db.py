@@ -3,11 +3,12 @@ from pathlib import Path
 import pytest
 
 from cri_async.core.errors import Unavailable
-from cri_async.store.db import Delete, Put, StateStore
+from cri_async.core.ports import Delete, Put
+from cri_async.store.db import SQLiteStore
 
 
 async def test_apply_is_atomic_and_durable(tmp_path: Path) -> None:
-    db = StateStore(tmp_path / "state.db")
+    db = SQLiteStore(tmp_path / "state.db")
     await db.open()
     await db.apply([Put("k", "a", "1"), Put("k", "b", "2")])
     with pytest.raises(Exception):  # noqa: B017, PT011 - any failure mid-transaction
@@ -16,7 +17,7 @@ async def test_apply_is_atomic_and_durable(tmp_path: Path) -> None:
     await db.set_meta("pod_cidr", "10.0.0.0/16")
     await db.close()
 
-    again = StateStore(tmp_path / "state.db")
+    again = SQLiteStore(tmp_path / "state.db")
     await again.open()
     assert sorted(await again.load("k")) == [("b", "2")]  # "c" rolled back with the bad row
     assert await again.get_meta("pod_cidr") == "10.0.0.0/16"
@@ -24,21 +25,21 @@ async def test_apply_is_atomic_and_durable(tmp_path: Path) -> None:
 
 
 async def test_second_store_on_same_db_is_refused(tmp_path: Path) -> None:
-    first = StateStore(tmp_path / "state.db")
+    first = SQLiteStore(tmp_path / "state.db")
     await first.open()
-    second = StateStore(tmp_path / "state.db")
+    second = SQLiteStore(tmp_path / "state.db")
     with pytest.raises(Unavailable, match="in use by another cri-async"):
         await second.open()
     await second.close()
     await first.close()
     # The lock goes with its holder: no stale lock after close (or a crash).
-    third = StateStore(tmp_path / "state.db")
+    third = SQLiteStore(tmp_path / "state.db")
     await third.open()
     await third.close()
 
 
 async def test_closed_store_refuses_work(tmp_path: Path) -> None:
-    db = StateStore(tmp_path / "state.db")
+    db = SQLiteStore(tmp_path / "state.db")
     await db.open()
     await db.close()
     with pytest.raises(Unavailable):

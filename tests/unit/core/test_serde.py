@@ -1,5 +1,5 @@
 from cri_async.core import model as m
-from cri_async.store import serde
+from cri_async.core import serde
 
 
 def _container() -> m.Container:

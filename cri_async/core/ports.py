@@ -1,4 +1,6 @@
-"""The shape every OCI runtime backend implements.
+"""The ports of the runtime core: what it needs from OCI runtime backends, from the stats
+source and from durable state. Adapters implement them (``backends/``, ``stats/``,
+``store/``); the composition root (``server.py``) builds them complete and hands them over.
 
 The core calls these with domain records only. Every method must be idempotent where it
 says so, because kubelet retries and startup recovery call them again after a crash.
@@ -6,11 +8,12 @@ says so, because kubelet retries and startup recovery call them again after a cr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from cri_async.core.model import Container, Image, Resources, Sandbox
+from cri_async.core.stats import ContainerSample, PodSample
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +81,15 @@ class OCIRuntime(Protocol):
         ...
 
     async def create_container(
-        self, sandbox: Sandbox, container: Container, image: Image
+        self,
+        sandbox: Sandbox,
+        container: Container,
+        image: Image,
+        *,
+        pid_target: Container | None = None,
     ) -> Container:
-        """Prepare the container (rootfs, spec, supervisor) without starting it."""
+        """Prepare the container (rootfs, spec, supervisor) without starting it.
+        ``pid_target``: the running container whose PID namespace it joins (mode TARGET)."""
         ...
 
     async def start_container(self, container: Container) -> int:
@@ -113,3 +122,82 @@ class OCIRuntime(Protocol):
     async def update_resources(self, container: Container, resources: Resources) -> None: ...
 
     async def reopen_log(self, container: Container) -> None: ...
+
+    async def update_sandbox_resources(self, sandbox: Sandbox, resources: Resources) -> None:
+        """Apply pod-level limits (the pod total plus overhead); Unimplemented where the
+        handler has no pod-level resources."""
+        ...
+
+    async def reconcile(self, sandboxes: set[str], containers: set[str]) -> list[str]:
+        """At startup: remove host objects (bundles, mounts, runtime state, pins...) that no
+        known pod or container owns; one line per orphan removed."""
+        ...
+
+    async def close(self) -> None:
+        """Stop background work at shutdown; containers keep running."""
+        ...
+
+
+class StatsSource(Protocol):
+    """Container and pod resource usage, sampled from the host (cgroups, pod netns)."""
+
+    def track(
+        self,
+        container_id: str,
+        cgroups_path: str,
+        sandbox_id: str,
+        *,
+        writable_layer: str | None = None,
+    ) -> None: ...
+
+    def track_pod(self, sandbox_id: str, cgroup_parent: str, netns_path: str | None) -> None: ...
+
+    def untrack(self, id: str) -> None:
+        """Forget a container, or a pod with its containers."""
+        ...
+
+    def get(self, container_id: str) -> ContainerSample | None: ...
+
+    def get_pod(self, sandbox_id: str) -> PodSample | None: ...
+
+    def containers(self, sandbox_id: str | None = None) -> list[ContainerSample]: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    kind: str
+    id: str
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    kind: str
+    id: str
+
+
+Op = Put | Delete
+
+
+class StateStore(Protocol):
+    """Durable records by kind and id; every ``apply`` is committed before it returns."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def load(self, kind: str) -> list[tuple[str, str]]: ...
+
+    async def apply(self, ops: Iterable[Op]) -> None: ...
+
+    async def put(self, kind: str, id: str, data: str) -> None: ...
+
+    async def delete(self, kind: str, ids: Iterable[str]) -> None: ...
+
+    async def get_meta(self, key: str) -> str | None: ...
+
+    async def set_meta(self, key: str, value: str) -> None: ...

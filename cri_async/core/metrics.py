@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
-from .model import ContainerSample, PodSample, Psi
+from cri_async.core.stats import ContainerSample, PodSample, Psi
 
 NS_PER_S = 1_000_000_000
 BASE_LABEL_KEYS: tuple[str, ...] = ("container", "id", "image", "name", "namespace", "pod")

@@ -1,0 +1,205 @@
+"""The composition root: builds every adapter from config, complete, and hands them to the
+core. Nothing here runs; ``server.py`` starts and stops what this builds."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from cri_async.backends.bundles import Bundles
+from cri_async.backends.fake.backend import FakeBackend
+from cri_async.backends.ocicli import RuntimeCLI
+from cri_async.backends.runc import RuncBackend
+from cri_async.backends.runsc import RunscBackend
+from cri_async.backends.runschold import RunscCLI
+from cri_async.backends.specinputs import host_facts
+from cri_async.config import Config, ConfigError
+from cri_async.core.images import ImageStore
+from cri_async.core.model import NodeNetwork
+from cri_async.core.ports import OCIRuntime, StateStore
+from cri_async.monitor.conmon import Conmon
+from cri_async.monitor.reaper import Reaper
+from cri_async.network.cni import CNI
+from cri_async.network.pins import NamespacePinner
+from cri_async.oci import spec as oci
+from cri_async.pods.host import PodHost
+from cri_async.registry.auth import load_credentials_file
+from cri_async.registry.client import RegistryClient
+from cri_async.registry.fake_store import CatalogImage, FakeImageStore
+from cri_async.registry.hosts import HostResolver
+from cri_async.registry.manifest import Platform, host
+from cri_async.registry.store import OCIImageStore
+
+
+def pause_argv() -> list[str] | None:
+    """The pause program of pods that share one PID namespace (catatonit, as podman's)."""
+    for name in ("catatonit", "/usr/libexec/podman/catatonit"):
+        path = shutil.which(name)
+        if path:
+            return [path, "-P"]
+    return None
+
+
+def _lowers(images: OCIImageStore) -> Callable[[str], list[str] | None]:
+    def lowers(image_id: str) -> list[str] | None:
+        rec = images.record(image_id)
+        if rec is None:
+            return None
+        return [str(images.snapshots.path(c)) for c in reversed(rec.chain_ids)]
+
+    return lowers
+
+
+class BackendFactory:
+    """Builds the backend of each configured RuntimeClass handler; the parts they share
+    (namespace pinner, CNI, reaper, node network, host facts) are built once."""
+
+    def __init__(
+        self,
+        config: Config,
+        images: ImageStore,
+        *,
+        pinner: NamespacePinner,
+        cni: CNI | None,
+        node: NodeNetwork,
+        reaper: Reaper | None,
+    ) -> None:
+        self.config = config
+        self.images = images
+        self.pinner = pinner
+        self.cni = cni
+        self.node = node
+        self.reaper = reaper
+        self._host: oci.HostFacts | None = None
+
+    @property
+    def host(self) -> oci.HostFacts:
+        if self._host is None:
+            self._host = host_facts()
+        return self._host
+
+    def build(self) -> dict[str, OCIRuntime]:
+        return {name: self._build(name) for name in self.config.runtimes}
+
+    def _pods(self, root: Path, *, host_pidns: bool = True) -> PodHost:
+        return PodHost(
+            root / "pods",
+            self.pinner,
+            cni=self.cni,
+            node=self.node,
+            reaper=self.reaper,
+            pause=pause_argv if host_pidns else None,
+            teardown_timeout=self.config.network.teardown_timeout,
+        )
+
+    def _bundles(
+        self, root: Path, cli: RuntimeCLI, runtime_path: str, facts: oci.HostFacts
+    ) -> Bundles:
+        assert isinstance(self.images, OCIImageStore)  # checked by _build
+        config = self.config
+        conmon = Conmon(
+            config.runtime.conmon,
+            runtime_path=runtime_path,
+            runtime_args=cli.global_args(),
+            # Attach sockets are reached as <dir>/<64-hex id>/attach, which must fit in
+            # sun_path (108 bytes): keep it short and shared by all handlers.
+            socket_dir=str(Path(config.state.run_root) / "s"),
+            reaper=self.reaper,
+        )
+        return Bundles(
+            root=root,
+            layers_root=Path(config.state.root) / "containers",
+            lowers=_lowers(self.images),
+            conmon=conmon,
+            host=facts,
+        )
+
+    def _build(self, name: str) -> OCIRuntime:
+        h = self.config.runtimes[name]
+        root = self.config.handler_root(name)
+        if h.backend == "fake":
+            return FakeBackend(name, root)
+        if not isinstance(self.images, OCIImageStore):
+            raise ConfigError(
+                f'runtimes."{name}": the {h.backend} backend needs images.backend = "registry"'
+            )
+        binary = shutil.which(h.binary or h.backend) or h.binary or h.backend
+        if h.backend == "runsc":
+            runsc = RunscCLI(
+                binary,
+                str(root / "state"),
+                extra_args=(f"--platform={h.platform}", f"--network={h.network}", "--oci-seccomp"),
+            )
+            wrapper = root / "conmon-runtime"
+            # runsc knows no "rro" mount option.
+            facts = replace(self.host, recursive_read_only=False)
+            return RunscBackend(
+                name,
+                cli=runsc,
+                conmon_binary=self.config.runtime.conmon,
+                # gVisor keeps its containers' processes in the sandbox: no host PID ns.
+                pods=self._pods(root, host_pidns=False),
+                bundles=self._bundles(root, runsc, str(wrapper), facts),
+                wrapper=wrapper,
+                platform=h.platform,
+                network=h.network,
+                infra_binary=h.infra_binary,
+                reaper=self.reaper,
+            )
+        cli = RuntimeCLI(binary, str(root / "state"))
+        return RuncBackend(
+            name,
+            kind=h.backend,
+            cli=cli,
+            conmon_binary=self.config.runtime.conmon,
+            pods=self._pods(root),
+            bundles=self._bundles(root, cli, binary, self.host),
+        )
+
+
+def catalog(config: Config) -> list[CatalogImage]:
+    return [
+        CatalogImage(
+            ref=i.ref,
+            size=i.size,
+            entrypoint=tuple(i.entrypoint),
+            cmd=tuple(i.cmd),
+            env=tuple(i.env),
+            user=i.user,
+            working_dir=i.working_dir,
+            stop_signal=i.stop_signal,
+        )
+        for i in config.fake.images
+    ]
+
+
+def build_image_store(
+    config: Config, store: StateStore, in_use: Callable[[], set[str]]
+) -> ImageStore:
+    if config.images.backend == "fake":
+        return FakeImageStore(
+            store, catalog(config), config.images.pinned, mountpoint=config.state.root
+        )
+    reg = config.registry
+    client = RegistryClient(
+        HostResolver(
+            config_path=reg.config_path,
+            mirrors={h: tuple(u) for h, u in reg.mirrors.items()},
+            insecure=frozenset(reg.insecure),
+            ca={h: tuple(files) for h, files in reg.ca.items()},
+        ),
+        credentials=load_credentials_file(reg.credentials_file),
+        stall_timeout=config.images.stall_timeout,
+    )
+    return OCIImageStore(
+        store,
+        Path(config.state.root),
+        client,
+        platform=Platform.parse(config.images.platform) if config.images.platform else host(),
+        pinned=config.images.pinned,
+        handlers=config.runtimes.keys(),
+        max_downloads=config.images.max_concurrent_downloads,
+        in_use=in_use,
+    )

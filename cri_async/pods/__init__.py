@@ -1,0 +1,1 @@
+"""The host side of pods: namespaces, shared files, network and cgroup."""
