@@ -5,7 +5,7 @@ are sans I/O; ``client`` and ``server`` drive them over unix sockets; ``errors``
 codes to exceptions. Messages are ours, generated from ``proto/ttrpc/ttrpc.proto``.
 """
 
-from .client import Client, socket_path
+from .client import Client, reachable, socket_path
 from .errors import Code, ConnectionClosed, TTRPCError, error_for
 from .server import CallContext, Server
 
@@ -17,5 +17,6 @@ __all__ = [
     "Server",
     "TTRPCError",
     "error_for",
+    "reachable",
     "socket_path",
 ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Iterable
 from typing import TypeVar
 
@@ -31,7 +32,7 @@ from .errors import (
 from .framing import FrameTooLarge
 from .protocol import ClientConnection, ResponseReceived
 
-__all__ = ["Client", "socket_path"]
+__all__ = ["Client", "reachable", "socket_path"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,21 @@ def socket_path(address: str) -> str:
     if not path.startswith("/"):
         raise ValueError(f"ttrpc address {address!r} is not an absolute socket path")
     return path
+
+
+async def reachable(address: str) -> bool:
+    """Whether something accepts connections at ``address`` (a stale socket file or a
+    missing one does not)."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, socket_path(address))
+    except OSError:
+        return False
+    finally:
+        sock.close()
+    return True
 
 
 class _ClientProtocol(asyncio.Protocol):

@@ -15,13 +15,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
+from .client import reachable
 from .errors import Code, TTRPCError
 from .protocol import Metadata, RequestReceived, ServerConnection
 
@@ -120,7 +120,7 @@ class Server:
     async def start(self, path: str, *, mode: int = 0o600) -> None:
         """Listen on ``path``. A stale socket file (nobody accepting) is replaced; a live
         one is an error (``OSError``), so two servers never share a path."""
-        if await _answers(path):
+        if await reachable(path):
             raise FileExistsError(f"a server is already listening on {path}")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -171,16 +171,3 @@ class Server:
 
 class _BadRequest(Exception):
     pass
-
-
-async def _answers(path: str) -> bool:
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    try:
-        await loop.sock_connect(sock, path)
-    except OSError:
-        return False
-    finally:
-        sock.close()
-    return True
