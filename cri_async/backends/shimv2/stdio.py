@@ -108,11 +108,13 @@ class ProcessIO:
         """Make (``create``) and open the FIFOs. Synchronous and quick: mkfifo and
         non-blocking opens only."""
         io = cls(dir, stdin=stdin, terminal=terminal)
+        made: list[Path] = []
         try:
             if create:
                 dir.mkdir(parents=True, exist_ok=True)
                 for name in io._names():
                     os.mkfifo(dir / name, 0o600)
+                    made.append(dir / name)
             for stream in io.streams:
                 fd = os.open(dir / _NAMES[stream], os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
                 io._files[stream] = os.fdopen(fd, "rb", buffering=0)
@@ -120,8 +122,8 @@ class ProcessIO:
                 io._stdin_fd = os.open(dir / "stdin", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except BaseException:
             io.close()
-            if create:
-                io.remove()
+            for path in made:
+                path.unlink()
             raise
         return io
 
