@@ -34,6 +34,7 @@ TTRPC_PROTOS = [
     "containerd/events/task.proto",
     "containerd/events/ttrpc/v1/events.proto",
     "containerd/runc/options/oci.proto",
+    "containerd/runtimeoptions/v1/api.proto",
     "containerd/cgroups/v1/metrics.proto",
     "containerd/cgroups/v2/metrics.proto",
 ]

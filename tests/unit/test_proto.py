@@ -40,6 +40,7 @@ def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
         "cri_async/api/containerd/events/task_pb2.py",
         "cri_async/api/containerd/events/ttrpc/v1/events_pb2.py",
         "cri_async/api/containerd/runc/options/oci_pb2.py",
+        "cri_async/api/containerd/runtimeoptions/v1/api_pb2.py",
         "cri_async/api/containerd/cgroups/v1/metrics_pb2.py",
         "cri_async/api/containerd/cgroups/v2/metrics_pb2.py",
     ):

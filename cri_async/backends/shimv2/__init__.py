@@ -53,4 +53,5 @@ __all__ = [
     "binary_name",
     "resolve_binary",
     "runc_options",
+    "runtime_options",
 ]

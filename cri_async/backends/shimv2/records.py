@@ -20,6 +20,7 @@ from typing import Any
 from google.protobuf import any_pb2, timestamp_pb2
 
 from cri_async.api.containerd.runc.options import oci_pb2
+from cri_async.api.containerd.runtimeoptions.v1 import api_pb2 as runtimeoptions_pb2
 from cri_async.api.containerd.task.v2 import shim_pb2
 from cri_async.api.containerd.types import mount_pb2
 from cri_async.api.containerd.types.task import task_pb2
@@ -28,6 +29,7 @@ __all__ = [
     "PROCESS_SPEC_URL",
     "RESOURCES_URL",
     "RUNC_OPTIONS_URL",
+    "RUNTIME_OPTIONS_URL",
     "ExitInfo",
     "Mount",
     "ProcessInfo",
@@ -39,11 +41,13 @@ __all__ = [
     "json_any",
     "process_infos",
     "runc_options",
+    "runtime_options",
     "task_state",
     "timestamp_ns",
 ]
 
 RUNC_OPTIONS_URL = "containerd.runc.v1.Options"
+RUNTIME_OPTIONS_URL = "runtimeoptions.v1.Options"
 PROCESS_SPEC_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 RESOURCES_URL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
 
@@ -197,6 +201,18 @@ def runc_options(
         criu_path=criu_path,
     )
     return any_pb2.Any(type_url=RUNC_OPTIONS_URL, value=opts.SerializeToString())
+
+
+def runtime_options(
+    *, config_path: str = "", type_url: str = "", config_body: bytes = b""
+) -> any_pb2.Any:
+    """Options for other shims, as containerd's CRI plugin sends them: Kata reads its
+    configuration.toml from ``config_path``; gVisor's shim reads runsc.toml there (with
+    ``type_url="io.containerd.runsc.v1.options"``)."""
+    opts = runtimeoptions_pb2.Options(
+        type_url=type_url, config_path=config_path, config_body=config_body
+    )
+    return any_pb2.Any(type_url=RUNTIME_OPTIONS_URL, value=opts.SerializeToString())
 
 
 def mounts_proto(mounts: Sequence[Mount]) -> list[mount_pb2.Mount]:

@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,6 +168,10 @@ class Rig:
         await task.shim.shutdown()
         task.io.close()
         task.io.remove()
+        # Our FIFOs (stdio and the shim's log) are gone and nothing is mounted; what
+        # remains is the shim's own bookkeeping (address, init.pid, options.json...).
+        assert not [p for p in task.bundle.rglob("*") if stat.S_ISFIFO(p.lstat().st_mode)]
+        assert not _mounts_under(task.bundle)
         shutil.rmtree(task.bundle)
         self.tasks.remove(task)
 

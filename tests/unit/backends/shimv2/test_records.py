@@ -10,6 +10,7 @@ from google.protobuf import any_pb2
 from cri_async.api.containerd.cgroups.v1 import metrics_pb2 as v1
 from cri_async.api.containerd.cgroups.v2 import metrics_pb2 as v2
 from cri_async.api.containerd.runc.options import oci_pb2
+from cri_async.api.containerd.runtimeoptions.v1 import api_pb2 as runtimeoptions_pb2
 from cri_async.api.containerd.task.v2 import shim_pb2
 from cri_async.api.containerd.types.task import task_pb2
 from cri_async.backends.shimv2.metrics import UnsupportedMetrics, cgroup_stats
@@ -22,6 +23,7 @@ from cri_async.backends.shimv2.records import (
     json_any,
     process_infos,
     runc_options,
+    runtime_options,
     task_state,
     timestamp_ns,
 )
@@ -82,6 +84,11 @@ def test_any_helpers_use_containerd_type_urls() -> None:
     assert opts.type_url == "containerd.runc.v1.Options"
     decoded = oci_pb2.Options.FromString(opts.value)
     assert (decoded.root, decoded.binary_name, decoded.systemd_cgroup) == ("/run/x", "crun", True)
+    kata = runtime_options(config_path="/opt/kata/configuration.toml")
+    assert kata.type_url == "runtimeoptions.v1.Options"
+    assert runtimeoptions_pb2.Options.FromString(kata.value).config_path == (
+        "/opt/kata/configuration.toml"
+    )
     spec = json_any("types.containerd.io/opencontainers/runtime-spec/1/Process", {"args": ["sh"]})
     assert json.loads(spec.value) == {"args": ["sh"]}
 
