@@ -190,13 +190,14 @@ class Shim:
         (see the module docstring). Removes the bundle's log FIFO."""
         timeout = self._manager.exit_timeout if timeout is None else timeout
         client = self._conn.client
-        if not client.closed:
-            await client.shutdown(self.id)
-        last = self._manager._release(self)
-        self._close_log()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.bundle / LOG_FIFO)
-        if not last:
+        try:
+            if not client.closed:
+                await client.shutdown(self.id)
+        except BaseException:  # let go of our side all the same
+            if self._let_go():
+                await client.close()
+            raise
+        if not self._let_go():
             return
         try:
             async with asyncio.timeout(timeout):
@@ -211,10 +212,16 @@ class Shim:
         """Let go of the shim without stopping it (our own shutdown; ``load`` later)."""
         if self._manager._release(self):
             await self._conn.client.close()
-        self._close_log()
-
-    def _close_log(self) -> None:
         self._log.close()
+
+    def _let_go(self) -> bool:
+        """After Shutdown: forget this task's use of the connection, stop reading and
+        remove the log FIFO. True if no other task of ours uses the connection."""
+        last = self._manager._release(self)
+        self._log.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.bundle / LOG_FIFO)
+        return last
 
 
 class ShimManager:
