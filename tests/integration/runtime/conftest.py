@@ -45,6 +45,7 @@ APPLETS = (
     "stty",
     "seq",
     "setsid",
+    "dd",
 )
 # A few capabilities every container runtime setup here has in its bounding set
 # (CAP_SYS_RESOURCE is missing on this VM: platform.md 8a).
