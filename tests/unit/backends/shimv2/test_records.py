@@ -27,7 +27,7 @@ from cri_async.backends.shimv2.records import (
     task_state,
     timestamp_ns,
 )
-from cri_async.stats.model import IoDeviceStats, Psi, PsiData
+from cri_async.core.stats import IoDeviceStats, Psi, PsiData
 
 MiB = 1 << 20
 
