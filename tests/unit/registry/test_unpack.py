@@ -1229,9 +1229,9 @@ def test_tiny_cache_evicting_all_the_time(
 ) -> None:
     """Every walk evicts: a hard link's parent (resolved before its target) stays usable, and
     the invalidation cases still refuse."""
-    import cri_async.registry.unpack as unpack_module
+    import cri_async.registry.layertree as layertree_module
 
-    monkeypatch.setattr(unpack_module, "_DIR_CACHE", size)
+    monkeypatch.setattr(layertree_module, "_DIR_CACHE", size)
     layer = make_tar(
         f("t/u/v/target", b"t"),
         f("a/b/c/x", b"x"),
@@ -1418,9 +1418,9 @@ def _first_member_by_tarfile(data: bytes) -> Any:
 
 
 def _first_member_by_reader(data: bytes) -> Any:
-    from cri_async.registry.unpack import _Reader
+    from cri_async.registry.tarstream import TarReader
 
-    r = _Reader(io.BytesIO(data))
+    r = TarReader(io.BytesIO(data))
     try:
         ti = r.next()
     except UnsafeLayer:
@@ -1504,23 +1504,23 @@ def test_header_decoding_matches_tarfile(
 
 
 def test_plain_headers_take_the_fast_path() -> None:
-    from cri_async.registry.unpack import _plain_header
+    from cri_async.registry.tarstream import plain_header
 
     for fmt in (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
         for member, _ in (f("usr/bin/x", b"12"), d("usr/"), sym("l", "t"), hard("h", "x")):
             block = member.tobuf(fmt, "utf-8", "surrogateescape")
             assert len(block) == 512
-            ti = _plain_header(block, 0)
+            ti = plain_header(block, 0)
             assert ti is not None and ti.name == member.name.rstrip("/")
     dense = tarfile.TarInfo("\xff" * 99)  # > 65521 in the checksum: summed exactly
     dense.type, dense.linkname = tarfile.SYMTYPE, "\xfe" * 99
     dense.uname = dense.gname = "\xff" * 31
     block = dense.tobuf(tarfile.GNU_FORMAT, "latin-1", "strict")
     assert sum(block) > 65521
-    ti = _plain_header(block, 0)
+    ti = plain_header(block, 0)
     assert ti is not None and ti.name == "\udcff" * 99 and ti.linkname == "\udcfe" * 99
     block = block[:148] + b"%06o\0 " % (int(block[148:154], 8) + 65521) + block[156:]
-    assert _plain_header(block, 0) is None  # the same residue mod 65521 is not enough
+    assert plain_header(block, 0) is None  # the same residue mod 65521 is not enough
 
 
 # -- the decompress/hash pipeline in front of unpack_layer (registry.snapshots) ------------------
@@ -1535,7 +1535,7 @@ def _gz(data: bytes, level: int = 6) -> bytes:
 def test_gunzip_reads_members_and_padding_like_gzip() -> None:
     import gzip
 
-    from cri_async.registry.snapshots import _CHUNK, _gunzip
+    from cri_async.registry.inflate import CHUNK, gunzip
 
     one = os.urandom(300_000)
     text = b"hello world " * 200_000  # compresses ~1000:1: output comes in bounded chunks
@@ -1547,23 +1547,23 @@ def test_gunzip_reads_members_and_padding_like_gzip() -> None:
         _gz(text) + b"\0" * 1000 + _gz(b"tail") + b"\0" * 7,
         _gz(b"") + _gz(b"") + _gz(b"x"),
     ):
-        chunks = list(_gunzip(io.BytesIO(blob)))
+        chunks = list(gunzip(io.BytesIO(blob)))
         assert b"".join(chunks) == gzip.decompress(blob)
-        assert all(0 < len(c) <= _CHUNK for c in chunks)
+        assert all(0 < len(c) <= CHUNK for c in chunks)
 
 
 def test_gunzip_refuses_truncated_and_trailing_garbage() -> None:
     import zlib
 
-    from cri_async.registry.snapshots import _gunzip
+    from cri_async.registry.inflate import gunzip
 
     blob = _gz(os.urandom(100_000)) + _gz(b"second")
     for cut in (1, 10, 50_000, len(blob) - 30, len(blob) - 1):
         with pytest.raises(EOFError):
-            b"".join(_gunzip(io.BytesIO(blob[:cut])))
+            b"".join(gunzip(io.BytesIO(blob[:cut])))
     for bad in (blob + b"garbage", b"\0" + blob, blob[:20] + b"\xff" * 64 + blob[84:]):
         with pytest.raises(zlib.error):
-            b"".join(_gunzip(io.BytesIO(bad)))
+            b"".join(gunzip(io.BytesIO(bad)))
 
 
 def _store_unpack(tmp: Path, blob: bytes, diff_id: str, compression: str = "gzip") -> Any:
@@ -1617,13 +1617,13 @@ def test_snapshot_unpack_refuses_corrupt_compressed_data(tmp_path: Path) -> None
 def test_inflater_thread_stops_when_the_reader_gives_up(tmp_path: Path) -> None:
     import threading
 
-    from cri_async.registry.snapshots import _CHUNK, _Inflater
+    from cri_async.registry.inflate import CHUNK, Inflater
 
     path = tmp_path / "blob"
-    path.write_bytes(_gz(os.urandom(40 * _CHUNK)))
+    path.write_bytes(_gz(os.urandom(40 * CHUNK)))
     before = threading.active_count()
     with open(path, "rb") as fh:
-        inflater = _Inflater(fh, "gzip")
+        inflater = Inflater(fh, "gzip")
         assert len(inflater.read(100)) == 100  # the rest of the stream stays unread
         inflater.close()
     assert threading.active_count() == before
@@ -1632,13 +1632,13 @@ def test_inflater_thread_stops_when_the_reader_gives_up(tmp_path: Path) -> None:
 def test_inflater_hands_out_the_stream_in_order(tmp_path: Path) -> None:
     import hashlib
 
-    from cri_async.registry.snapshots import _CHUNK, _Inflater
+    from cri_async.registry.inflate import CHUNK, Inflater
 
-    data = os.urandom(3 * _CHUNK + 123)
+    data = os.urandom(3 * CHUNK + 123)
     path = tmp_path / "blob"
     path.write_bytes(_gz(data))
     with open(path, "rb") as fh:
-        inflater = _Inflater(fh, "gzip")
+        inflater = Inflater(fh, "gzip")
         try:
             got = inflater.read(10) + inflater.read(5000) + inflater.read(-1)
             assert inflater.read(100) == b""
@@ -1648,7 +1648,7 @@ def test_inflater_hands_out_the_stream_in_order(tmp_path: Path) -> None:
     assert inflater.hash.hexdigest() == hashlib.sha256(data).hexdigest()
     path.write_bytes(_gz(data)[:-50])
     with open(path, "rb") as fh:
-        inflater = _Inflater(fh, "gzip")
+        inflater = Inflater(fh, "gzip")
         try:
             with pytest.raises(EOFError):
                 inflater.read(-1)
