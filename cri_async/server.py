@@ -24,6 +24,7 @@ from cri_async.config import Config, ConfigError
 from cri_async.core.context import Limits
 from cri_async.core.errors import Unavailable
 from cri_async.core.images import FilesystemUsage, ImageStore
+from cri_async.core.model import ContainerState
 from cri_async.core.runtime import Runtime
 from cri_async.monitor.hostprep import prepare_host
 from cri_async.monitor.reaper import Reaper, become_subreaper
@@ -33,6 +34,7 @@ from cri_async.registry.auth import load_credentials_file
 from cri_async.registry.client import RegistryClient
 from cri_async.registry.fake_store import CatalogImage, FakeImageStore
 from cri_async.registry.hosts import HostResolver
+from cri_async.registry.limits import UnpackLimits
 from cri_async.registry.manifest import Platform, host
 from cri_async.registry.store import OCIImageStore
 from cri_async.services.admin import AdminService
@@ -88,13 +90,7 @@ def build_backends(
 
 
 def _lowers(images: OCIImageStore) -> Callable[[str], list[str] | None]:
-    def lowers(image_id: str) -> list[str] | None:
-        rec = images.record(image_id)
-        if rec is None:
-            return None
-        return [str(images.snapshots.path(c)) for c in reversed(rec.chain_ids)]
-
-    return lowers
+    return images.lower_dirs
 
 
 def catalog(config: Config) -> list[CatalogImage]:
@@ -114,11 +110,17 @@ def catalog(config: Config) -> list[CatalogImage]:
 
 
 def build_image_store(
-    config: Config, store: StateStore, in_use: Callable[[], set[str]]
+    config: Config,
+    store: StateStore,
+    in_use: Callable[[], set[str]],
+    busy: Callable[[], set[str]] = set,
 ) -> ImageStore:
-    if config.images.backend == "fake":
+    """``in_use``: images of any container (their layers stay); ``busy``: images of created
+    or running containers (RemoveImage refuses them)."""
+    images = config.images
+    if images.backend == "fake":
         return FakeImageStore(
-            store, catalog(config), config.images.pinned, mountpoint=config.state.root
+            store, catalog(config), images.pinned, mountpoint=config.state.root, busy=busy
         )
     reg = config.registry
     client = RegistryClient(
@@ -140,6 +142,14 @@ def build_image_store(
         handlers=config.runtimes.keys(),
         max_downloads=config.images.max_concurrent_downloads,
         in_use=in_use,
+        busy=busy,
+        limits=UnpackLimits(
+            layer_bytes=images.max_layer_bytes,
+            image_bytes=images.max_image_bytes,
+            layer_entries=images.max_layer_entries,
+            min_free_bytes=images.min_free_bytes,
+        ),
+        max_lowers=images.max_mount_layers,
     )
 
 
@@ -174,7 +184,7 @@ class Server:
         self.rpc_timeout = config.server.rpc_timeout
         self.socket_path = Path(config.server.socket)
         self.store = StateStore(config.db_path, sync=config.state.sync)
-        self.images = build_image_store(config, self.store, self._images_in_use)
+        self.images = build_image_store(config, self.store, self._images_in_use, self._images_busy)
         self.pinner = NamespacePinner(Path(config.state.run_root) / "ns")
         self.real = any(h.backend != "fake" for h in config.runtimes.values())
         self.cni = (
@@ -228,6 +238,10 @@ class Server:
 
     def _images_in_use(self) -> set[str]:
         return {c.image_id for c in self.runtime.ctx.containers}
+
+    def _images_busy(self) -> set[str]:
+        active = (ContainerState.CREATED, ContainerState.RUNNING)
+        return {c.image_id for c in self.runtime.ctx.containers if c.state in active}
 
     # Tracker protocol (services/errors.py)
     def begin(self) -> None:

@@ -44,6 +44,12 @@ class StallError(RegistryError):
     kind = "deadline"
 
 
+class Unreachable(RegistryError):
+    """No connection to the endpoint could be made (name resolution, refused, timed out)."""
+
+    kind = "unreachable"
+
+
 @dataclass(frozen=True, slots=True)
 class Fetched:
     endpoint: Endpoint
@@ -170,6 +176,8 @@ class RegistryClient:
             try:
                 req = client.build_request("GET", ep.base + path, headers=hdrs)
                 resp = await client.send(req, stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                raise Unreachable(f"{what}: {ep.base}: {type(e).__name__}: {e}") from None
             except httpx.HTTPError as e:
                 raise RegistryError(f"{what}: {ep.base}: {type(e).__name__}: {e}") from None
             if resp.status_code != 401:
@@ -198,7 +206,7 @@ class RegistryClient:
 
     async def _each(self, host: str, what: str, fn: Callable[[Endpoint], object]) -> object:
         """Try ``fn`` on each endpoint; return the first success, else raise the most
-        telling error (auth beats not-found beats unavailable)."""
+        telling error (auth beats not-found beats unavailable beats unreachable)."""
         errors: list[RegistryError] = []
         for ep in self.hosts.endpoints(host):
             try:
@@ -210,7 +218,7 @@ class RegistryClient:
                     )
                 errors.append(e)
         rank = {"permission_denied": 0, "not_found": 1, "deadline": 2, "unavailable": 3}
-        raise min(errors, key=lambda e: rank.get(e.kind, 4))
+        raise min(errors, key=lambda e: rank.get(e.kind, 4))  # Unreachable: none answered
 
     async def fetch_manifest(
         self, host: str, repo: str, reference: str, creds: auth.Credentials

@@ -11,15 +11,19 @@ import hashlib
 import queue
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 import zstandard
 
-__all__ = ["CHUNK", "Inflater", "gunzip"]
+__all__ = ["CHUNK", "Cancelled", "Inflater", "gunzip"]
 
 CHUNK = 256 * 1024  # decompressed bytes per queued chunk (and compressed bytes per read)
 _AHEAD = 4  # chunks in flight between the two threads
+
+
+class Cancelled(Exception):
+    """The caller gave up on the work (its ``cancel`` event is set)."""
 
 
 class Inflater:
@@ -32,10 +36,23 @@ class Inflater:
     of the decompressor (or of the blob's file) is raised by ``read``. ``hash`` covers
     everything decompressed, so it is the diff id once ``read`` has returned ``b""``.
     ``close`` stops the thread; it must be called before ``f`` is closed.
+
+    ``meter`` sees the size of each chunk before it is queued (``registry.limits``): what it
+    raises ends the stream there, so a bomb is never inflated past its limit. ``size`` counts
+    the decompressed bytes. Once ``cancel`` is set, ``read`` raises ``Cancelled``.
     """
 
-    def __init__(self, f: IO[bytes], compression: str) -> None:
+    def __init__(
+        self,
+        f: IO[bytes],
+        compression: str,
+        meter: Callable[[int], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
         self.hash = hashlib.sha256()
+        self.size = 0
+        self._meter = meter
+        self._cancel = cancel
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(_AHEAD)
         self._stop = threading.Event()
         self._rest = b""  # what read() has not handed out of the last chunk
@@ -48,6 +65,9 @@ class Inflater:
     def _run(self, f: IO[bytes], compression: str) -> None:
         try:
             for chunk in _chunks(f, compression):
+                if self._meter is not None:
+                    self._meter(len(chunk))
+                self.size += len(chunk)
                 self.hash.update(chunk)
                 if not self._put(chunk):
                     return
@@ -65,6 +85,8 @@ class Inflater:
         return False
 
     def read(self, n: int = -1) -> bytes:
+        if self._cancel is not None and self._cancel.is_set():
+            raise Cancelled("cancelled")
         if not self._rest:
             if self._done:
                 return b""

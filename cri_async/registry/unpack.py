@@ -34,7 +34,7 @@ earlier entry of this layer, devices when ``allow_devices`` is false, device num
 cannot represent, ids that do not fit ``uid_t``, multi-volume and other unknown entry types, a
 ``.wh.`` entry with no name after the prefix, and a corrupt tar stream ("corrupt layer: ...",
 from ``registry.tarstream``). ``max_entries`` bounds the number of tar members
-(``LimitExceeded`` beyond it).
+(``LimitExceeded`` from ``registry.limits`` beyond it).
 
 A new regular file is not chowned when it is already owned as its header says: uid and gid are
 the process's euid and egid, and the directory's gid too (a setgid directory or a ``grpid``
@@ -78,6 +78,7 @@ from pathlib import Path
 from typing import BinaryIO, Final, cast
 
 from cri_async.registry.layertree import DIR_FLAGS, OPAQUE_XATTR, LayerTree
+from cri_async.registry.limits import too_many_entries
 from cri_async.registry.tarstream import (
     REGULAR_TYPES,
     TAR_ERRORS,
@@ -158,14 +159,16 @@ def unpack_layer(
     *,
     allow_devices: bool = True,
     same_owner: bool = True,
+    max_entries: int | None = None,
 ) -> UnpackStats:
     """Unpack the uncompressed layer tar read from ``tar_stream`` into the empty dir ``dest``.
 
     Reads the stream once, front to back (only ``read`` is used; it may return fewer bytes than
     asked, and ``b""`` only at the end). ``allow_devices=False`` refuses character and block
     devices (whiteouts are always created); ``same_owner=False`` leaves everything owned by the
-    calling process. Raises ``UnsafeLayer`` for a bad layer and ``OSError`` for a host failure;
-    in both cases the caller must delete ``dest``.
+    calling process. Raises ``UnsafeLayer`` for a bad layer, ``LimitExceeded`` for a layer of
+    more than ``max_entries`` tar members, and ``OSError`` for a host failure; in every case
+    the caller must delete ``dest``.
     """
     root_fd = os.open(dest, DIR_FLAGS & ~os.O_NOFOLLOW)
     try:
@@ -173,7 +176,7 @@ def unpack_layer(
             raise ValueError(f"unpack destination {str(dest)!r} is not empty")
         fs = LayerTree(root_fd, os.path.abspath(dest), same_owner=same_owner)
         try:
-            unpacker = _Unpacker(fs, allow_devices=allow_devices)
+            unpacker = _Unpacker(fs, allow_devices=allow_devices, max_entries=max_entries)
             return unpacker.run(TarReader(tar_stream))
         finally:
             fs.close()
@@ -190,9 +193,10 @@ def _write_all(fd: int, view: memoryview) -> None:
 class _Unpacker:
     """The entries of one layer, made in ``fs`` one after the other, with their metadata."""
 
-    def __init__(self, fs: LayerTree, *, allow_devices: bool) -> None:
+    def __init__(self, fs: LayerTree, *, allow_devices: bool, max_entries: int | None) -> None:
         self.fs = fs
         self.allow_devices = allow_devices
+        self.max_entries = max_entries
         self.same_owner = fs.same_owner
         self.dir_mtimes: list[tuple[Key, int]] = []
         # Who owns what we create: a new file's owner is (euid, egid), or the directory's gid
@@ -211,6 +215,8 @@ class _Unpacker:
             if ti is None:
                 break
             self.entries += 1
+            if self.max_entries is not None and self.entries > self.max_entries:
+                raise too_many_entries(self.max_entries)
             try:
                 self.entry(reader, ti)
             except OSError as e:

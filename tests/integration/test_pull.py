@@ -341,64 +341,89 @@ async def test_stalled_download_fails_and_leaves_nothing(tmp_path: Path) -> None
         server.close()
 
 
-async def test_remove_gc_pinned_and_in_use(tmp_path: Path, registry: LocalRegistry) -> None:
+async def test_remove_takes_the_whole_image_gc_pinned_and_in_use(
+    tmp_path: Path, registry: LocalRegistry
+) -> None:
+    """As containerd: RemoveImage removes the image a name resolves to with every tag and
+    digest reference; FAILED_PRECONDITION while pinned or used by a created or running
+    container; an exited container only keeps the layers until it is removed."""
     shared = im.layer([im.File("shared", b"s" * 5000)])
     a = im.build_image([shared, im.layer([im.File("a", b"a")])])
     b = im.build_image([shared, im.layer([im.File("b", b"b")])])
-    im.push(registry, "gc/a", a, tag="1")
+    c = im.build_image([im.layer([im.File("c", b"c")])])
+    digest_a = im.push(registry, "gc/a", a, tag="1")
     im.push(registry, "gc/a", a, tag="2")
+    im.push(registry, "gc/alias", a)
     im.push(registry, "gc/b", b)
     im.push(registry, "gc/pinned", b)
+    im.push(registry, "gc/c", c)
     cfg = dataclasses.replace(
         config(), images=ImagesConfig(backend="registry", pinned=[registry.ref("gc/pinned")])
     )
     async with CRIServer(tmp_path, config=cfg) as srv:
         cli = srv.client
-        for r in (
-            registry.ref("gc/a", "1"),
-            registry.ref("gc/a", "2"),
-            registry.ref("gc/b"),
-            registry.ref("gc/pinned"),
-        ):
-            await cli.pull(r)
+        for r in ("gc/a:1", "gc/a:2", "gc/alias", "gc/b", "gc/pinned", "gc/c"):
+            await cli.pull(registry.ref(*r.split(":")))
         st = store(srv)
         full = (st.counters.bytes, st.counters.inodes)
         rm = cli.images.RemoveImage
-
-        await rm(pb.RemoveImageRequest(image=pb.ImageSpec(image=registry.ref("gc/a", "1"))))
         got = await status(cli, a.image_id)
-        assert got is not None and list(got.repo_tags) == [registry.ref("gc/a", "2")]
-        await rm(pb.RemoveImageRequest(image=pb.ImageSpec(image=a.image_id)))
-        assert await status(cli, a.image_id) is None
+        assert got is not None and len(got.repo_tags) == 3 and len(got.repo_digests) == 2
+
+        # One name of three: the whole image goes, with every tag and digest reference.
+        await rm(pb.RemoveImageRequest(image=pb.ImageSpec(image=registry.ref("gc/a", "1"))))
+        for name in (a.image_id, registry.ref("gc/a", "2"), registry.ref("gc/alias")):
+            assert await status(cli, name) is None, name
+        assert await status(cli, f"{registry.host}/gc/a@{digest_a}") is None
         assert not st.content.has(a.layers[1].digest)
         assert st.content.has(shared.digest)  # still used by b
         assert (st.counters.bytes, st.counters.inodes) < full
+        # Pulled again under one name, it carries no reference of the removed ones.
+        await cli.pull(registry.ref("gc/alias"))
+        got = await status(cli, a.image_id)
+        assert got is not None and list(got.repo_tags) == [registry.ref("gc/alias")]
+        assert list(got.repo_digests) == [f"{registry.host}/gc/alias@{digest_a}"]
 
         with pytest.raises(GRPCError) as err:
-            await rm(pb.RemoveImageRequest(image=pb.ImageSpec(image=registry.ref("gc/pinned"))))
+            await rm(pb.RemoveImageRequest(image=pb.ImageSpec(image=registry.ref("gc/b"))))
         assert err.value.status is Status.FAILED_PRECONDITION
+        assert "images.pinned" in str(err.value.message)
         pinned = await status(cli, b.image_id)
-        assert pinned is not None and pinned.pinned
+        assert pinned is not None and pinned.pinned and len(pinned.repo_tags) == 2
 
-        # An image a container uses disappears from the list but keeps its layers.
-        b_snaps = list(st.record(b.image_id).chain_ids)  # type: ignore[union-attr]
-        # (it is pinned through gc/pinned; unpin by removing that tag's image record)
+        # A created, then running container holds its image; an exited one only its layers.
+        c_snaps = list(st.record(c.image_id).chain_ids)  # type: ignore[union-attr]
         pcfg = pod_config("p")
         pod = await cli.run_pod(pcfg)
-        cid = await cli.create_container(pod, container_config("c", b.image_id), pcfg)
-        st._pinned.clear()  # operator unpins; the container still holds the image
+        ccfg = container_config("c", registry.ref("gc/c"), command=["sleep", "60"])
+        cid = await cli.create_container(pod, ccfg, pcfg)
+        for step in ("created", "running"):
+            with pytest.raises(GRPCError) as err:
+                await rm(pb.RemoveImageRequest(image=pb.ImageSpec(image=c.image_id)))
+            assert err.value.status is Status.FAILED_PRECONDITION, step
+            assert "remove the container first" in str(err.value.message)
+            got = await status(cli, registry.ref("gc/c"))
+            assert got is not None and got.id == c.image_id
+            if step == "created":
+                await cli.start_container(cid)
+        await cli.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=1))
+        await rm(pb.RemoveImageRequest(image=pb.ImageSpec(image=registry.ref("gc/c"))))
+        assert await status(cli, c.image_id) is None
+        assert all(st.snapshots.has(s) for s in c_snaps)
+        await cli.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
+        await st.gc()
+        assert not any(st.snapshots.has(s) for s in c_snaps)
+
+        await rm(pb.RemoveImageRequest(image=pb.ImageSpec(image=a.image_id)))
+        st._pinned.clear()  # the operator unpins b; the record still says pinned
         rec = st.record(b.image_id)
         assert rec is not None
         st._records[b.image_id] = dataclasses.replace(
             rec, image=dataclasses.replace(rec.image, pinned=False)
         )
-        await rm(pb.RemoveImageRequest(image=pb.ImageSpec(image=b.image_id)))
-        assert await status(cli, b.image_id) is None
-        assert all(st.snapshots.has(c) for c in b_snaps)
-        await cli.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
-        await st.gc()
-        assert not any(st.snapshots.has(c) for c in b_snaps)
-        assert st.content.digests() == []
+        await rm(pb.RemoveImageRequest(image=pb.ImageSpec(image=registry.ref("gc/pinned"))))
+        assert not (await cli.images.ListImages(pb.ListImagesRequest())).images
+        assert st.content.digests() == [] and list(st.snapshots.root.iterdir()) == []
         assert (st.counters.bytes, st.counters.inodes) == (0, 0)
 
 
