@@ -138,6 +138,31 @@ def gz(data: bytes, level: int = 6) -> bytes:
     return gzip.compress(data, compresslevel=level, mtime=0)
 
 
+def gzip_bomb(zeros: int, name: str = "zeros") -> tuple[bytes, str]:
+    """A gzip layer holding one file of ``zeros`` zero bytes, made without holding it in
+    memory (1 GiB becomes about 1 MiB): (the blob, the layer's diff id)."""
+    import hashlib
+
+    ti = tarfile.TarInfo(name)
+    ti.size = zeros
+    out = io.BytesIO()
+    diff = hashlib.sha256()
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0) as z:
+
+        def put(data: bytes) -> None:
+            z.write(data)
+            diff.update(data)
+
+        put(ti.tobuf(tarfile.PAX_FORMAT))
+        chunk = bytes(1 << 20)
+        left = zeros
+        while left:
+            put(chunk[: min(left, len(chunk))])
+            left -= min(left, len(chunk))
+        put(bytes(-zeros % tarfile.BLOCKSIZE + 2 * tarfile.BLOCKSIZE))
+    return out.getvalue(), "sha256:" + diff.hexdigest()
+
+
 def mixed_layer() -> bytes:
     return make_tar(
         d("etc", mode=0o750, mtime=111),
