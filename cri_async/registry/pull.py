@@ -7,8 +7,9 @@ at once is fetched or unpacked once (single-flight by digest / chain id).
 Before any layer downloads, the pull is refused if the image store's filesystem would keep
 less than ``min_free_bytes`` free (estimated from the manifest's layer sizes), or if the
 layers already on the node exceed the image limit; while layers unpack, ``registry.limits``
-meters them. An image with more than ``max_lowers`` layers gets its deepest layers merged
-into one snapshot, so that a container's overlay mount stacks at most ``max_lowers``.
+meters them. An image with more layers than one overlay mount can stack (``max_lowers``,
+or fewer with long paths: ``SnapshotStore.stack_limit``) gets its deepest layers merged into
+one snapshot.
 
 Every digest and snapshot id the pull touches is added to its ``claims`` before it is
 looked up or written, so that the store can tell what an in-flight pull still needs from
@@ -255,9 +256,10 @@ class Puller:
         self, chain: tuple[str, ...], claims: set[str]
     ) -> tuple[str, int, SnapshotInfo | None]:
         """(flat id, depth, new snapshot or None) for an image too tall for one mount."""
-        if len(chain) <= self.max_lowers:
+        fit = self.snapshots.stack_limit(self.max_lowers)
+        if len(chain) <= fit:
             return "", 0, None
-        depth = len(chain) - self.max_lowers + 1
+        depth = len(chain) - fit + 1
         flat = flat_id(chain[depth - 1])
         claims.add(flat)
         if self._known(flat) is not None:

@@ -36,6 +36,12 @@ from cri_async.registry.unpack import UnsafeLayer, unpack_layer
 log = logging.getLogger("cri_async.registry.snapshots")
 T = TypeVar("T")
 
+# The kernel stacks at most 500 lower directories in one overlay mount. The mount's line in
+# /proc/self/mountinfo lists them all, and runc (like containerd) reads that file with Go's
+# bufio.Scanner, which fails on a line over 64 KiB ("bufio.Scanner: token too long" at
+# `runc create`): the lower directories' paths must also fit in this many bytes.
+LOWERDIR_BYTES = 48 * 1024
+
 
 class LayerError(Exception):
     """A layer could not be unpacked (hostile, corrupt, or not matching its diff id)."""
@@ -85,6 +91,12 @@ class SnapshotStore:
 
     def has(self, chain_id: str) -> bool:
         return self.path(chain_id).is_dir()
+
+    def stack_limit(self, max_lowers: int) -> int:
+        """How many snapshots one overlay mount can stack: ``max_lowers``, or fewer when
+        their paths (all of one length) would not fit in ``LOWERDIR_BYTES``."""
+        per_path = len(str(self.path("sha256:" + "0" * 64))) + 1  # and a ':'
+        return max(2, min(max_lowers, LOWERDIR_BYTES // per_path))
 
     def _unpack_sync(
         self,

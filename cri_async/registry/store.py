@@ -185,7 +185,7 @@ class OCIImageStore:
         rec = self._records.get(image_id)
         if rec is None:
             return None
-        if len(rec.snapshot_ids) > self.max_lowers:
+        if len(rec.snapshot_ids) > self.snapshots.stack_limit(self.max_lowers):
             log.warning(
                 "image %s has %d layers and no merged snapshot; pull it again to make one",
                 image_id,

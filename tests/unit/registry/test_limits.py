@@ -113,3 +113,42 @@ def test_free_space_floor(tmp_path: Path) -> None:
     assert str(tmp_path) in str(err.value)
     with pytest.raises(LimitExceeded, match=r"this needs about 64\.0 GiB"):
         check_free_space(tmp_path, 64 << 30, free)
+
+
+def test_pull_preflight_estimates_from_the_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Layers to download count twice (blob, then at least as much unpacked), a stored blob
+    once, a layer already unpacked not at all; recorded layers count against the image."""
+    from cri_async.registry import pull
+    from cri_async.registry.content import ContentStore
+    from cri_async.registry.manifest import Descriptor
+    from cri_async.registry.snapshots import SnapshotInfo, SnapshotStore
+
+    content = ContentStore(tmp_path / "content")
+    content.open()
+    stored = "sha256:" + "b" * 64
+    content.path(stored).parent.mkdir(parents=True, exist_ok=True)
+    content.path(stored).write_bytes(b"x")
+    known = {"sha256:c3": SnapshotInfo("sha256:c3", "", 0, 0, size=700)}
+    puller = pull.Puller(
+        None,
+        content,
+        SnapshotStore(tmp_path / "snapshots"),
+        known=known.get,
+        limits=UnpackLimits(image_bytes=1000, min_free_bytes=5),
+    )
+    seen: list[tuple[Path, int, int]] = []
+    monkeypatch.setattr(pull, "check_free_space", lambda *a: seen.append(a))
+    layers = tuple(
+        Descriptor("application/vnd.oci.image.layer.v1.tar+gzip", d, s)
+        for d, s in (("sha256:" + "a" * 64, 100), (stored, 10), ("sha256:" + "d" * 64, 1))
+    )
+    budget = puller._preflight(layers, ("sha256:c1", "sha256:c2", "sha256:c3"))
+    assert seen == [(content.root, 2 * 100 + 10, 5)]
+    budget.take(300)
+    with pytest.raises(LimitExceeded):
+        budget.take(1)  # 700 recorded + 300 + 1
+    known["sha256:c1"] = SnapshotInfo("sha256:c1", "", 0, 0, size=301)
+    with pytest.raises(LimitExceeded, match="images.max_image_bytes"):
+        puller._preflight(layers, ("sha256:c1", "sha256:c2", "sha256:c3"))
