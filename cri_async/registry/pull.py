@@ -146,6 +146,8 @@ class Puller:
             return result
         except asyncio.CancelledError:
             if flight.waiters == 1 and not flight.task.done():
+                if self._flights.get(key) is flight:  # a new caller starts afresh
+                    del self._flights[key]
                 flight.task.cancel()
                 await asyncio.wait([flight.task])
             raise

@@ -150,5 +150,5 @@ def test_pull_preflight_estimates_from_the_manifest(
     with pytest.raises(LimitExceeded):
         budget.take(1)  # 700 recorded + 300 + 1
     known["sha256:c1"] = SnapshotInfo("sha256:c1", "", 0, 0, size=301)
-    with pytest.raises(LimitExceeded, match="images.max_image_bytes"):
+    with pytest.raises(LimitExceeded, match=r"images\.max_image_bytes"):
         puller._preflight(layers, ("sha256:c1", "sha256:c2", "sha256:c3"))
