@@ -438,8 +438,9 @@ max_layer_entries = 1000000
 # Bytes a pull must leave free on the filesystem of <state.root> (1 GiB); checked before
 # the layers download, from their sizes in the manifest. 0 turns the check off.
 min_free_bytes = 1073741824
-# Layers one container's overlay mount stacks at most (overlayfs allows 500). The deepest
-# layers of an image with more are merged into one snapshot when it is pulled.
+# Layers one container's overlay mount stacks at most (overlayfs allows 500; fewer are
+# stacked when their paths under <state.root> would not fit in 48 KiB, for runc). The
+# deepest layers of an image with more are merged into one snapshot when it is pulled.
 max_mount_layers = 500
 
 [registry]
