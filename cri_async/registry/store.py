@@ -11,10 +11,11 @@ Sizes for ImageFsInfo are kept as running counters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,7 +123,7 @@ class OCIImageStore:
         self._handlers = set(self.handlers)
         self._pulls: dict[str, asyncio.Task[str]] = {}
         self._progress: dict[str, Progress] = {}
-        self._claims: list[set[str]] = []  # per pull or import in flight: what it touches
+        self._claims: dict[object, set[str]] = {}  # per pull or import in flight
         self._lock = asyncio.Lock()  # metadata changes + GC, never held across a download
         self.counters = Counters()
 
@@ -236,9 +237,7 @@ class OCIImageStore:
         def watch(p: Progress) -> None:
             self._progress[key] = p
 
-        claims: set[str] = set()
-        self._claims.append(claims)
-        try:
+        async with self._claiming() as claims:
             try:
                 pulled, new_snaps = await self.puller.pull(
                     ref, creds, self.platform, watch=watch, claims=claims
@@ -248,13 +247,22 @@ class OCIImageStore:
             async with self._lock:
                 (image_id,) = await self._commit([(ref, pulled)], new_snaps, handler)
             return image_id
+
+    @contextlib.asynccontextmanager
+    async def _claiming(self) -> AsyncIterator[set[str]]:
+        """The claims of one pull or import in flight (what it touches). If it fails, what it
+        touched that nothing else needs is removed."""
+        token = object()
+        claims: set[str] = set()
+        self._claims[token] = claims
+        try:
+            yield claims
         except Exception:
-            self._claims.remove(claims)
+            del self._claims[token]
             await self._sweep(claims)
             raise
         finally:
-            if claims in self._claims:
-                self._claims.remove(claims)
+            self._claims.pop(token, None)
 
     async def _commit(
         self, items: list[tuple[Reference, Pulled]], new_snaps: list[SnapshotInfo], handler: str
@@ -326,41 +334,34 @@ class OCIImageStore:
             raise InvalidArgument(str(e)) from None
         except LimitExceeded as e:
             raise _map_error(str(path), e, "import") from None
-        claims: set[str] = set()
-        self._claims.append(claims)
         try:
-            if not entries:
-                raise InvalidArgument(f"{path}: the layout lists no images")
-            if given is not None and len(entries) > 1:
-                raise InvalidArgument(
-                    f"{path}: --name names one image, and this archive holds {len(entries)}"
-                )
-            puller = self._puller(src, 1)
-            items: list[tuple[Reference, Pulled]] = []
-            snaps: list[SnapshotInfo] = []
-            for entry in entries:
-                try:
-                    refs = [given] if given is not None else layout.entry_refs(path, entry)
-                except layout.LayoutError as e:
-                    raise InvalidArgument(str(e)) from None
-                try:
-                    pulled, new = await puller.pull(
-                        refs[0], Credentials(), self.platform, entry.digest, claims=claims
+            async with self._claiming() as claims:
+                if not entries:
+                    raise InvalidArgument(f"{path}: the layout lists no images")
+                if given is not None and len(entries) > 1:
+                    raise InvalidArgument(
+                        f"{path}: --name names one image, and this archive holds {len(entries)}"
                     )
-                except PULL_ERRORS as e:
-                    raise _map_error(str(path), e, "import") from None
-                items += [(r, pulled) for r in refs]
-                snaps += new
-            async with self._lock:
-                ids = await self._commit(items, snaps, "")
-            return [(str(r), i) for (r, _), i in zip(items, ids, strict=True)]
-        except Exception:
-            self._claims.remove(claims)
-            await self._sweep(claims)
-            raise
+                puller = self._puller(src, self.max_downloads)
+                items: list[tuple[Reference, Pulled]] = []
+                snaps: list[SnapshotInfo] = []
+                for entry in entries:
+                    try:
+                        refs = [given] if given is not None else layout.entry_refs(path, entry)
+                    except layout.LayoutError as e:
+                        raise InvalidArgument(str(e)) from None
+                    try:
+                        pulled, new = await puller.pull(
+                            refs[0], Credentials(), self.platform, entry.digest, claims=claims
+                        )
+                    except PULL_ERRORS as e:
+                        raise _map_error(str(path), e, "import") from None
+                    items += [(r, pulled) for r in refs]
+                    snaps += new
+                async with self._lock:
+                    ids = await self._commit(items, snaps, "")
+                return [(str(r), i) for (r, _), i in zip(items, ids, strict=True)]
         finally:
-            if claims in self._claims:
-                self._claims.remove(claims)
             if tmp is not None:
                 await asyncio.to_thread(tmp.cleanup)
 
@@ -430,7 +431,7 @@ class OCIImageStore:
         async with self._lock:
             blobs = {b for r in self._records.values() for b in r.blobs}
             for key in sorted(claims):
-                if any(key in c for c in self._claims):
+                if any(key in c for c in self._claims.values()):
                     continue
                 if key not in self._snaps and self.snapshots.has(key):
                     await self.snapshots.remove(key)
