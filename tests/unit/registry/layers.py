@@ -12,25 +12,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from cri_async import linux
+from tests.support.registry import missing
 
 MTIME = 1_700_000_000
 
 Member = tuple[tarfile.TarInfo, bytes | None]
 
 
-def unavailable(reason: str) -> None:
-    """A missing prerequisite: skip locally, fail under ``CI=true``."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"required in CI: {reason}")
-    pytest.skip(reason)
-
-
 def need_root() -> None:
     if os.geteuid() != 0:
-        unavailable("needs root (mknod, chown, trusted.* xattrs)")
+        missing("needs root (mknod, chown, trusted.* xattrs)")
 
 
 def entry(
@@ -122,12 +114,12 @@ def overlay_view(lowers: list[Path], mnt: Path) -> Iterator[Path]:
     """A read-only overlayfs of ``lowers`` (top-most first) at ``mnt``, through the new mount
     API (one ``lowerdir+`` per layer, no option-string limit)."""
     if "overlay" not in Path("/proc/filesystems").read_text():
-        unavailable("overlayfs is not available in this kernel")
+        missing("overlayfs is not available in this kernel")
     mnt.mkdir(exist_ok=True)
     try:
         linux.mount_new_api("overlay", str(mnt), [("lowerdir+", str(p)) for p in lowers])
     except OSError as e:
-        unavailable(f"cannot mount overlayfs: {e}")
+        missing(f"cannot mount overlayfs: {e}")
     try:
         yield mnt
     finally:
