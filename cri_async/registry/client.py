@@ -50,6 +50,16 @@ class Unreachable(RegistryError):
     kind = "unreachable"
 
 
+def _tls_failure(e: BaseException) -> bool:
+    """Whether a connection failed in the TLS handshake (the host did answer)."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class Fetched:
     endpoint: Endpoint
@@ -177,7 +187,8 @@ class RegistryClient:
                 req = client.build_request("GET", ep.base + path, headers=hdrs)
                 resp = await client.send(req, stream=True)
             except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-                raise Unreachable(f"{what}: {ep.base}: {type(e).__name__}: {e}") from None
+                kind = RegistryError if _tls_failure(e) else Unreachable
+                raise kind(f"{what}: {ep.base}: {type(e).__name__}: {e}") from None
             except httpx.HTTPError as e:
                 raise RegistryError(f"{what}: {ep.base}: {type(e).__name__}: {e}") from None
             if resp.status_code != 401:

@@ -543,6 +543,16 @@ async def test_tls_registry_with_configured_ca(tmp_path: Path, registry: LocalRe
             with pytest.raises(GRPCError) as err:  # HTTP to an HTTPS port fails
                 await srv.client.pull(ref)
             assert err.value.status is Status.UNAVAILABLE
+        (tmp_path / "other").mkdir()
+        other_ca = make_ca_and_cert(tmp_path / "other")[0]
+        async with CRIServer(
+            tmp_path / "wrong-ca", config=config(ca={tls_reg.host: [str(other_ca)]})
+        ) as srv:
+            with pytest.raises(GRPCError) as err:  # the host answers; its certificate fails
+                await srv.client.pull(ref)
+            assert err.value.status is Status.UNAVAILABLE
+            assert "CERTIFICATE_VERIFY_FAILED" in str(err.value.message)
+            assert "images import" not in str(err.value.message)  # not an offline problem
         async with CRIServer(
             tmp_path / "trusted", config=config(ca={tls_reg.host: [str(ca)]})
         ) as srv:
