@@ -29,6 +29,7 @@ from cri_async.registry.auth import load_credentials_file
 from cri_async.registry.client import RegistryClient
 from cri_async.registry.fake_store import CatalogImage, FakeImageStore
 from cri_async.registry.hosts import HostResolver
+from cri_async.registry.limits import UnpackLimits
 from cri_async.registry.manifest import Platform, host
 from cri_async.registry.store import OCIImageStore
 
@@ -40,16 +41,6 @@ def pause_argv() -> list[str] | None:
         if path:
             return [path, "-P"]
     return None
-
-
-def _lowers(images: OCIImageStore) -> Callable[[str], list[str] | None]:
-    def lowers(image_id: str) -> list[str] | None:
-        rec = images.record(image_id)
-        if rec is None:
-            return None
-        return [str(images.snapshots.path(c)) for c in reversed(rec.chain_ids)]
-
-    return lowers
 
 
 class BackendFactory:
@@ -111,7 +102,7 @@ class BackendFactory:
         return Bundles(
             root=root,
             layers_root=Path(config.state.root) / "containers",
-            lowers=_lowers(self.images),
+            lowers=self.images.lower_dirs,
             conmon=conmon,
             host=facts,
         )
@@ -176,11 +167,17 @@ def catalog(config: Config) -> list[CatalogImage]:
 
 
 def build_image_store(
-    config: Config, store: StateStore, in_use: Callable[[], set[str]]
+    config: Config,
+    store: StateStore,
+    in_use: Callable[[], set[str]],
+    busy: Callable[[], set[str]] = set,
 ) -> ImageStore:
-    if config.images.backend == "fake":
+    """``in_use``: images of any container (their layers stay); ``busy``: images of created
+    or running containers (RemoveImage refuses them)."""
+    images = config.images
+    if images.backend == "fake":
         return FakeImageStore(
-            store, catalog(config), config.images.pinned, mountpoint=config.state.root
+            store, catalog(config), images.pinned, mountpoint=config.state.root, busy=busy
         )
     reg = config.registry
     client = RegistryClient(
@@ -202,4 +199,12 @@ def build_image_store(
         handlers=config.runtimes.keys(),
         max_downloads=config.images.max_concurrent_downloads,
         in_use=in_use,
+        busy=busy,
+        limits=UnpackLimits(
+            layer_bytes=images.max_layer_bytes,
+            image_bytes=images.max_image_bytes,
+            layer_entries=images.max_layer_entries,
+            min_free_bytes=images.min_free_bytes,
+        ),
+        max_lowers=images.max_mount_layers,
     )

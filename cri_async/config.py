@@ -162,9 +162,24 @@ class ImagesConfig:
     platform: str = ""
     max_concurrent_downloads: int = 3
     stall_timeout: float = 60.0
+    max_layer_bytes: int = 32 << 30
+    max_image_bytes: int = 64 << 30
+    max_layer_entries: int = 1_000_000
+    min_free_bytes: int = 1 << 30
+    max_mount_layers: int = 500
 
     def __post_init__(self) -> None:
         _choice("images.backend", self.backend, ("registry", "fake"))
+        for key in ("max_layer_bytes", "max_image_bytes", "max_layer_entries"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"images.{key}: must be at least 1")
+        if self.min_free_bytes < 0:
+            raise ConfigError("images.min_free_bytes: must not be negative")
+        if not 2 <= self.max_mount_layers <= 500:
+            raise ConfigError(
+                "images.max_mount_layers: must be between 2 and 500 (overlayfs stacks at most"
+                " 500 layers)"
+            )
         if self.platform:
             parts = self.platform.split("/")
             if len(parts) not in (2, 3) or not all(parts):
@@ -413,6 +428,22 @@ platform = ""
 max_concurrent_downloads = 3
 # Seconds without a single byte after which a download fails (no limit on total time).
 stall_timeout = 60.0
+# Limits against decompression bombs and runaway images; a pull or import beyond one fails
+# with RESOURCE_EXHAUSTED naming it and leaves nothing behind. The defaults fit the largest
+# real images (CUDA and ML bases: a few layers of 5-15 GiB, 20-40 GiB in all).
+# Uncompressed bytes one layer may unpack to (32 GiB).
+max_layer_bytes = 34359738368
+# Uncompressed bytes all layers of one image may unpack to (64 GiB).
+max_image_bytes = 68719476736
+# Tar entries (files, directories, links, whiteouts...) one layer may hold.
+max_layer_entries = 1000000
+# Bytes a pull must leave free on the filesystem of <state.root> (1 GiB); checked before
+# the layers download, from their sizes in the manifest. 0 turns the check off.
+min_free_bytes = 1073741824
+# Layers one container's overlay mount stacks at most (overlayfs allows 500; fewer are
+# stacked when their paths under <state.root> would not fit in 48 KiB, for runc). The
+# deepest layers of an image with more are merged into one snapshot when it is pulled.
+max_mount_layers = 500
 
 [registry]
 # A containerd-style hosts directory: <config_path>/<host>/hosts.toml (and _default/),

@@ -21,7 +21,7 @@ from cri_async.config import Config
 from cri_async.core.context import Limits
 from cri_async.core.errors import Unavailable
 from cri_async.core.images import FilesystemUsage
-from cri_async.core.model import NodeNetwork
+from cri_async.core.model import ContainerState, NodeNetwork
 from cri_async.core.runtime import Runtime
 from cri_async.monitor.hostprep import prepare_host
 from cri_async.monitor.reaper import Reaper, become_subreaper
@@ -67,7 +67,7 @@ class Server:
         self.rpc_timeout = config.server.rpc_timeout
         self.socket_path = Path(config.server.socket)
         self.store = SQLiteStore(config.db_path, sync=config.state.sync)
-        self.images = build_image_store(config, self.store, self._images_in_use)
+        self.images = build_image_store(config, self.store, self._images_in_use, self._images_busy)
         self.real = any(h.backend != "fake" for h in config.runtimes.values())
         self.cni = (
             CNI(
@@ -127,6 +127,10 @@ class Server:
 
     def _images_in_use(self) -> set[str]:
         return {c.image_id for c in self.runtime.ctx.containers}
+
+    def _images_busy(self) -> set[str]:
+        active = (ContainerState.CREATED, ContainerState.RUNNING)
+        return {c.image_id for c in self.runtime.ctx.containers if c.state in active}
 
     # Tracker protocol (services/errors.py)
     def begin(self) -> None:

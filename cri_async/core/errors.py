@@ -39,5 +39,9 @@ class Unavailable(CRIError):
     """The server is shutting down or a dependency is temporarily not usable."""
 
 
+class ResourceExhausted(CRIError):
+    """A configured limit (size, count, free space) would be exceeded; the message names it."""
+
+
 class Internal(CRIError):
     """An unexpected failure below the runtime (backend, store); message says what failed."""

@@ -44,6 +44,22 @@ class StallError(RegistryError):
     kind = "deadline"
 
 
+class Unreachable(RegistryError):
+    """No connection to the endpoint could be made (name resolution, refused, timed out)."""
+
+    kind = "unreachable"
+
+
+def _tls_failure(e: BaseException) -> bool:
+    """Whether a connection failed in the TLS handshake (the host did answer)."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class Fetched:
     endpoint: Endpoint
@@ -170,6 +186,9 @@ class RegistryClient:
             try:
                 req = client.build_request("GET", ep.base + path, headers=hdrs)
                 resp = await client.send(req, stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                kind = RegistryError if _tls_failure(e) else Unreachable
+                raise kind(f"{what}: {ep.base}: {type(e).__name__}: {e}") from None
             except httpx.HTTPError as e:
                 raise RegistryError(f"{what}: {ep.base}: {type(e).__name__}: {e}") from None
             if resp.status_code != 401:
@@ -198,7 +217,7 @@ class RegistryClient:
 
     async def _each(self, host: str, what: str, fn: Callable[[Endpoint], object]) -> object:
         """Try ``fn`` on each endpoint; return the first success, else raise the most
-        telling error (auth beats not-found beats unavailable)."""
+        telling error (auth beats not-found beats unavailable beats unreachable)."""
         errors: list[RegistryError] = []
         for ep in self.hosts.endpoints(host):
             try:
@@ -210,7 +229,7 @@ class RegistryClient:
                     )
                 errors.append(e)
         rank = {"permission_denied": 0, "not_found": 1, "deadline": 2, "unavailable": 3}
-        raise min(errors, key=lambda e: rank.get(e.kind, 4))
+        raise min(errors, key=lambda e: rank.get(e.kind, 4))  # Unreachable: none answered
 
     async def fetch_manifest(
         self, host: str, repo: str, reference: str, creds: auth.Credentials

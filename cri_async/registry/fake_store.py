@@ -10,17 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cri_async.core import serde
-from cri_async.core.errors import InvalidArgument, NotFound, Unimplemented
+from cri_async.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unimplemented
 from cri_async.core.images import AuthConfig, FilesystemUsage, PullProgress
 from cri_async.core.model import Image, ImageSpec
 from cri_async.core.ports import StateStore
 from cri_async.registry.manifest import user_fields
-from cri_async.registry.reference import Reference, ReferenceError, normalize, parse_image_id
+from cri_async.registry.records import resolve
+from cri_async.registry.reference import Reference, ReferenceError, normalize
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +61,13 @@ class FakeImageStore:
         catalog: Iterable[CatalogImage],
         pinned: Iterable[str] = (),
         mountpoint: str = "/",
+        busy: Callable[[], set[str]] = set,
     ) -> None:
         self._store = store
         self._catalog = {str(_ref(c.ref)): c for c in catalog}
         self._pinned = {str(_ref(p)) for p in pinned}
         self._mountpoint = mountpoint
+        self._busy = busy  # images of created or running containers
         self._images: dict[str, Image] = {}
 
     async def load(self) -> None:
@@ -117,26 +120,7 @@ class FakeImageStore:
         return image_id
 
     def get(self, spec: ImageSpec) -> Image | None:
-        text = spec.image
-        if not text:
-            return None
-        image_id = parse_image_id(text)
-        if image_id is not None:
-            return self._images.get(image_id)
-        matches = [i for i in self._images if i.removeprefix("sha256:").startswith(text)]
-        if len(matches) == 1 and len(text) >= 3:
-            return self._images[matches[0]]
-        try:
-            ref = normalize(text)
-        except ReferenceError:
-            return None
-        for img in self._images.values():
-            if ref.digest is not None:
-                if f"{ref.name}@{ref.digest}" in img.repo_digests:
-                    return img
-            elif str(ref) in img.repo_tags:
-                return img
-        return None
+        return resolve(self._images.values(), spec.image)
 
     def list_images(self, spec: ImageSpec | None = None) -> list[Image]:
         if spec is not None and spec.image:
@@ -145,21 +129,20 @@ class FakeImageStore:
         return list(self._images.values())
 
     async def remove(self, spec: ImageSpec) -> None:
+        """As the registry store: the whole image the name resolves to, every tag and
+        digest, unless it is pinned or a created or running container uses it."""
         img = self.get(spec)
         if img is None:
             return
-        tag = None
-        if parse_image_id(spec.image) is None:
-            try:
-                ref = normalize(spec.image)
-                tag = str(ref) if ref.digest is None else None
-            except ReferenceError:
-                tag = None
-        if tag is not None and len(img.repo_tags) > 1:
-            new = replace(img, repo_tags=tuple(t for t in img.repo_tags if t != tag))
-            await self._store.put(self.kind, img.id, serde.dumps(new))
-            self._images[img.id] = new
-            return
+        if img.pinned:
+            raise FailedPrecondition(
+                f"image {spec.image!r} is pinned (images.pinned in the config)"
+            )
+        if img.id in self._busy():
+            raise FailedPrecondition(
+                f"image {spec.image!r} ({img.id}) is used by a created or running container;"
+                " remove the container first"
+            )
         await self._store.delete(self.kind, [img.id])
         self._images.pop(img.id, None)
 

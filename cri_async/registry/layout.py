@@ -23,6 +23,8 @@ from cri_async.registry.auth import Credentials
 from cri_async.registry.client import Fetched, NotFoundError, RegistryError
 from cri_async.registry.content import BlobWriter
 from cri_async.registry.hosts import Endpoint
+from cri_async.registry.limits import KEY_IMAGE_BYTES, LimitExceeded, human
+from cri_async.registry.reference import Reference, ReferenceError, normalize
 
 REF_NAME = "org.opencontainers.image.ref.name"
 LOCAL_HOST = "import.local"
@@ -171,20 +173,40 @@ def _link_blob(src: LayoutSource, path: Path, digest: str) -> None:
         dst.symlink_to(path.resolve())
 
 
+def _extract(path: Path, dest: str, max_bytes: int) -> None:
+    """Unpack the archive at ``path`` into ``dest`` (tarfile's "data" filter: nothing outside
+    it, no devices), refusing it once its files add up to more than ``max_bytes``."""
+    total = 0
+    with tarfile.open(path, "r|*") as tf:
+        for member in tf:
+            total += member.size if member.isreg() else 0
+            if total > max_bytes:
+                raise LimitExceeded(
+                    f"{path} holds more than {human(max_bytes)}"
+                    f" (the limit {KEY_IMAGE_BYTES} = {max_bytes})",
+                    key=KEY_IMAGE_BYTES,
+                )
+            tf.extract(member, dest, filter="data")
+
+
 def open_path(
-    path: Path,
+    path: Path, max_bytes: int
 ) -> tuple[LayoutSource, list[Entry], tempfile.TemporaryDirectory[str] | None]:
-    """An OCI layout dir or archive, or a docker save archive (tar, optionally gzipped)."""
+    """An OCI layout dir or archive, or a docker save archive (tar, optionally gzipped). An
+    archive is extracted to a temporary directory (the caller cleans it up), up to
+    ``max_bytes`` of files."""
     tmp: tempfile.TemporaryDirectory[str] | None = None
     root = path
     if path.is_file():
         tmp = tempfile.TemporaryDirectory(prefix="cri-import-")
         try:
-            with tarfile.open(path) as tf:
-                tf.extractall(tmp.name, filter="data")
-        except (tarfile.TarError, OSError) as e:
+            _extract(path, tmp.name, max_bytes)
+        except (tarfile.TarError, OSError, EOFError) as e:
             tmp.cleanup()
             raise LayoutError(f"{path}: cannot read archive: {e}") from None
+        except BaseException:
+            tmp.cleanup()
+            raise
         root = Path(tmp.name)
     try:
         if (root / "index.json").exists():
@@ -205,4 +227,25 @@ def open_path(
     )
 
 
-__all__ = ["LayoutError", "LayoutSource", "docker_save_to_layout", "open_path"]
+def entry_refs(path: Path, entry: Entry) -> list[Reference]:
+    """The references an image of the layout is named by. A name must be a reference
+    (``name:tag``, ``host/name``...): OCI allows a bare tag ("latest") as a layout's ref
+    name, and that names no image."""
+    refs = []
+    for n in entry.names:
+        try:
+            if "/" in n or ":" in n:
+                refs.append(normalize(n))
+                continue
+        except ReferenceError:
+            pass
+        raise LayoutError(
+            f"{path}: image {entry.digest} is named {n!r}, not a full reference;"
+            " give one with --name"
+        )
+    if not refs:
+        raise LayoutError(f"{path}: image {entry.digest} has no name; give one with --name")
+    return refs
+
+
+__all__ = ["LayoutError", "LayoutSource", "docker_save_to_layout", "entry_refs", "open_path"]

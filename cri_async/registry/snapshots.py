@@ -3,7 +3,12 @@
 A snapshot directory is one layer's diff, ready to be an overlayfs lower directory. It is
 unpacked into a temporary directory (off the event loop, with decompression and the diff-id
 hash on a second thread) and renamed into place only after the uncompressed content matched
-the image config's diff id.
+the image config's diff id. The limits of ``registry.limits`` apply while it unpacks.
+
+An image with more layers than an overlay mount may stack also gets a *flattened* snapshot:
+its deepest layers merged into one (``registry.flatten``), kept under an id derived from the
+chain id of the topmost merged layer (``flat_id``), so images sharing those layers share it.
+It is made the same way: in a temporary directory, then renamed into place.
 """
 
 from __future__ import annotations
@@ -12,21 +17,30 @@ import asyncio
 import hashlib
 import logging
 import os
-import queue
 import secrets
 import shutil
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import TypeVar
 
 import zstandard
 
+from cri_async.registry.flatten import flatten
+from cri_async.registry.inflate import Cancelled, Inflater
+from cri_async.registry.limits import KEY_LAYER_ENTRIES, LayerMeter, LimitExceeded
 from cri_async.registry.unpack import UnsafeLayer, unpack_layer
 
 log = logging.getLogger("cri_async.registry.snapshots")
+T = TypeVar("T")
+
+# The kernel stacks at most 500 lower directories in one overlay mount. The mount's line in
+# /proc/self/mountinfo lists them all, and runc (like containerd) reads that file with Go's
+# bufio.Scanner, which fails on a line over 64 KiB ("bufio.Scanner: token too long" at
+# `runc create`): the lower directories' paths must also fit in this many bytes.
+LOWERDIR_BYTES = 48 * 1024
 
 
 class LayerError(Exception):
@@ -35,141 +49,30 @@ class LayerError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class SnapshotInfo:
-    chain_id: str
-    diff_id: str
-    bytes: int
+    chain_id: str  # for a flattened snapshot, its flat_id
+    diff_id: str  # "" for a flattened snapshot
+    bytes: int  # disk use: regular files' sizes (a flattened snapshot's are hard links)
     inodes: int
+    size: int = 0  # the uncompressed layer's size (what images.max_*_bytes count)
 
 
-_CHUNK = 256 * 1024  # decompressed bytes per queued chunk (and compressed bytes per read)
-_AHEAD = 4  # chunks in flight between the two threads
+def flat_id(top_chain_id: str) -> str:
+    """The id of the snapshot merging every layer up to the one of ``top_chain_id``."""
+    return "sha256:" + hashlib.sha256(f"flattened {top_chain_id}".encode()).hexdigest()
 
 
-class _Inflater:
-    """Decompression and the diff-id hash on their own thread, ahead of the unpack.
-
-    zlib, zstd and hashlib release the GIL, so this work runs on a second core while the
-    caller's thread parses the tar and makes the files. A bounded queue keeps at most
-    ``_AHEAD`` chunks of ``_CHUNK`` bytes in flight (a decompression bomb is read in bounded
-    chunks too). ``read`` hands the decompressed stream out in order, then ``b""``; an error
-    of the decompressor (or of the blob's file) is raised by ``read``. ``hash`` covers
-    everything decompressed, so it is the diff id once ``read`` has returned ``b""``.
-    ``close`` stops the thread; it must be called before ``f`` is closed.
-    """
-
-    def __init__(self, f: IO[bytes], compression: str) -> None:
-        self.hash = hashlib.sha256()
-        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(_AHEAD)
-        self._stop = threading.Event()
-        self._rest = b""  # what read() has not handed out of the last chunk
-        self._done = False
-        self._thread = threading.Thread(
-            target=self._run, args=(f, compression), name="layer-inflate", daemon=True
-        )
-        self._thread.start()
-
-    def _run(self, f: IO[bytes], compression: str) -> None:
-        try:
-            for chunk in _chunks(f, compression):
-                self.hash.update(chunk)
-                if not self._put(chunk):
-                    return
-            self._put(None)
-        except BaseException as e:  # handed to the reader, which raises it
-            self._put(e)
-
-    def _put(self, item: bytes | BaseException | None) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def read(self, n: int = -1) -> bytes:
-        if not self._rest:
-            if self._done:
-                return b""
-            item = self._queue.get()
-            if item is None:
-                self._done = True
-                return b""
-            if isinstance(item, BaseException):
-                self._done = True
-                raise item
-            self._rest = item
-        if n < 0:
-            data, self._rest = self._rest, b""
-            return data + b"".join(iter(lambda: self.read(_CHUNK), b""))
-        data, self._rest = self._rest[:n], self._rest[n:]
-        return data
-
-    def drain(self) -> None:
-        """Read to the end (tar padding after the end-of-archive marker is in the diff id)."""
-        while self.read(_CHUNK):
-            pass
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def _chunks(f: IO[bytes], compression: str) -> Iterator[bytes]:
-    """The decompressed content of ``f``, in chunks of at most ``_CHUNK`` bytes."""
-    if compression == "gzip":
-        yield from _gunzip(f)
-        return
-    src = (
-        zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
-        if compression == "zstd"
-        else f
-    )
-    while chunk := src.read(_CHUNK):
-        yield chunk
-
-
-def _gunzip(f: IO[bytes]) -> Iterator[bytes]:
-    """gzip's members, one after the other, as ``gzip.GzipFile`` reads them.
-
-    zlib checks each member's header, CRC-32 and length (``wbits=31``). Zero bytes between
-    members are padding; a stream that ends inside a member raises ``EOFError``, and anything
-    else that is not a member ``zlib.error``.
-    """
-    d: zlib._Decompress | None = None  # inside a member
-    data = b""  # compressed bytes d has not taken yet
-    members = 0
-    while True:
-        if d is None:
-            if members:
-                data = data.lstrip(b"\0")
-            if not data:
-                data = f.read(_CHUNK)
-                if not data:
-                    return
-                continue
-            d = zlib.decompressobj(31)
-            members += 1
-        if not data:
-            data = f.read(_CHUNK)
-            if not data:
-                # Output zlib still holds (the last call stopped at max_length), else truncated.
-                out = d.decompress(b"", _CHUNK)
-                if out:
-                    yield out
-                    continue
-                if d.eof:
-                    d = None
-                    continue
-                raise EOFError("Compressed file ended before the end-of-stream marker was reached")
-        out = d.decompress(data, _CHUNK)
-        if d.eof:
-            data = d.unused_data
-            d = None
-        else:
-            data = d.unconsumed_tail
-        if out:
-            yield out
+async def _in_thread(fn: Callable[[threading.Event], T]) -> T:
+    """``fn(cancel)`` in a worker thread. If the caller is cancelled, ``cancel`` is set and
+    the thread awaited: by the time the cancellation propagates, it has removed its
+    temporary directory, and nothing it made can appear later."""
+    cancel = threading.Event()
+    work = asyncio.ensure_future(asyncio.to_thread(fn, cancel))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        cancel.set()
+        await asyncio.wait([work])
+        raise
 
 
 class SnapshotStore:
@@ -189,23 +92,46 @@ class SnapshotStore:
     def has(self, chain_id: str) -> bool:
         return self.path(chain_id).is_dir()
 
+    def stack_limit(self, max_lowers: int) -> int:
+        """How many snapshots one overlay mount can stack: ``max_lowers``, or fewer when
+        their paths (all of one length) would not fit in ``LOWERDIR_BYTES``."""
+        per_path = len(str(self.path("sha256:" + "0" * 64))) + 1  # and a ':'
+        return max(2, min(max_lowers, LOWERDIR_BYTES // per_path))
+
     def _unpack_sync(
-        self, chain_id: str, diff_id: str, blob: Path, compression: str
+        self,
+        chain_id: str,
+        diff_id: str,
+        blob: Path,
+        compression: str,
+        meter: LayerMeter | None = None,
+        max_entries: int | None = None,
+        cancel: threading.Event | None = None,
     ) -> SnapshotInfo:
         tmp = self.root / f"tmp-{secrets.token_hex(8)}"
         tmp.mkdir()
         try:
             with open(blob, "rb") as f:
-                stream = _Inflater(f, compression)
+                stream = Inflater(f, compression, meter, cancel)
                 try:
-                    stats = unpack_layer(stream, tmp)  # type: ignore[arg-type]  # reads only
+                    stats = unpack_layer(
+                        stream,  # type: ignore[arg-type]  # reads only
+                        tmp,
+                        max_entries=max_entries,
+                    )
                     stream.drain()  # tar padding after the end-of-archive marker
+                except LimitExceeded as e:
+                    if e.key != KEY_LAYER_ENTRIES:
+                        raise
+                    raise LimitExceeded(f"layer {diff_id} has {e}", key=e.key) from None
                 except UnsafeLayer as e:
                     raise LayerError(f"layer {diff_id} refused: {e}") from None
                 except (OSError, EOFError, zlib.error, zstandard.ZstdError) as e:
                     raise LayerError(f"layer {diff_id} is corrupt: {e}") from None
                 finally:
                     stream.close()
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled")
             got = "sha256:" + stream.hash.hexdigest()
             if got != diff_id:
                 raise LayerError(
@@ -216,15 +142,55 @@ class SnapshotStore:
                 shutil.rmtree(tmp)
             else:
                 os.replace(tmp, dst)
-            return SnapshotInfo(chain_id, diff_id, stats.bytes, stats.inodes)
+            return SnapshotInfo(chain_id, diff_id, stats.bytes, stats.inodes, stream.size)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
     async def unpack(
-        self, chain_id: str, diff_id: str, blob: Path, compression: str
+        self,
+        chain_id: str,
+        diff_id: str,
+        blob: Path,
+        compression: str,
+        meter: LayerMeter | None = None,
+        max_entries: int | None = None,
     ) -> SnapshotInfo:
-        return await asyncio.to_thread(self._unpack_sync, chain_id, diff_id, blob, compression)
+        return await _in_thread(
+            lambda cancel: self._unpack_sync(
+                chain_id, diff_id, blob, compression, meter, max_entries, cancel
+            )
+        )
+
+    def _flatten_sync(
+        self, flat: str, chain_ids: Sequence[str], cancel: threading.Event | None = None
+    ) -> SnapshotInfo:
+        def check() -> None:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled")
+
+        tmp = self.root / f"tmp-{secrets.token_hex(8)}"
+        tmp.mkdir()
+        try:
+            try:
+                stats = flatten([self.path(c) for c in chain_ids], tmp, check)
+                check()
+            except OSError as e:
+                raise LayerError(f"cannot merge the {len(chain_ids)} deepest layers: {e}") from e
+            dst = self.path(flat)
+            if dst.exists():  # made meanwhile by another pull
+                shutil.rmtree(tmp)
+            else:
+                os.replace(tmp, dst)
+            log.info("merged the %d deepest layers into %s", len(chain_ids), flat)
+            return SnapshotInfo(flat, "", stats.bytes, stats.inodes)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    async def flatten(self, flat: str, chain_ids: Sequence[str]) -> SnapshotInfo:
+        """Merge the snapshots ``chain_ids`` (bottom first) into snapshot ``flat``."""
+        return await _in_thread(lambda cancel: self._flatten_sync(flat, chain_ids, cancel))
 
     async def remove(self, chain_id: str) -> None:
         src = self.path(chain_id)

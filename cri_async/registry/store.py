@@ -1,18 +1,22 @@
 """The image store behind the ImageService: real pulls, metadata, garbage collection.
 
-An image becomes visible only when its record is committed, after every blob is verified
-and every layer unpacked; a crash before that leaves unreferenced content, which the
-startup garbage collection removes. Sizes for ImageFsInfo are kept as running counters.
+A pull or an import either commits complete images or nothing: the records are written in
+one transaction, after every blob is verified, every layer unpacked (within the limits of
+``registry.limits``) and every snapshot they need checked to be there. A failed pull removes
+what it added that no image and no other pull in flight needs (blobs, snapshots); a crash
+before the commit leaves unreferenced content, which the startup garbage collection removes.
+Sizes for ImageFsInfo are kept as running counters.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cri_async.core import serde
@@ -24,6 +28,7 @@ from cri_async.core.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unavailable,
 )
 from cri_async.core.images import AuthConfig, FilesystemUsage
@@ -31,11 +36,14 @@ from cri_async.core.model import Image, ImageSpec
 from cri_async.core.ports import Delete, Op, Put, StateStore
 from cri_async.registry import layout
 from cri_async.registry import manifest as mf
+from cri_async.registry import records as rs
 from cri_async.registry.auth import AuthError, Credentials, from_auth_config
-from cri_async.registry.client import RegistryClient, RegistryError
+from cri_async.registry.client import RegistryClient, RegistryError, Unreachable
 from cri_async.registry.content import ContentStore, DigestMismatch
+from cri_async.registry.limits import LimitExceeded, UnpackLimits
 from cri_async.registry.pull import Progress, Pulled, Puller
-from cri_async.registry.reference import Reference, ReferenceError, normalize, parse_image_id
+from cri_async.registry.records import ImageRecord
+from cri_async.registry.reference import Reference, ReferenceError, normalize
 from cri_async.registry.snapshots import LayerError, SnapshotInfo, SnapshotStore
 
 log = logging.getLogger("cri_async.registry.store")
@@ -43,19 +51,17 @@ log = logging.getLogger("cri_async.registry.store")
 IMAGE_KIND = "image"
 SNAPSHOT_KIND = "snapshot"
 
+# What a pull can fail with below the CRI errors; each becomes one (see _map_error).
+PULL_ERRORS = (
+    RegistryError,
+    AuthError,
+    mf.ManifestError,
+    DigestMismatch,
+    LayerError,
+    LimitExceeded,
+)
 
-@dataclass(frozen=True, slots=True)
-class ImageRecord:
-    image: Image
-    config_digest: str
-    chain_ids: tuple[str, ...]
-    blobs: tuple[str, ...]
-    handlers: tuple[str, ...] = ()
-    pulled_at: int = 0
-
-    @property
-    def visible(self) -> bool:
-        return bool(self.image.repo_tags or self.image.repo_digests)
+__all__ = ["ImageRecord", "OCIImageStore"]
 
 
 @dataclass
@@ -64,9 +70,22 @@ class Counters:
     inodes: int = 0
 
 
-def _map_error(ref: str, e: Exception, verb: str = "pull") -> CRIError:
-    msg = f"failed to {verb} {ref}: {e}"
+def _offline_hint(host: str) -> str:
+    return (
+        f"; no endpoint of {host} answered. To pull through a mirror, list it under"
+        f' registry.mirrors."{host}" (or a hosts.toml in registry.config_path); on a node'
+        " without access, copy the image over and load it with `cri-async images import"
+        " <OCI layout or docker save archive>`"
+    )
+
+
+def _map_error(what: str, e: Exception, verb: str = "pull", host: str = "") -> CRIError:
+    msg = f"failed to {verb} {what}: {e}"
+    if isinstance(e, LimitExceeded):
+        return ResourceExhausted(msg)
     if isinstance(e, RegistryError):
+        if isinstance(e, Unreachable) and host:
+            msg += _offline_hint(host)
         kind = {
             "not_found": NotFound,
             "permission_denied": PermissionDenied,
@@ -77,8 +96,6 @@ def _map_error(ref: str, e: Exception, verb: str = "pull") -> CRIError:
         return PermissionDenied(msg)
     if isinstance(e, mf.UnsupportedManifest):
         return FailedPrecondition(msg)
-    if isinstance(e, DigestMismatch | mf.ManifestError | LayerError):
-        return Internal(msg)
     return Internal(msg)
 
 
@@ -91,26 +108,35 @@ class OCIImageStore:
     pinned: Iterable[str] = ()
     handlers: Iterable[str] = ("",)
     max_downloads: int = 3
-    in_use: Callable[[], set[str]] = set
+    in_use: Callable[[], set[str]] = set  # images of any container: their layers stay
+    busy: Callable[[], set[str]] = set  # images of created or running containers
+    limits: UnpackLimits = field(default_factory=UnpackLimits)
+    max_lowers: int = 500  # snapshots one overlay mount stacks at most
 
     def __post_init__(self) -> None:
         self._records: dict[str, ImageRecord] = {}
         self._snaps: dict[str, SnapshotInfo] = {}
         self.content = ContentStore(self.root / "content")
         self.snapshots = SnapshotStore(self.root / "snapshots")
-        self.puller = Puller(
-            self.client,
-            self.content,
-            self.snapshots,
-            known=self._snaps.get,
-            max_downloads=self.max_downloads,
-        )
+        self.puller = self._puller(self.client, self.max_downloads)
         self._pinned = {str(normalize(p)) for p in self.pinned}
         self._handlers = set(self.handlers)
         self._pulls: dict[str, asyncio.Task[str]] = {}
         self._progress: dict[str, Progress] = {}
+        self._claims: dict[object, set[str]] = {}  # per pull or import in flight
         self._lock = asyncio.Lock()  # metadata changes + GC, never held across a download
         self.counters = Counters()
+
+    def _puller(self, source: object, max_downloads: int) -> Puller:
+        return Puller(
+            source,
+            self.content,
+            self.snapshots,
+            known=self._snaps.get,
+            max_downloads=max_downloads,
+            limits=self.limits,
+            max_lowers=self.max_lowers,
+        )
 
     # -- startup -----------------------------------------------------------------------
     async def load(self) -> None:
@@ -141,34 +167,8 @@ class OCIImageStore:
         )
 
     # -- lookups -------------------------------------------------------------------------
-    def _visible(self) -> list[ImageRecord]:
-        return [r for r in self._records.values() if r.visible]
-
-    def _find(self, text: str) -> ImageRecord | None:
-        if not text:
-            return None
-        image_id = parse_image_id(text)
-        if image_id is not None:
-            rec = self._records.get(image_id)
-            return rec if rec is not None and rec.visible else None
-        if len(text) >= 3 and all(c in "0123456789abcdef" for c in text):
-            hits = [r for r in self._visible() if r.image.id[7:].startswith(text)]
-            if len(hits) == 1:
-                return hits[0]
-        try:
-            ref = normalize(text)
-        except ReferenceError:
-            return None
-        for r in self._visible():
-            if ref.digest is not None:
-                if f"{ref.name}@{ref.digest}" in r.image.repo_digests:
-                    return r
-            elif str(ref) in r.image.repo_tags:
-                return r
-        return None
-
     def get(self, spec: ImageSpec) -> Image | None:
-        rec = self._find(spec.image)
+        rec = rs.find(self._records, spec.image)
         return rec.image if rec is not None else None
 
     def record(self, image_id: str) -> ImageRecord | None:
@@ -178,7 +178,21 @@ class OCIImageStore:
         if spec is not None and spec.image:
             img = self.get(spec)
             return [] if img is None else [img]
-        return [r.image for r in self._visible()]
+        return [r.image for r in self._records.values() if r.visible]
+
+    def lower_dirs(self, image_id: str) -> list[str] | None:
+        """The overlay lower directories of a container of ``image_id``, topmost first: its
+        layers' snapshots, the deepest ones merged into one when there are too many."""
+        rec = self._records.get(image_id)
+        if rec is None:
+            return None
+        if len(rec.snapshot_ids) > self.snapshots.stack_limit(self.max_lowers):
+            log.warning(
+                "image %s has %d layers and no merged snapshot; pull it again to make one",
+                image_id,
+                len(rec.snapshot_ids),
+            )
+        return [str(self.snapshots.path(c)) for c in reversed(rec.snapshot_ids)]
 
     # -- pull ----------------------------------------------------------------------------
     def progress(self, spec: ImageSpec) -> Progress | None:
@@ -223,153 +237,152 @@ class OCIImageStore:
         def watch(p: Progress) -> None:
             self._progress[key] = p
 
+        async with self._claiming() as claims:
+            try:
+                pulled, new_snaps = await self.puller.pull(
+                    ref, creds, self.platform, watch=watch, claims=claims
+                )
+            except PULL_ERRORS as e:
+                raise _map_error(str(ref), e, host=ref.domain) from None
+            async with self._lock:
+                (image_id,) = await self._commit([(ref, pulled)], new_snaps, handler)
+            return image_id
+
+    @contextlib.asynccontextmanager
+    async def _claiming(self) -> AsyncIterator[set[str]]:
+        """The claims of one pull or import in flight (what it touches). If it fails, what it
+        touched that nothing else needs is removed."""
+        token = object()
+        claims: set[str] = set()
+        self._claims[token] = claims
         try:
-            pulled, new_snaps = await self.puller.pull(ref, creds, self.platform, watch=watch)
-        except CRIError:
+            yield claims
+        except Exception:
+            del self._claims[token]
+            await self._sweep(claims)
             raise
-        except (RegistryError, AuthError, mf.ManifestError, DigestMismatch, LayerError) as e:
-            raise _map_error(str(ref), e) from None
-        async with self._lock:
-            return await self._commit(ref, pulled, new_snaps, handler)
+        finally:
+            self._claims.pop(token, None)
 
     async def _commit(
-        self, ref: Reference, p: Pulled, new_snaps: list[SnapshotInfo], handler: str
-    ) -> str:
-        image_id = p.config_digest
-        # Another pull may have committed the same layers since ours were unpacked.
+        self, items: list[tuple[Reference, Pulled]], new_snaps: list[SnapshotInfo], handler: str
+    ) -> list[str]:
+        """Commit each (reference, pulled image) in one transaction, or nothing. Called under
+        the lock. Returns the image ids."""
         new_snaps = [s for s in new_snaps if s.chain_id not in self._snaps]
-        tag = None if ref.digest else str(ref)
-        digest_ref = f"{ref.name}@{p.manifest_digest}"
-        ops: list[Op] = []
+        arriving = {s.chain_id for s in new_snaps}
+        known = {b for r in self._records.values() for b in r.blobs}
         changed: dict[str, ImageRecord] = {}
-        if tag is not None:  # a tag moves: take it from whichever image held it
-            for r in self._records.values():
-                if r.image.id != image_id and tag in r.image.repo_tags:
-                    tags = tuple(t for t in r.image.repo_tags if t != tag)
-                    changed[r.image.id] = replace(r, image=replace(r.image, repo_tags=tags))
-        cur = self._records.get(image_id)
-        c = p.config
-        uid, username = mf.user_fields(c.user)
-        base = (
-            cur.image
-            if cur is not None
-            else Image(
-                id=image_id,
-                size=p.size,
-                uid=uid,
-                username=username,
-                entrypoint=c.entrypoint,
-                cmd=c.cmd,
-                env=c.env,
-                working_dir=c.working_dir,
-                stop_signal=c.stop_signal,
-                user=c.user,
-                annotations=dict(c.labels),
+        new_blobs: dict[str, int] = {}
+        for ref, p in items:
+            # Only blobs that are stored: a layer whose snapshot was already there (from a
+            # copy compressed differently, say) was never downloaded.
+            stored = tuple(b for b in p.blobs if b in known or self.content.has(b))
+            if p.config_digest not in stored:
+                raise Internal(f"failed to store {ref}: its config blob is missing")
+            new_blobs.update((b, self.content.size(b)) for b in stored if b not in known)
+            view = {**self._records, **changed}
+            changed.update(
+                rs.commit(
+                    view,
+                    ref,
+                    p,
+                    blobs=stored,
+                    handler=handler,
+                    pinned=self._pinned,
+                    now=time.time_ns(),
+                )
             )
-        )
-        tags = base.repo_tags + ((tag,) if tag and tag not in base.repo_tags else ())
-        digests = base.repo_digests + ((digest_ref,) if digest_ref not in base.repo_digests else ())
-        image = replace(
-            base,
-            repo_tags=tags,
-            repo_digests=digests,
-            pinned=any(t in self._pinned for t in tags),
-        )
-        blobs = tuple(dict.fromkeys((*(cur.blobs if cur else ()), *p.blobs)))
-        handlers = tuple(sorted({*(cur.handlers if cur else ()), handler}))
-        changed[image_id] = ImageRecord(
-            image, image_id, p.chain_ids, blobs, handlers, time.time_ns()
-        )
-        ops += [Put(IMAGE_KIND, i, serde.dumps(r)) for i, r in changed.items()]
+            rec = changed[p.config_digest]
+            missing = [c for c in rec.snapshot_ids if c not in self._snaps and c not in arriving]
+            if missing:
+                raise Unavailable(
+                    f"failed to store {ref}: layer snapshot {missing[0]} was removed while it"
+                    " was being pulled; pull it again"
+                )
+        ops: list[Op] = [Put(IMAGE_KIND, i, serde.dumps(r)) for i, r in changed.items()]
         ops += [Put(SNAPSHOT_KIND, s.chain_id, serde.dumps(s)) for s in new_snaps]
-        await self.store.apply(ops)  # the image becomes visible here, atomically
-        new_blobs = set(blobs) - {b for r in self._records.values() for b in r.blobs}
+        await self.store.apply(ops)  # the images become visible here, atomically
         self._records.update(changed)
         for s in new_snaps:
             self._snaps[s.chain_id] = s
             self.counters.bytes += s.bytes
             self.counters.inodes += s.inodes
-        for b in new_blobs:
-            self.counters.bytes += self.content.size(b)
-            self.counters.inodes += 1
+        self.counters.bytes += sum(new_blobs.values())
+        self.counters.inodes += len(new_blobs)
         if any(not r.visible for r in changed.values()):  # a moved tag may orphan an image
             await self._gc_locked()
-        return image_id
+        return [p.config_digest for _, p in items]
 
     # -- import ----------------------------------------------------------------------------
     async def import_path(self, path: Path, name: str = "") -> list[tuple[str, str]]:
         """Load an OCI layout (dir or archive) or a ``docker save`` archive, verified like a
-        pull. Returns (name, image id) per image. ``name`` names an image whose layout
-        entry carries no full reference (or overrides it)."""
+        pull, and commit all its images at once (or none). Returns (name, image id) per image.
+        ``name`` names the archive's one image, normalised as a pull's reference
+        (``busybox`` is ``docker.io/library/busybox:latest``), whatever the archive says."""
+        given = None
+        if name:
+            try:
+                given = normalize(name)
+            except ReferenceError as e:
+                raise InvalidArgument(f"--name: {e}") from None
         try:
-            src, entries, tmp = await asyncio.to_thread(layout.open_path, path)
+            src, entries, tmp = await asyncio.to_thread(
+                layout.open_path, path, self.limits.image_bytes
+            )
         except layout.LayoutError as e:
             raise InvalidArgument(str(e)) from None
-        puller = Puller(src, self.content, self.snapshots, known=self._snaps.get)
-        out: list[tuple[str, str]] = []
+        except LimitExceeded as e:
+            raise _map_error(str(path), e, "import") from None
         try:
-            if not entries:
-                raise InvalidArgument(f"{path}: the layout lists no images")
-            for entry in entries:
-                names = [name] if name else list(entry.names)
-                refs = []
-                for n in names:
-                    try:
-                        # OCI allows a bare tag here ("latest"); that names no image.
-                        ok = "/" in n or ":" in n
-                        refs += [normalize(n)] if ok else []
-                    except ReferenceError:
-                        ok = False
-                    if not ok:
-                        raise InvalidArgument(
-                            f"{path}: image {entry.digest} is named {n!r}, not a full "
-                            "reference; give one with --name"
-                        ) from None
-                if not refs:
+            async with self._claiming() as claims:
+                if not entries:
+                    raise InvalidArgument(f"{path}: the layout lists no images")
+                if given is not None and len(entries) > 1:
                     raise InvalidArgument(
-                        f"{path}: image {entry.digest} has no name; give one with --name"
+                        f"{path}: --name names one image, and this archive holds {len(entries)}"
                     )
-                try:
-                    pulled, snaps = await puller.pull(
-                        refs[0], Credentials(), self.platform, entry.digest
-                    )
-                except CRIError:
-                    raise
-                except (RegistryError, mf.ManifestError, DigestMismatch, LayerError) as e:
-                    raise _map_error(str(path), e, "import") from None
+                puller = self._puller(src, self.max_downloads)
+                items: list[tuple[Reference, Pulled]] = []
+                snaps: list[SnapshotInfo] = []
+                for entry in entries:
+                    try:
+                        refs = [given] if given is not None else layout.entry_refs(path, entry)
+                    except layout.LayoutError as e:
+                        raise InvalidArgument(str(e)) from None
+                    try:
+                        pulled, new = await puller.pull(
+                            refs[0], Credentials(), self.platform, entry.digest, claims=claims
+                        )
+                    except PULL_ERRORS as e:
+                        raise _map_error(str(path), e, "import") from None
+                    items += [(r, pulled) for r in refs]
+                    snaps += new
                 async with self._lock:
-                    for ref in refs:
-                        image_id = await self._commit(ref, pulled, snaps, "")
-                        out.append((str(ref), image_id))
+                    ids = await self._commit(items, snaps, "")
+                return [(str(r), i) for (r, _), i in zip(items, ids, strict=True)]
         finally:
             if tmp is not None:
                 await asyncio.to_thread(tmp.cleanup)
-        return out
 
     # -- remove and garbage collection ----------------------------------------------------
     async def remove(self, spec: ImageSpec) -> None:
+        """As containerd: remove the image ``spec`` resolves to, with all its tags and
+        digest references; its layers go unless another image or a container needs them."""
         async with self._lock:
-            rec = self._find(spec.image)
+            rec = rs.find(self._records, spec.image)
             if rec is None:
                 return
             if rec.image.pinned:
                 raise FailedPrecondition(
                     f"image {spec.image!r} is pinned (images.pinned in the config)"
                 )
-            tag = None
-            if parse_image_id(spec.image) is None:
-                try:
-                    ref = normalize(spec.image)
-                    tag = (
-                        str(ref) if ref.digest is None and str(ref) in rec.image.repo_tags else None
-                    )
-                except ReferenceError:
-                    tag = None
-            if tag is not None and len(rec.image.repo_tags) > 1:
-                tags = tuple(t for t in rec.image.repo_tags if t != tag)
-                new = replace(rec, image=replace(rec.image, repo_tags=tags))
-            else:
-                new = replace(rec, image=replace(rec.image, repo_tags=(), repo_digests=()))
+            if rec.image.id in self.busy():
+                raise FailedPrecondition(
+                    f"image {spec.image!r} ({rec.image.id}) is used by a created or running"
+                    " container; remove the container first"
+                )
+            new = rs.stripped(rec)
             await self.store.put(IMAGE_KIND, new.image.id, serde.dumps(new))
             self._records[new.image.id] = new
             await self._gc_locked()
@@ -381,7 +394,7 @@ class OCIImageStore:
     async def _gc_locked(self, *, sweep_orphans: bool = False) -> None:
         """Drop hidden images no container uses, then the blobs and snapshots only they
         held. ``sweep_orphans`` (startup only, when no pull can be in flight) also removes
-        content no record knows: what a failed or crashed pull left behind."""
+        content no record knows: what a crashed pull left behind."""
         used = self.in_use()
         counted = {b for r in self._records.values() for b in r.blobs}
         ops: list[Op] = []
@@ -390,7 +403,7 @@ class OCIImageStore:
                 ops.append(Delete(IMAGE_KIND, r.image.id))
                 del self._records[r.image.id]
         keep_blobs = {b for r in self._records.values() for b in r.blobs}
-        keep_snaps = {c for r in self._records.values() for c in r.chain_ids}
+        keep_snaps = {c for r in self._records.values() for c in r.snapshots}
         dead_snaps = [s for s in self._snaps.values() if s.chain_id not in keep_snaps]
         ops += [Delete(SNAPSHOT_KIND, s.chain_id) for s in dead_snaps]
         if ops:
@@ -411,6 +424,20 @@ class OCIImageStore:
                 if b not in keep_blobs:
                     await asyncio.to_thread(self.content.delete, b)
 
+    async def _sweep(self, claims: set[str]) -> None:
+        """After a failed pull or import: remove the blobs and snapshots it touched that no
+        image holds and no other pull in flight has claimed (claims are made on the event
+        loop before a pull looks anything up, so nothing here can vanish under one)."""
+        async with self._lock:
+            blobs = {b for r in self._records.values() for b in r.blobs}
+            for key in sorted(claims):
+                if any(key in c for c in self._claims.values()):
+                    continue
+                if key not in self._snaps and self.snapshots.has(key):
+                    await self.snapshots.remove(key)
+                if key not in blobs and self.content.has(key):
+                    self.content.delete(key)
+
     def verbose_info(self, image: Image) -> dict[str, str]:
         """As containerd: the full image config (imageSpec) plus where it is stored."""
         rec = self._records.get(image.id)
@@ -423,7 +450,7 @@ class OCIImageStore:
         info = {
             "imageSpec": spec,
             "chainIDs": list(rec.chain_ids),
-            "snapshots": [str(self.snapshots.path(c)) for c in rec.chain_ids],
+            "snapshots": [str(self.snapshots.path(c)) for c in rec.snapshot_ids],
             "runtimeHandlers": list(rec.handlers),
         }
         return {"info": json.dumps(info, sort_keys=True)}

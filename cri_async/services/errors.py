@@ -31,6 +31,7 @@ STATUS_FOR: dict[type[errors.CRIError], Status] = {
     errors.DeadlineExceeded: Status.DEADLINE_EXCEEDED,
     errors.Unimplemented: Status.UNIMPLEMENTED,
     errors.Unavailable: Status.UNAVAILABLE,
+    errors.ResourceExhausted: Status.RESOURCE_EXHAUSTED,
     errors.Internal: Status.INTERNAL,
 }
 

@@ -20,7 +20,8 @@ from cri_async.config import Config, HandlerConfig, ImagesConfig, RegistryConfig
 from cri_async.registry.store import OCIImageStore
 from cri_async.testing import CRIServer
 from tests.support import images as im
-from tests.support.registry import LocalRegistry, MirrorPair, TokenRegistry
+from tests.support.registry import LocalRegistry, MirrorPair, TokenRegistry, free_port
+from tests.unit.registry.layers import gzip_bomb
 
 pytestmark = pytest.mark.registry
 
@@ -341,64 +342,89 @@ async def test_stalled_download_fails_and_leaves_nothing(tmp_path: Path) -> None
         server.close()
 
 
-async def test_remove_gc_pinned_and_in_use(tmp_path: Path, registry: LocalRegistry) -> None:
+async def test_remove_takes_the_whole_image_gc_pinned_and_in_use(
+    tmp_path: Path, registry: LocalRegistry
+) -> None:
+    """As containerd: RemoveImage removes the image a name resolves to with every tag and
+    digest reference; FAILED_PRECONDITION while pinned or used by a created or running
+    container; an exited container only keeps the layers until it is removed."""
     shared = im.layer([im.File("shared", b"s" * 5000)])
     a = im.build_image([shared, im.layer([im.File("a", b"a")])])
     b = im.build_image([shared, im.layer([im.File("b", b"b")])])
-    im.push(registry, "gc/a", a, tag="1")
+    c = im.build_image([im.layer([im.File("c", b"c")])])
+    digest_a = im.push(registry, "gc/a", a, tag="1")
     im.push(registry, "gc/a", a, tag="2")
+    im.push(registry, "gc/alias", a)
     im.push(registry, "gc/b", b)
     im.push(registry, "gc/pinned", b)
+    im.push(registry, "gc/c", c)
     cfg = dataclasses.replace(
         config(), images=ImagesConfig(backend="registry", pinned=[registry.ref("gc/pinned")])
     )
     async with CRIServer(tmp_path, config=cfg) as srv:
         cli = srv.client
-        for r in (
-            registry.ref("gc/a", "1"),
-            registry.ref("gc/a", "2"),
-            registry.ref("gc/b"),
-            registry.ref("gc/pinned"),
-        ):
-            await cli.pull(r)
+        for r in ("gc/a:1", "gc/a:2", "gc/alias", "gc/b", "gc/pinned", "gc/c"):
+            await cli.pull(registry.ref(*r.split(":")))
         st = store(srv)
         full = (st.counters.bytes, st.counters.inodes)
         rm = cli.images.RemoveImage
-
-        await rm(pb.RemoveImageRequest(image=pb.ImageSpec(image=registry.ref("gc/a", "1"))))
         got = await status(cli, a.image_id)
-        assert got is not None and list(got.repo_tags) == [registry.ref("gc/a", "2")]
-        await rm(pb.RemoveImageRequest(image=pb.ImageSpec(image=a.image_id)))
-        assert await status(cli, a.image_id) is None
+        assert got is not None and len(got.repo_tags) == 3 and len(got.repo_digests) == 2
+
+        # One name of three: the whole image goes, with every tag and digest reference.
+        await rm(pb.RemoveImageRequest(image=pb.ImageSpec(image=registry.ref("gc/a", "1"))))
+        for name in (a.image_id, registry.ref("gc/a", "2"), registry.ref("gc/alias")):
+            assert await status(cli, name) is None, name
+        assert await status(cli, f"{registry.host}/gc/a@{digest_a}") is None
         assert not st.content.has(a.layers[1].digest)
         assert st.content.has(shared.digest)  # still used by b
         assert (st.counters.bytes, st.counters.inodes) < full
+        # Pulled again under one name, it carries no reference of the removed ones.
+        await cli.pull(registry.ref("gc/alias"))
+        got = await status(cli, a.image_id)
+        assert got is not None and list(got.repo_tags) == [registry.ref("gc/alias")]
+        assert list(got.repo_digests) == [f"{registry.host}/gc/alias@{digest_a}"]
 
         with pytest.raises(GRPCError) as err:
-            await rm(pb.RemoveImageRequest(image=pb.ImageSpec(image=registry.ref("gc/pinned"))))
+            await rm(pb.RemoveImageRequest(image=pb.ImageSpec(image=registry.ref("gc/b"))))
         assert err.value.status is Status.FAILED_PRECONDITION
+        assert "images.pinned" in str(err.value.message)
         pinned = await status(cli, b.image_id)
-        assert pinned is not None and pinned.pinned
+        assert pinned is not None and pinned.pinned and len(pinned.repo_tags) == 2
 
-        # An image a container uses disappears from the list but keeps its layers.
-        b_snaps = list(st.record(b.image_id).chain_ids)  # type: ignore[union-attr]
-        # (it is pinned through gc/pinned; unpin by removing that tag's image record)
+        # A created, then running container holds its image; an exited one only its layers.
+        c_snaps = list(st.record(c.image_id).chain_ids)  # type: ignore[union-attr]
         pcfg = pod_config("p")
         pod = await cli.run_pod(pcfg)
-        cid = await cli.create_container(pod, container_config("c", b.image_id), pcfg)
-        st._pinned.clear()  # operator unpins; the container still holds the image
+        ccfg = container_config("c", registry.ref("gc/c"), command=["sleep", "60"])
+        cid = await cli.create_container(pod, ccfg, pcfg)
+        for step in ("created", "running"):
+            with pytest.raises(GRPCError) as err:
+                await rm(pb.RemoveImageRequest(image=pb.ImageSpec(image=c.image_id)))
+            assert err.value.status is Status.FAILED_PRECONDITION, step
+            assert "remove the container first" in str(err.value.message)
+            got = await status(cli, registry.ref("gc/c"))
+            assert got is not None and got.id == c.image_id
+            if step == "created":
+                await cli.start_container(cid)
+        await cli.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=1))
+        await rm(pb.RemoveImageRequest(image=pb.ImageSpec(image=registry.ref("gc/c"))))
+        assert await status(cli, c.image_id) is None
+        assert all(st.snapshots.has(s) for s in c_snaps)
+        await cli.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
+        await st.gc()
+        assert not any(st.snapshots.has(s) for s in c_snaps)
+
+        await rm(pb.RemoveImageRequest(image=pb.ImageSpec(image=a.image_id)))
+        st._pinned.clear()  # the operator unpins b; the record still says pinned
         rec = st.record(b.image_id)
         assert rec is not None
         st._records[b.image_id] = dataclasses.replace(
             rec, image=dataclasses.replace(rec.image, pinned=False)
         )
-        await rm(pb.RemoveImageRequest(image=pb.ImageSpec(image=b.image_id)))
-        assert await status(cli, b.image_id) is None
-        assert all(st.snapshots.has(c) for c in b_snaps)
-        await cli.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
-        await st.gc()
-        assert not any(st.snapshots.has(c) for c in b_snaps)
-        assert st.content.digests() == []
+        await rm(pb.RemoveImageRequest(image=pb.ImageSpec(image=registry.ref("gc/pinned"))))
+        assert not (await cli.images.ListImages(pb.ListImagesRequest())).images
+        assert st.content.digests() == [] and list(st.snapshots.root.iterdir()) == []
         assert (st.counters.bytes, st.counters.inodes) == (0, 0)
 
 
@@ -517,9 +543,191 @@ async def test_tls_registry_with_configured_ca(tmp_path: Path, registry: LocalRe
             with pytest.raises(GRPCError) as err:  # HTTP to an HTTPS port fails
                 await srv.client.pull(ref)
             assert err.value.status is Status.UNAVAILABLE
+        (tmp_path / "other").mkdir()
+        other_ca = make_ca_and_cert(tmp_path / "other")[0]
+        async with CRIServer(
+            tmp_path / "wrong-ca", config=config(ca={tls_reg.host: [str(other_ca)]})
+        ) as srv:
+            with pytest.raises(GRPCError) as err:  # the host answers; its certificate fails
+                await srv.client.pull(ref)
+            assert err.value.status is Status.UNAVAILABLE
+            assert "CERTIFICATE_VERIFY_FAILED" in str(err.value.message)
+            assert "images import" not in str(err.value.message)  # not an offline problem
         async with CRIServer(
             tmp_path / "trusted", config=config(ca={tls_reg.host: [str(ca)]})
         ) as srv:
             assert await srv.client.pull(ref) == img.image_id
         async with CRIServer(tmp_path / "skip", config=config(insecure=[tls_reg.host])) as srv:
             assert await srv.client.pull(ref) == img.image_id  # TLS, unverified
+
+
+# -- limits: decompression bombs, huge images, a full disk ---------------------------------------
+
+
+def bomb_layer(zeros: int, name: str = "zeros") -> im.Layer:
+    """A gzip layer of one file of zeros (256 MiB is about 250 KiB of blob)."""
+    blob, diff_id = gzip_bomb(zeros, name)
+    return im.Layer(im.sha256_digest(blob), len(blob), im.OCI_LAYER_GZIP, blob, diff_id)
+
+
+def assert_nothing_left(st: OCIImageStore, keep_images: int = 0) -> None:
+    """No image record, blob, snapshot or temporary directory beyond the kept images'
+    (a flattened snapshot included)."""
+    assert len([r for r in st._records.values() if r.visible]) == keep_images
+    want_blobs = {b for r in st._records.values() for b in r.blobs}
+    want_snaps = {c[7:] for r in st._records.values() for c in r.snapshots}
+    assert set(st.content.digests()) == want_blobs
+    assert {p.name for p in st.snapshots.root.iterdir()} == want_snaps
+    assert not list(st.content.ingest.iterdir())
+
+
+async def test_unpack_limits_refuse_with_resource_exhausted_and_leave_nothing(
+    tmp_path: Path, registry: LocalRegistry
+) -> None:
+    shared = im.layer([im.File("shared", b"s" * 5000)])
+    good = im.build_image([shared, im.layer([im.File("g", b"g")])])
+    bomb = im.build_image([shared, bomb_layer(256 << 20)])
+    wide = im.build_image([bomb_layer(6 << 20, "a"), bomb_layer(6 << 20, "b")])
+    many = im.build_image([im.layer([im.File(f"f{i}") for i in range(30)])])
+    for repo, img in (("lim/good", good), ("lim/bomb", bomb), ("lim/wide", wide)):
+        im.push(registry, repo, img)
+    im.push(registry, "lim/many", many)
+    limits = ImagesConfig(
+        backend="registry",
+        max_layer_bytes=8 << 20,
+        max_image_bytes=10 << 20,
+        max_layer_entries=20,
+    )
+    async with CRIServer(tmp_path, config=dataclasses.replace(config(), images=limits)) as srv:
+        st = store(srv)
+
+        async def refused(repo: str, key: str) -> str:
+            with pytest.raises(GRPCError) as err:
+                await srv.client.pull(registry.ref(repo))
+            msg = str(err.value.message)
+            assert err.value.status is Status.RESOURCE_EXHAUSTED, msg
+            assert msg.startswith(f"failed to pull {registry.ref(repo)}: ") and key in msg
+            return msg
+
+        msg = await refused("lim/bomb", "the limit images.max_layer_bytes = 8388608")
+        assert bomb.layers[1].diff_id in msg
+        assert_nothing_left(st)
+        await refused("lim/wide", "the limit images.max_image_bytes = 10485760")
+        assert_nothing_left(st)
+        msg = await refused("lim/many", "the limit images.max_layer_entries = 20")
+        assert many.layers[0].diff_id in msg
+        assert_nothing_left(st)
+
+        # A pull that fails keeps what a concurrent pull of another image needs.
+        results = await asyncio.gather(
+            srv.client.pull(registry.ref("lim/good")),
+            srv.client.pull(registry.ref("lim/bomb")),
+            return_exceptions=True,
+        )
+        assert results[0] == good.image_id
+        assert isinstance(results[1], GRPCError)
+        assert results[1].status is Status.RESOURCE_EXHAUSTED
+        assert_nothing_left(st, keep_images=1)
+        assert st.content.has(shared.digest) and not st.content.has(bomb.layers[1].digest)
+        await srv.restart()
+        assert_nothing_left(store(srv), keep_images=1)
+
+
+async def test_free_space_floor_refuses_before_any_layer_downloads(
+    tmp_path: Path, registry: LocalRegistry
+) -> None:
+    img = im.build_image([im.layer([im.File("big", os.urandom(100_000))], compression="none")])
+    im.push(registry, "lim/space", img)
+    cfg = dataclasses.replace(
+        config(), images=ImagesConfig(backend="registry", min_free_bytes=1 << 62)
+    )
+    async with CRIServer(tmp_path, config=cfg) as srv:
+        st = store(srv)
+        fetched: list[str] = []
+        real = st.client.fetch_blob
+
+        async def counting(host: str, repo: str, desc: Any, *a: Any, **kw: Any) -> None:
+            fetched.append(desc.digest)
+            await real(host, repo, desc, *a, **kw)
+
+        st.client.fetch_blob = counting  # type: ignore[method-assign]
+        with pytest.raises(GRPCError) as err:
+            await srv.client.pull(registry.ref("lim/space"))
+        assert err.value.status is Status.RESOURCE_EXHAUSTED
+        assert "images.min_free_bytes" in str(err.value.message)
+        assert img.layers[0].digest not in fetched
+        assert_nothing_left(st)
+
+
+async def test_unreachable_registry_says_how_to_proceed_offline(psrv: CRIServer) -> None:
+    host = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(GRPCError) as err:
+        await psrv.client.pull(f"{host}/team/app:1")
+    msg = str(err.value.message)
+    assert err.value.status is Status.UNAVAILABLE
+    assert msg.startswith(f"failed to pull {host}/team/app:1: ") and "ConnectError" in msg
+    assert f'registry.mirrors."{host}"' in msg and "registry.config_path" in msg
+    assert "cri-async images import" in msg
+
+
+# -- images taller than an overlay mount --------------------------------------------------------
+
+
+def tall_image(n: int) -> im.BuiltImage:
+    """busybox plus ``n - 1`` layers adding /data/f<i>, with deletions and an opaque directory
+    below and above the layers a 500-layer mount has to merge."""
+    layers = [im.busybox_layer()]
+    for i in range(1, n):
+        entries: list[im.Entry] = [im.File(f"data/f{i}", str(i).encode())]
+        extra: dict[int, list[im.Entry]] = {
+            30: [im.File("opq/a", b"a")],
+            35: [im.File("opq/b", b"b")],
+            50: [im.Whiteout("data/f20")],
+            60: [im.Opaque("opq"), im.File("opq/c", b"c")],
+            550: [im.Whiteout("data/f300")],
+            560: [im.Whiteout("data/f90")],  # hides a file of the merged snapshot
+            n - 1: [im.File("etc/motd", b"tall\n")],
+        }
+        layers.append(im.layer([*extra.get(i, []), *entries]))
+    return im.build_image(layers, cmd=["sh"])
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("rsrv", ["runc"], indirect=True)
+async def test_600_layer_image_runs_on_runc(rsrv: CRIServer, registry: LocalRegistry) -> None:
+    img = tall_image(600)
+    im.push(registry, "tall/app", img)
+    cli = rsrv.client
+    image_id = await cli.pull(registry.ref("tall/app"))
+    st = store(rsrv)
+    rec = st.record(image_id)
+    # 500 lowers at most, fewer when the paths would not fit in a mountinfo line for runc
+    # (the test's state root is long).
+    fit = st.snapshots.stack_limit(500)
+    assert fit <= 500 and fit * (len(str(st.snapshots.path(image_id))) + 1) <= 48 * 1024
+    assert rec is not None and rec.flat_depth == 600 - fit + 1 and st.snapshots.has(rec.flat_id)
+    lowers = st.lower_dirs(image_id)
+    assert lowers is not None and len(lowers) == fit
+    assert lowers[-1] == str(st.snapshots.path(rec.flat_id))
+
+    pcfg = pod_config("tall")
+    pod = await cli.run_pod(pcfg)
+    ccfg = container_config("app", registry.ref("tall/app"), command=["sleep", "1000"])
+    cid = await cli.create_container(pod, ccfg, pcfg)
+    await cli.start_container(cid)
+    script = (
+        "ls /data | wc -l; ls /opq; cat /etc/motd /data/f599 /data/f1;"
+        " for f in f20 f90 f300; do test -e /data/$f && echo $f; done; true"
+    )
+    r = await cli.exec_sync(cid, ["sh", "-c", script], timeout=30)
+    assert (r.exit_code, r.stderr) == (0, b"")
+    assert r.stdout.split() == [b"596", b"c", b"tall", b"5991"]
+
+    await cli.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=1))
+    await cli.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
+    await cli.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod))
+    await cli.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod))
+    # The merged snapshot goes with the image.
+    await cli.images.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=image_id)))
+    assert not st.snapshots.has(rec.flat_id)
+    assert_nothing_left(st)

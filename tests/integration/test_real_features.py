@@ -120,9 +120,12 @@ async def test_pod_and_target_pid_namespaces(rsrv: CRIServer, busybox_ref: str) 
     assert err.value.status is Status.NOT_FOUND
 
     await cli.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod))
-    async with asyncio.timeout(5):  # killed; gone once the kernel has torn it down
-        while [p for p in processes_mentioning("catatonit") if _in_pod_cgroup(p, pod)]:
-            await asyncio.sleep(0.02)
+    for _ in range(250):  # killed; gone once the kernel has torn it down
+        if not [p for p in processes_mentioning("catatonit") if _in_pod_cgroup(p, pod)]:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("the pod's pause process outlived StopPodSandbox")
 
 
 def _in_pod_cgroup(pid: int, pod: str) -> bool:

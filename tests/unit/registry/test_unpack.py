@@ -30,99 +30,35 @@ from cri_async.registry.unpack import (
     UnsafeLayer,
     unpack_layer,
 )
+from tests.unit.registry.layers import (
+    MIXED_LAYER,
+    MTIME,
+    Member,
+    d,
+    describe,
+    entry,
+    f,
+    hard,
+    listing,
+    make_tar,
+    need_root,
+    overlay_view,
+    sym,
+    xattr,
+)
 
-MTIME = 1_700_000_000
 OLD = 1_000_000_000  # ns: what the outside fixtures are aged to
 # struct vfs_cap_data, revision 2, CAP_NET_BIND_SERVICE permitted+effective: has non-UTF-8 bytes.
 CAP_NET_BIND_SERVICE = struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0)
 
-Member = tuple[tarfile.TarInfo, bytes | None]
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"required in CI: {reason}")
-    pytest.skip(reason)
-
 
 @pytest.fixture(autouse=True)
 def _need_root() -> None:
-    if os.geteuid() != 0:
-        _unavailable("needs root (mknod, chown, trusted.* xattrs)")
-
-
-# -- building layers ----------------------------------------------------------------------------
-
-
-def entry(
-    name: str,
-    kind: bytes = tarfile.REGTYPE,
-    *,
-    data: bytes = b"",
-    mode: int | None = None,
-    uid: int = 0,
-    gid: int = 0,
-    mtime: int | float = MTIME,
-    linkname: str = "",
-    dev: tuple[int, int] = (0, 0),
-    xattrs: dict[str, bytes] | None = None,
-    pax: dict[str, str] | None = None,
-) -> Member:
-    ti = tarfile.TarInfo(name)
-    ti.type = kind
-    ti.mode = mode if mode is not None else (0o755 if kind == tarfile.DIRTYPE else 0o644)
-    ti.uid, ti.gid = uid, gid
-    ti.mtime = mtime
-    ti.linkname = linkname
-    ti.devmajor, ti.devminor = dev
-    headers = {
-        "SCHILY.xattr." + k: v.decode("utf-8", "surrogateescape") for k, v in (xattrs or {}).items()
-    }
-    headers.update(pax or {})
-    ti.pax_headers = headers
-    if kind in tarfile.REGULAR_TYPES:
-        ti.size = len(data)
-        return ti, data
-    return ti, None
-
-
-def d(name: str, **kw: Any) -> Member:
-    return entry(name, tarfile.DIRTYPE, **kw)
-
-
-def f(name: str, data: bytes = b"", **kw: Any) -> Member:
-    return entry(name, data=data, **kw)
-
-
-def sym(name: str, target: str, **kw: Any) -> Member:
-    return entry(name, tarfile.SYMTYPE, linkname=target, **kw)
-
-
-def hard(name: str, target: str, **kw: Any) -> Member:
-    return entry(name, tarfile.LNKTYPE, linkname=target, **kw)
-
-
-def make_tar(*members: Member, fmt: int = tarfile.PAX_FORMAT) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
-        for ti, data in members:
-            tf.addfile(ti, io.BytesIO(data) if data is not None else None)
-    return buf.getvalue()
+    need_root()
 
 
 def unpack(data: bytes, dest: Path, **kw: Any) -> UnpackStats:
     return unpack_layer(io.BytesIO(data), dest, **kw)
-
-
-def listing(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-
-
-def xattr(path: Path, name: str) -> bytes | None:
-    try:
-        return os.getxattr(path, name, follow_symlinks=False)
-    except OSError:
-        return None
 
 
 # -- the outside world, watched -----------------------------------------------------------------
@@ -683,21 +619,6 @@ def test_whiteouts_only_hide_lower_layers(env: Env) -> None:
     assert (env.dest / "refile").read_bytes() == b"r"
 
 
-def _overlay_mount(lowers: list[Path], mnt: Path) -> None:
-    if "overlay" not in Path("/proc/filesystems").read_text():
-        _unavailable("overlayfs is not available in this kernel")
-    mount = shutil.which("mount")
-    if mount is None:
-        _unavailable("mount(8) is not installed")
-        return
-    opts = "lowerdir=" + ":".join(str(p) for p in lowers)
-    r = subprocess.run(
-        [mount, "-t", "overlay", "overlay", "-o", opts, str(mnt)], capture_output=True, text=True
-    )
-    if r.returncode != 0:
-        _unavailable(f"cannot mount overlayfs: {r.stderr.strip()}")
-
-
 def test_real_overlay_merged_view(tmp_path: Path) -> None:
     lower, upper, mnt = tmp_path / "l1", tmp_path / "l2", tmp_path / "mnt"
     for p in (lower, upper, mnt):
@@ -734,16 +655,13 @@ def test_real_overlay_merged_view(tmp_path: Path) -> None:
         ),
         upper,
     )
-    _overlay_mount([upper, lower], mnt)
-    try:
+    with overlay_view([upper, lower], mnt):
         assert sorted(os.listdir(mnt)) == ["b", "d", "e", "g", "h"]
         assert sorted(os.listdir(mnt / "d")) == ["z"]
         assert (mnt / "b").read_bytes() == b"b" and (mnt / "d/z").read_bytes() == b"z"
         assert sorted(os.listdir(mnt / "e")) == ["new"]
         assert sorted(os.listdir(mnt / "g")) == ["new"]
         assert (mnt / "h/keep").read_bytes() == b"replaced"
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 # -- hostile layers -----------------------------------------------------------------------------
@@ -966,23 +884,6 @@ def build_tree(path: Path, node: Any, draw: Any) -> None:
         os.chmod(path, mode)
     t = draw(TIMES) * 10**9  # after the children: their creation changed it
     os.utime(path, ns=(t, t), follow_symlinks=False)
-
-
-def describe(root: Path) -> dict[str, tuple[Any, ...]]:
-    out: dict[str, tuple[Any, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in (
-            [".", *dirnames, *filenames] if dirpath == str(root) else [*dirnames, *filenames]
-        ):
-            p = Path(dirpath) / name
-            s = os.lstat(p)
-            info: tuple[Any, ...] = (s.st_mode, s.st_uid, s.st_gid, s.st_mtime_ns)
-            if stat.S_ISREG(s.st_mode):
-                info += (p.read_bytes(),)
-            elif stat.S_ISLNK(s.st_mode):
-                info += (os.readlink(p),)
-            out[os.path.normpath(os.path.relpath(p, root))] = info
-    return out
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -1229,9 +1130,9 @@ def test_tiny_cache_evicting_all_the_time(
 ) -> None:
     """Every walk evicts: a hard link's parent (resolved before its target) stays usable, and
     the invalidation cases still refuse."""
-    import cri_async.registry.unpack as unpack_module
+    import cri_async.registry.layertree as layertree_module
 
-    monkeypatch.setattr(unpack_module, "_DIR_CACHE", size)
+    monkeypatch.setattr(layertree_module, "_DIR_CACHE", size)
     layer = make_tar(
         f("t/u/v/target", b"t"),
         f("a/b/c/x", b"x"),
@@ -1321,24 +1222,6 @@ class Trickle(io.RawIOBase):
         return out
 
 
-def _mixed_layer() -> bytes:
-    return make_tar(
-        d("etc", mode=0o750, mtime=111),
-        f("etc/passwd", b"root:x:0:0\n" * 50, uid=1000),
-        f("é/日本/long-" + "n" * 150, b"pax name", xattrs={"user.x": b"\xff"}),
-        f("big", bytes(range(256)) * 2000),  # crosses the reader's chunks
-        sym("etc/l", "passwd"),
-        hard("etc/h", "etc/passwd"),
-        entry("fifo", tarfile.FIFOTYPE, mode=0o600),
-        *(f(f"many/f{i}", os.urandom(i * 37 % 1500)) for i in range(300)),
-        f("empty"),
-        f("mtime", b"m", mtime=1.5),
-    )
-
-
-MIXED_LAYER = _mixed_layer()
-
-
 @settings(max_examples=25, deadline=None)
 @given(sizes=st.lists(st.integers(1, 1500), min_size=1, max_size=8))
 def test_short_reads_anywhere_give_the_same_tree(sizes: list[int]) -> None:
@@ -1382,276 +1265,3 @@ def test_empty_stream_is_an_empty_layer_and_short_one_corrupt(env: Env) -> None:
     with pytest.raises(UnsafeLayer, match="corrupt layer"):
         unpack(b"x" * 100, env.dest)
     assert unpack(b"\0" * 512, env.dest).entries == 0
-
-
-HEADER_FIELDS = (
-    "name",
-    "type",
-    "mode",
-    "uid",
-    "gid",
-    "size",
-    "mtime",
-    "chksum",
-    "linkname",
-    "devmajor",
-    "devminor",
-    "pax_headers",
-    "sparse",
-    "offset",
-    "offset_data",
-)
-
-
-def _first_member_by_tarfile(data: bytes) -> Any:
-    try:
-        with tarfile.open(
-            fileobj=io.BytesIO(data), mode="r|", encoding="utf-8", errors="surrogateescape"
-        ) as tf:
-            ti = tf.next()
-            offset = tf.offset
-    except (tarfile.TarError, EOFError, ValueError, OverflowError):
-        return "error"
-    if ti is None:
-        return None
-    return (*(getattr(ti, a) for a in HEADER_FIELDS), offset)
-
-
-def _first_member_by_reader(data: bytes) -> Any:
-    from cri_async.registry.unpack import _Reader
-
-    r = _Reader(io.BytesIO(data))
-    try:
-        ti = r.next()
-    except UnsafeLayer:
-        return "error"
-    if ti is None:
-        return None
-    return (*(getattr(ti, a) for a in HEADER_FIELDS), r.offset)
-
-
-HEADER_TYPES = st.sampled_from(
-    [
-        tarfile.REGTYPE,
-        tarfile.AREGTYPE,
-        tarfile.CONTTYPE,
-        tarfile.DIRTYPE,
-        tarfile.SYMTYPE,
-        tarfile.LNKTYPE,
-        tarfile.CHRTYPE,
-        tarfile.BLKTYPE,
-        tarfile.FIFOTYPE,
-        b"x",
-        b"g",
-        b"L",
-        b"S",
-        b"V",
-    ]
-)
-# Numeric fields and the type flag, where header spellings differ between tar writers.
-NUMERIC_AT = st.one_of(st.integers(100, 156), st.integers(329, 344))
-SPELLING = st.sampled_from(list(b" \0\t01234567 89+-_xo\x1c\x80\xff/"))
-
-
-@settings(max_examples=400, deadline=None)
-@given(
-    name=st.text(alphabet="ab/é.", max_size=130),
-    kind=HEADER_TYPES,
-    numbers=st.tuples(*(st.integers(0, 8**7 - 1) for _ in range(5))),
-    size=st.integers(0, 3000),
-    linkname=st.text(alphabet="ab/é", max_size=20),
-    fmt=st.sampled_from([tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT]),
-    edits=st.lists(st.tuples(NUMERIC_AT | st.integers(0, 511), SPELLING), max_size=4),
-    fix=st.sampled_from(["no", "unsigned", "signed"]),
-)
-@example(  # a name needing the ustar prefix field, a V7 directory
-    name="p" * 120 + "/dir/",
-    kind=tarfile.AREGTYPE,
-    numbers=(0o755, 0, 0, 1, 2),
-    size=0,
-    linkname="",
-    fmt=tarfile.USTAR_FORMAT,
-    edits=[],
-    fix="no",
-)
-def test_header_decoding_matches_tarfile(
-    name: str,
-    kind: bytes,
-    numbers: tuple[int, ...],
-    size: int,
-    linkname: str,
-    fmt: Any,
-    edits: list[tuple[int, int]],
-    fix: str,
-) -> None:
-    """Whatever the header says, the reader's member is tarfile's (or both refuse it)."""
-    ti = tarfile.TarInfo(name)
-    ti.type = kind
-    ti.mode, ti.uid, ti.gid, ti.devmajor, ti.devminor = numbers
-    ti.size, ti.mtime, ti.linkname = size, numbers[4], linkname
-    try:
-        block = bytearray(ti.tobuf(fmt, "utf-8", "surrogateescape")[-512:])
-    except ValueError:
-        return  # not representable in this format
-    for pos, value in edits:
-        block[pos] = value
-    if fix != "no":
-        block[148:156] = b" " * 8
-        total = sum(block) if fix == "unsigned" else sum(struct.unpack("512b", block))
-        block[148:156] = b"%06o\0 " % (total & 0o777777)
-    data = bytes(block) + os.urandom(size) + bytes(3072)
-    assert _first_member_by_reader(data) == _first_member_by_tarfile(data)
-
-
-def test_plain_headers_take_the_fast_path() -> None:
-    from cri_async.registry.unpack import _plain_header
-
-    for fmt in (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
-        for member, _ in (f("usr/bin/x", b"12"), d("usr/"), sym("l", "t"), hard("h", "x")):
-            block = member.tobuf(fmt, "utf-8", "surrogateescape")
-            assert len(block) == 512
-            ti = _plain_header(block, 0)
-            assert ti is not None and ti.name == member.name.rstrip("/")
-    dense = tarfile.TarInfo("\xff" * 99)  # > 65521 in the checksum: summed exactly
-    dense.type, dense.linkname = tarfile.SYMTYPE, "\xfe" * 99
-    dense.uname = dense.gname = "\xff" * 31
-    block = dense.tobuf(tarfile.GNU_FORMAT, "latin-1", "strict")
-    assert sum(block) > 65521
-    ti = _plain_header(block, 0)
-    assert ti is not None and ti.name == "\udcff" * 99 and ti.linkname == "\udcfe" * 99
-    block = block[:148] + b"%06o\0 " % (int(block[148:154], 8) + 65521) + block[156:]
-    assert _plain_header(block, 0) is None  # the same residue mod 65521 is not enough
-
-
-# -- the decompress/hash pipeline in front of unpack_layer (registry.snapshots) ------------------
-
-
-def _gz(data: bytes, level: int = 6) -> bytes:
-    import gzip
-
-    return gzip.compress(data, compresslevel=level, mtime=0)
-
-
-def test_gunzip_reads_members_and_padding_like_gzip() -> None:
-    import gzip
-
-    from cri_async.registry.snapshots import _CHUNK, _gunzip
-
-    one = os.urandom(300_000)
-    text = b"hello world " * 200_000  # compresses ~1000:1: output comes in bounded chunks
-    for blob in (
-        b"",
-        _gz(b""),
-        _gz(one),
-        _gz(one) + _gz(text),
-        _gz(text) + b"\0" * 1000 + _gz(b"tail") + b"\0" * 7,
-        _gz(b"") + _gz(b"") + _gz(b"x"),
-    ):
-        chunks = list(_gunzip(io.BytesIO(blob)))
-        assert b"".join(chunks) == gzip.decompress(blob)
-        assert all(0 < len(c) <= _CHUNK for c in chunks)
-
-
-def test_gunzip_refuses_truncated_and_trailing_garbage() -> None:
-    import zlib
-
-    from cri_async.registry.snapshots import _gunzip
-
-    blob = _gz(os.urandom(100_000)) + _gz(b"second")
-    for cut in (1, 10, 50_000, len(blob) - 30, len(blob) - 1):
-        with pytest.raises(EOFError):
-            b"".join(_gunzip(io.BytesIO(blob[:cut])))
-    for bad in (blob + b"garbage", b"\0" + blob, blob[:20] + b"\xff" * 64 + blob[84:]):
-        with pytest.raises(zlib.error):
-            b"".join(_gunzip(io.BytesIO(bad)))
-
-
-def _store_unpack(tmp: Path, blob: bytes, diff_id: str, compression: str = "gzip") -> Any:
-    from cri_async.registry.snapshots import SnapshotStore
-
-    store = SnapshotStore(tmp / "snapshots")
-    store.open()
-    path = tmp / "blob"
-    path.write_bytes(blob)
-    return store._unpack_sync("sha256:" + "ab" * 32, diff_id, path, compression)
-
-
-@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
-def test_snapshot_unpack_through_the_pipeline(tmp_path: Path, compression: str) -> None:
-    import hashlib
-
-    import zstandard
-
-    tar = MIXED_LAYER + bytes(10240)  # padding after the end marker is in the diff id
-    blob = {
-        "gzip": _gz(tar),
-        "zstd": zstandard.ZstdCompressor().compress(tar),
-        "none": tar,
-    }[compression]
-    info = _store_unpack(tmp_path, blob, "sha256:" + hashlib.sha256(tar).hexdigest(), compression)
-    with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
-        assert info.bytes == sum(m.size for m in tf if m.isreg())
-    snap = tmp_path / "snapshots" / ("ab" * 32)
-    assert (snap / "etc/passwd").read_bytes() == b"root:x:0:0\n" * 50
-    assert not [p for p in (tmp_path / "snapshots").iterdir() if p.name.startswith("tmp-")]
-
-
-def test_snapshot_unpack_refuses_corrupt_compressed_data(tmp_path: Path) -> None:
-    import hashlib
-
-    from cri_async.registry.snapshots import LayerError
-
-    tar = MIXED_LAYER
-    diff_id = "sha256:" + hashlib.sha256(tar).hexdigest()
-    blob = bytearray(_gz(tar, level=1))
-    blob[len(blob) // 2 : len(blob) // 2 + 64] = b"\xff" * 64  # broken deflate data mid-file
-    with pytest.raises(LayerError, match="corrupt"):
-        _store_unpack(tmp_path, bytes(blob), diff_id)
-    with pytest.raises(LayerError, match="corrupt"):
-        _store_unpack(tmp_path, _gz(tar)[:-100], diff_id)  # truncated
-    with pytest.raises(LayerError, match="does not match"):
-        _store_unpack(tmp_path, _gz(tar + b"\0" * 512), diff_id)  # more padding: other diff id
-    assert not list((tmp_path / "snapshots").iterdir())
-
-
-def test_inflater_thread_stops_when_the_reader_gives_up(tmp_path: Path) -> None:
-    import threading
-
-    from cri_async.registry.snapshots import _CHUNK, _Inflater
-
-    path = tmp_path / "blob"
-    path.write_bytes(_gz(os.urandom(40 * _CHUNK)))
-    before = threading.active_count()
-    with open(path, "rb") as fh:
-        inflater = _Inflater(fh, "gzip")
-        assert len(inflater.read(100)) == 100  # the rest of the stream stays unread
-        inflater.close()
-    assert threading.active_count() == before
-
-
-def test_inflater_hands_out_the_stream_in_order(tmp_path: Path) -> None:
-    import hashlib
-
-    from cri_async.registry.snapshots import _CHUNK, _Inflater
-
-    data = os.urandom(3 * _CHUNK + 123)
-    path = tmp_path / "blob"
-    path.write_bytes(_gz(data))
-    with open(path, "rb") as fh:
-        inflater = _Inflater(fh, "gzip")
-        try:
-            got = inflater.read(10) + inflater.read(5000) + inflater.read(-1)
-            assert inflater.read(100) == b""
-        finally:
-            inflater.close()
-    assert got == data
-    assert inflater.hash.hexdigest() == hashlib.sha256(data).hexdigest()
-    path.write_bytes(_gz(data)[:-50])
-    with open(path, "rb") as fh:
-        inflater = _Inflater(fh, "gzip")
-        try:
-            with pytest.raises(EOFError):
-                inflater.read(-1)
-            assert inflater.read(1) == b""  # the error ends the stream
-        finally:
-            inflater.close()
