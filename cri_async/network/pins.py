@@ -2,10 +2,9 @@
 
 A dedicated short-lived thread unshares the namespaces, sets the hostname, brings up
 loopback and bind-mounts them onto files under ``<run_root>/ns``, with no program to exec;
-containers join them by path (platform.md row 5: an ``unshare`` exec costs 2.4 ms, a runc
-pause container ~29 ms + ~107 ms). The
-pin directory is a private bind mount of itself, so pins never propagate to other mount
-namespaces even when / is made rshared.
+containers join them by path (measured: an ``unshare`` exec costs 2.4 ms, a runc pause
+container ~29 ms + ~107 ms). The pin directory is a private bind mount of itself, so pins
+never propagate to other mount namespaces even when / is made rshared.
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ from typing import Any
 import pytest
 
 from cri_async import linux
-from cri_async.network.cni import CNI, CNIError, PortMapping, _nat_cleanup
+from cri_async.network.cni import CNI, CNIError, PortMapping
+from cri_async.network.natsweep import nat_cleanup
 
 pytestmark = pytest.mark.root
 
@@ -168,7 +169,7 @@ class PodNet:
         for f in self.netns_files:
             self.drop_netns(str(f))
         text = sh("iptables-save", "-t", "nat")
-        for argv in _nat_cleanup(text, f'name: "{self.name}" id: "'):
+        for argv in nat_cleanup(text, f'name: "{self.name}" id: "'):
             sh("iptables", "-w", "-t", "nat", *argv, check=False)
         sh("ip", "link", "del", self.bridge, check=False)
 
@@ -281,7 +282,7 @@ async def test_teardown_after_restart_and_with_the_netns_gone(tnet: PodNet) -> N
     tnet.drop_netns(ns_b)
     assert any(rb.ips[0] in line for line in tnet.nat_leftovers())
     await fresh.teardown("sb-b", ns_b)
-    assert tnet.nat_leftovers() == []  # incl. the bridge's ipMasq rules (see cni.py)
+    assert tnet.nat_leftovers() == []  # incl. the bridge's ipMasq rules (see natsweep.py)
     await fresh.teardown("sb-b", ns_b)  # idempotent
     await fresh.teardown("sb-a", None)
     tnet.assert_clean()
