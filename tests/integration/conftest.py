@@ -13,6 +13,7 @@ from cri_async.client import CRIClient, pod_config
 from cri_async.config import Config, HandlerConfig, ImagesConfig, StateConfig
 from cri_async.testing import CRIServer
 from tests.support import images as im
+from tests.support.prereq import need_binary, need_root
 from tests.support.registry import (  # noqa: F401  (fixtures)
     LocalRegistry,
     basic_registry,
@@ -56,11 +57,10 @@ def processes_mentioning(needle: str) -> list[int]:
 
 
 def require(binary: str) -> None:
-    if os.geteuid() != 0 or shutil.which(binary) is None or shutil.which("conmon") is None:
-        why = f"needs root, {binary} and conmon"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{why} (installed by `make test`)")
-        pytest.skip(why)
+    """What a test on a real runtime needs: root, the runtime and conmon."""
+    need_root()
+    need_binary(binary, "installed by `make test`")
+    need_binary("conmon", "installed by `make test`")
 
 
 @pytest.fixture(scope="session")

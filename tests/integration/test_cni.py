@@ -30,6 +30,7 @@ import pytest
 from cri_async import linux
 from cri_async.network.cni import CNI, CNIError, PortMapping
 from cri_async.network.natsweep import nat_cleanup
+from tests.support.prereq import need_root, unavailable
 
 pytestmark = pytest.mark.root
 
@@ -40,17 +41,11 @@ _used_subnets: set[int] = set()
 
 @pytest.fixture(autouse=True)
 def _need_plugins() -> None:
+    need_root()
     missing = [p for p in PLUGINS if not os.access(os.path.join(PLUGIN_DIR, p), os.X_OK)]
     missing += [t for t in ("unshare", "nsenter", "ip", "iptables-save") if not shutil.which(t)]
-    why = ""
-    if os.geteuid() != 0:
-        why = "needs root"
-    elif missing:
-        why = f"needs {', '.join(missing)} (apt-get install containernetworking-plugins)"
-    if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(why)
-        pytest.skip(why)
+    if missing:
+        unavailable(f"needs {', '.join(missing)} (apt-get install containernetworking-plugins)")
 
 
 def sh(*argv: str, check: bool = True) -> str:

@@ -39,6 +39,7 @@ from cri_async.client import CRIClient, container_config, pod_config
 from cri_async.config import Config, HandlerConfig, ImagesConfig, StateConfig
 from cri_async.logs.crilog import Stream, join_records, parse_lines
 from cri_async.testing import CRIServer
+from tests.support.prereq import need_file, unavailable
 
 from .conftest import processes_mentioning, require
 
@@ -50,10 +51,7 @@ CGROUP_PARENT = DEFAULT_CGROUP_PARENT  # where pods that name no cgroup parent g
 def require_runsc() -> None:
     require("runsc")
     if find_infra_binary() is None:
-        why = "needs a static pause binary (apt-get install catatonit)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(why)
-        pytest.skip(why)
+        unavailable("needs a static pause binary (apt-get install catatonit)")
 
 
 def _backend_class(network: str, infra: str) -> type[RunscBackend]:
@@ -394,8 +392,7 @@ async def test_runsc_netstack_mode_with_pod_netns(
     """network="sandbox": gVisor's own netstack, started under the /proc/sys/net workaround
     (platform.md 3b), inside the pod's netns; loopback works between the pod's containers.
     The infra process here is busybox-static's sleep, the fallback for a missing catatonit."""
-    if not os.path.exists("/bin/busybox"):
-        pytest.skip("needs busybox-static")
+    need_file("/bin/busybox", "apt-get install busybox-static")
     async with runsc_server(
         tmp_path, monkeypatch, "n", network="sandbox", infra="/bin/busybox"
     ) as (srv, _):

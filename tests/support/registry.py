@@ -46,6 +46,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from tests.support.prereq import unavailable
 from tests.support.tokenserver import TokenServer
 
 REGISTRY_BINARY = "docker-registry"
@@ -95,33 +96,26 @@ def processes_matching(needle: str) -> list[int]:
     return out
 
 
-def missing(reason: str) -> None:
-    """Skip the test, or fail it when ``CI=true`` (CI must have every test prerequisite)."""
-    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-        pytest.fail(f"test prerequisite missing: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
 def require_registry(*, basic: bool = False, token: bool = False) -> str:
-    """Path of ``docker-registry``, or skip/fail (see :func:`missing`). Also checks the Python
-    packages the auth modes need."""
+    """Path of ``docker-registry``, or skip/fail (see ``prereq.unavailable``). Also checks
+    the Python packages the auth modes need."""
     path = shutil.which(REGISTRY_BINARY) or (
         "/usr/bin/docker-registry" if os.access("/usr/bin/docker-registry", os.X_OK) else None
     )
     if path is None:
-        missing(
+        unavailable(
             "docker-registry (CNCF distribution) not installed: apt-get install docker-registry"
         )
     if basic:
         try:
             import bcrypt  # noqa: F401
         except ImportError:
-            missing("python package 'bcrypt' not installed (pip install -e '.[dev]')")
+            unavailable("python package 'bcrypt' not installed (pip install -e '.[dev]')")
     if token:
         try:
             import cryptography  # noqa: F401
         except ImportError:
-            missing("python package 'cryptography' not installed (pip install -e '.[dev]')")
+            unavailable("python package 'cryptography' not installed (pip install -e '.[dev]')")
     assert path is not None
     return path
 

@@ -23,7 +23,6 @@ from tests.support.registry import (
     MirrorPair,
     TokenRegistry,
     live_processes,
-    missing,
     processes_matching,
 )
 from tests.support.tokenserver import decode_jwt, libtrust_key_id
@@ -148,15 +147,6 @@ def test_layer_entries_compression_and_media_types(tmp_path: Path) -> None:
     assert hostile["esc"].issym() and hostile["hl"].islnk()
     with pytest.raises(ValueError, match="hostile"):
         im.build_tar([im.File("../x")])
-
-
-def test_missing_prerequisite_skips_or_fails_on_ci(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CI", raising=False)
-    with pytest.raises(pytest.skip.Exception):
-        missing("nothing here")
-    monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="nothing here"):
-        missing("nothing here")
 
 
 # -- anonymous -----------------------------------------------------------------------------

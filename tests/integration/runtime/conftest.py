@@ -25,10 +25,10 @@ from cri_async.backends.ocicli import RuntimeCLI
 from cri_async.monitor.conmon import Conmon
 from cri_async.monitor.hostprep import prepare_host
 from cri_async.monitor.reaper import Reaper, become_subreaper
+from tests.support.prereq import need_binary, need_file, need_root
 
 T = TypeVar("T")
 
-CI = os.environ.get("CI", "").lower() == "true"
 CGROUP_PARENT = "cri-async-test"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 STATE_BASE = Path("/run/cri-async-test")
@@ -53,20 +53,6 @@ _CAP_BITS = {"CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_FOWNER": 3, "CAP_KILL":
 _CAP_BITS |= {"CAP_SETGID": 6, "CAP_SETUID": 7}
 
 
-def _missing(what: str) -> None:
-    if CI:
-        pytest.fail(f"{what} is required with CI=true")
-    pytest.skip(f"{what} is not available")
-
-
-def _which(binary: str) -> str:
-    path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
-    if path is None:
-        _missing(binary)
-        raise AssertionError  # unreachable: _missing raises
-    return path
-
-
 def _runtimes() -> list[str]:
     names = ["runc", "crun"]
     if shutil.which("youki"):
@@ -84,16 +70,13 @@ def _bounding_caps() -> list[str]:
 
 @pytest.fixture(scope="session")
 def host_ready() -> list[str]:
-    if os.geteuid() != 0:
-        _missing("root")
+    need_root()
     return prepare_host()
 
 
 @pytest.fixture(scope="session")
 def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    busybox = Path("/bin/busybox")
-    if not busybox.exists():
-        _missing("/bin/busybox (busybox-static)")
+    busybox = Path(need_file("/bin/busybox", "apt-get install busybox-static"))
     root = tmp_path_factory.mktemp("rootfs")
     (root / "bin").mkdir()
     shutil.copy2(busybox, root / "bin/busybox")
@@ -314,8 +297,8 @@ def runtime_name(request: pytest.FixtureRequest) -> str:
 async def env(
     runtime_name: str, host_ready: list[str], rootfs: Path, tmp_path: Path
 ) -> AsyncIterator[Env]:
-    binary = _which(runtime_name)
-    conmon_bin = _which("conmon")
+    binary = need_binary(runtime_name, sbin=True)
+    conmon_bin = need_binary("conmon", sbin=True)
     token = secrets.token_hex(4)
     root = STATE_BASE / f"{runtime_name}-{token}"
     socket_dir = STATE_BASE / f"s-{token}"

@@ -30,6 +30,7 @@ from cri_async.registry.unpack import (
     UnsafeLayer,
     unpack_layer,
 )
+from tests.support.prereq import need_root, unavailable
 
 MTIME = 1_700_000_000
 OLD = 1_000_000_000  # ns: what the outside fixtures are aged to
@@ -39,16 +40,9 @@ CAP_NET_BIND_SERVICE = struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0)
 Member = tuple[tarfile.TarInfo, bytes | None]
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"required in CI: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(autouse=True)
 def _need_root() -> None:
-    if os.geteuid() != 0:
-        _unavailable("needs root (mknod, chown, trusted.* xattrs)")
+    need_root("mknod, chown, trusted.* xattrs")
 
 
 # -- building layers ----------------------------------------------------------------------------
@@ -482,7 +476,7 @@ def test_sparse_files_keep_their_holes(env: Env, tmp_path_factory: Any, fmt: str
         or "GNU tar"
         not in subprocess.run([tar, "--version"], capture_output=True, text=True).stdout
     ):
-        pytest.skip("GNU tar is needed to write sparse archives")
+        unavailable("GNU tar is needed to write sparse archives")
     src = tmp_path_factory.mktemp("sparse-src")
     with open(src / "s", "wb") as fh:
         fh.seek(1 << 20)
@@ -685,17 +679,17 @@ def test_whiteouts_only_hide_lower_layers(env: Env) -> None:
 
 def _overlay_mount(lowers: list[Path], mnt: Path) -> None:
     if "overlay" not in Path("/proc/filesystems").read_text():
-        _unavailable("overlayfs is not available in this kernel")
+        unavailable("overlayfs is not available in this kernel")
     mount = shutil.which("mount")
     if mount is None:
-        _unavailable("mount(8) is not installed")
+        unavailable("mount(8) is not installed")
         return
     opts = "lowerdir=" + ":".join(str(p) for p in lowers)
     r = subprocess.run(
         [mount, "-t", "overlay", "overlay", "-o", opts, str(mnt)], capture_output=True, text=True
     )
     if r.returncode != 0:
-        _unavailable(f"cannot mount overlayfs: {r.stderr.strip()}")
+        unavailable(f"cannot mount overlayfs: {r.stderr.strip()}")
 
 
 def test_real_overlay_merged_view(tmp_path: Path) -> None:

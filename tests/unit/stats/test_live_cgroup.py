@@ -21,8 +21,7 @@ import pytest
 
 from cri_async.stats.cache import StatsCache
 from cri_async.stats.cgroups import CgroupReader
-
-from .support import need_root, unavailable
+from tests.support.prereq import need_root, unavailable
 
 CONTROLLERS = ("cpu", "cpuacct", "memory", "pids")
 PARENT = "cri-stats-test"
