@@ -30,6 +30,7 @@ import pytest
 from cri_async import linux
 from cri_async.network.cni import CNI, CNIError, PortMapping
 from cri_async.network.natsweep import nat_cleanup
+from tests.support.poll import until
 from tests.support.prereq import need_root, unavailable
 
 pytestmark = pytest.mark.root
@@ -195,15 +196,13 @@ def http_get(url: str, timeout: float = 2.0) -> str:
 
 
 async def wait_http(url: str, within: float = 10.0) -> str:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        try:
-            return await asyncio.to_thread(http_get, url, 1.0)
-        except OSError:
-            if loop.time() > deadline:
-                raise
-            await asyncio.sleep(0.1)
+    return await until(
+        lambda: asyncio.to_thread(http_get, url, 1.0),
+        timeout=within,
+        interval=0.1,
+        what=f"GET {url}",
+        ignore=(OSError,),
+    )
 
 
 @pytest.fixture
@@ -291,7 +290,8 @@ async def test_check_on_ipv4_only(tnet: PodNet) -> None:
     await cni.setup(
         "sb-c2", ns2, **pod_kw("c2", port_mappings=[PortMapping(free_port(), 80, "TCP")])
     )
-    # platform.md 4a: portmap 1.1.1 CHECK with a hostPort fails on IPv4-only networks.
+    # portmap 1.1.1 CHECK with a hostPort fails on IPv4-only networks ("could not check
+    # ipv6 dnat"), which is why the default network sets disableCheck.
     with pytest.raises(CNIError, match=r"portmap failed \(CHECK\).*ipv6"):
         await cni.check("sb-c2", ns2)
     await cni.teardown("sb-c1", ns1)

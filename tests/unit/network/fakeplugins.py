@@ -1,9 +1,7 @@
 """Fake CNI plugins: scripts that record every call (plugin, CNI_* environment, stdin
 config) in ``calls.jsonl`` beside them and answer like a plugin would. No root needed."""
 
-import contextlib
 import json
-import os
 import stat
 import sys
 from pathlib import Path
@@ -78,12 +76,3 @@ class Rig:
         out = [json.loads(line) for line in f.read_text().splitlines()]
         f.unlink()
         return out
-
-
-def plugin_processes(bindir: Path) -> list[int]:
-    found = []
-    for d in os.listdir("/proc"):
-        with contextlib.suppress(OSError):
-            if d.isdigit() and str(bindir).encode() in Path(f"/proc/{d}/cmdline").read_bytes():
-                found.append(int(d))
-    return found

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from cri_async.network.cni import CNIError, PortMapping
+from tests.support.poll import until
+from tests.support.procs import processes_mentioning
 
-from .fakeplugins import Rig, plugin_processes
+from .fakeplugins import Rig
 
 
 @pytest.fixture
@@ -184,10 +186,7 @@ async def test_status_and_watch_pick_up_a_config_added_later(rig: Rig) -> None:
     task = asyncio.create_task(cni.watch(interval=0.05))
     try:
         rig.write([A])
-        for _ in range(100):
-            if cni.status()[0]:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: cni.status()[0], what="the watcher to load the new file")
         assert cni.status() == (True, "", "")
         assert cni.network is not None and cni.network.name == "fakenet"
     finally:
@@ -265,7 +264,7 @@ async def test_setup_and_teardown_of_one_sandbox_are_serialized(rig: Rig) -> Non
     setup = asyncio.create_task(
         cni.setup("sb1", LIVE, pod_name="p", pod_namespace="n", pod_uid="u")
     )
-    await asyncio.sleep(0.05)
+    await until(rig.calls_peek, what="the setup's first ADD")  # the setup holds the lock
     await cni.teardown("sb1", LIVE)  # waits for the setup, then detaches what it made
     await setup
     assert [c["env"]["CNI_COMMAND"] for c in rig.calls()] == ["ADD", "ADD", "DEL", "DEL"]
@@ -278,17 +277,14 @@ async def test_cancelled_setup_leaves_a_pending_entry_that_teardown_clears(rig: 
     setup = asyncio.create_task(
         cni.setup("sb1", LIVE, pod_name="p", pod_namespace="n", pod_uid="u")
     )
-    for _ in range(100):
-        if len(rig.calls_peek()) == 2:  # loopback done, fakea running
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: len(rig.calls_peek()) == 2, what="loopback done, fakea running")
     setup.cancel()
     with pytest.raises(asyncio.CancelledError):
         await setup
     assert cni.cached() == ["sb1"]
     entry = json.loads((rig.cache / "sb1.json").read_text())
     assert entry["complete"] is False and entry["result"] is None
-    assert not plugin_processes(rig.bin)  # the cancelled plugin was killed
+    assert not processes_mentioning(str(rig.bin))  # the cancelled plugin was killed
     rig.calls()
     cached = json.loads((rig.cache / "sb1.json").read_text())
     cached["network"]["plugins"][0].pop("sleep")
