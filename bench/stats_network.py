@@ -125,7 +125,8 @@ from benchhost import (  # noqa: E402
 from cri_async import linux  # noqa: E402
 from cri_async.api.runtime.v1 import api_pb2 as pb  # noqa: E402
 from cri_async.client import CRIClient, container_config, pod_config  # noqa: E402
-from cri_async.network.cni import CNI, PortMapping, _nat_cleanup  # noqa: E402
+from cri_async.network.cni import CNI, PortMapping  # noqa: E402
+from cri_async.network.natsweep import nat_cleanup  # noqa: E402
 from tests.support import images as im  # noqa: E402
 from tests.support.registry import LocalRegistry  # noqa: E402
 
@@ -135,7 +136,7 @@ PLUGIN_DIR = "/usr/lib/cni"
 PLUGINS = ("bridge", "host-local", "loopback", "portmap")
 TOOLS = ("runc", "conmon", "unshare", "ip", "iptables", "iptables-save", "docker-registry")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-SERVER_CGROUP = "cri-async"  # cri_async.backends.oci.DEFAULT_CGROUP_PARENT
+SERVER_CGROUP = "cri-async"  # cri_async.pods.host.DEFAULT_CGROUP_PARENT
 IMAGE_REPO = "bench/busybox"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 30.0
@@ -308,7 +309,7 @@ class BenchNet:
         rules = self.nat_rules()
         if rules:
             problems.append(f"NAT rules of {self.name} left: {len(rules)}")
-        for argv in _nat_cleanup(sh("iptables-save", "-t", "nat"), f'name: "{self.name}" id: "'):
+        for argv in nat_cleanup(sh("iptables-save", "-t", "nat"), f'name: "{self.name}" id: "'):
             sh("iptables", "-w", "-t", "nat", *argv, check=False)
         if self.nat_rules():
             problems.append(f"NAT rules still there after cleanup: {self.nat_rules()}")

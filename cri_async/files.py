@@ -15,6 +15,15 @@ def read_text(path: Path) -> str | None:
         return None
 
 
+def read_if_exists(path: Path) -> bytes | None:
+    """Our own file's bytes, or None if it does not exist (any other error is raised: a
+    file we cannot read is not the same as no file)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
 def read_int(path: Path) -> int | None:
     """An integer written into a file (a pid, an exit code), or None."""
     text = (read_text(path) or "").strip()

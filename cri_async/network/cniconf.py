@@ -214,9 +214,9 @@ def plugin_stdin(
     conf["name"] = net.name
     conf["cniVersion"] = net.cni_version
     caps = plugin.get("capabilities") or {}
-    rc = {k: v for k, v in runtime_config.items() if caps.get(k) is True}
-    if rc:
-        conf["runtimeConfig"] = rc
+    granted = {k: v for k, v in runtime_config.items() if caps.get(k) is True}
+    if granted:
+        conf["runtimeConfig"] = granted
     if prev_result is not None:
         conf["prevResult"] = dict(prev_result)
     return json.dumps(conf, separators=(",", ":")).encode()

@@ -5,14 +5,10 @@ and host facts, and passes them in.
 """
 
 from cri_async.oci.errors import SpecError
+from cri_async.oci.inputs import DeviceNode, HostFacts, PodPaths
+from cri_async.oci.process import exec_process
 from cri_async.oci.seccomp import runtime_default_profile
-from cri_async.oci.spec import (
-    DeviceNode,
-    HostFacts,
-    PodPaths,
-    container_spec,
-    exec_process,
-)
+from cri_async.oci.spec import container_spec
 from cri_async.oci.user import ResolvedUser, UserError, resolve_user
 
 __all__ = [

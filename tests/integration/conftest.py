@@ -1,7 +1,7 @@
 import dataclasses
 import os
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -11,8 +11,11 @@ from cri_async import linux
 from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.client import CRIClient, pod_config
 from cri_async.config import Config, HandlerConfig, ImagesConfig, StateConfig
+from cri_async.logs.crilog import Stream, join_records, parse_lines
 from cri_async.testing import CRIServer
 from tests.support import images as im
+from tests.support.poll import until
+from tests.support.prereq import need_binary, need_root
 from tests.support.registry import (  # noqa: F401  (fixtures)
     LocalRegistry,
     basic_registry,
@@ -44,23 +47,44 @@ async def new_pod(
     return await cli.run_pod(cfg), cfg
 
 
-def processes_mentioning(needle: str) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        try:
-            if d.isdigit() and needle.encode() in Path(f"/proc/{d}/cmdline").read_bytes():
-                out.append(int(d))
-        except OSError:
-            continue
-    return out
+async def wait_state(
+    cli: CRIClient, cid: str, state: int, timeout: float = 10.0
+) -> pb.ContainerStatus:
+    """Poll ContainerStatus until the container is in ``state``; its status then."""
+
+    async def reached() -> pb.ContainerStatus | None:
+        st = await cli.container_status(cid)
+        return st if st.state == state else None
+
+    name = pb.ContainerState.Name(state)
+    return await until(reached, timeout=timeout, interval=0.05, what=f"{cid[:12]} {name}")
+
+
+async def wait_exit(cli: CRIClient, cid: str, timeout: float = 10.0) -> pb.ContainerStatus:
+    return await wait_state(cli, cid, pb.CONTAINER_EXITED, timeout)
+
+
+async def wait_log(
+    path: Path, expected: Mapping[Stream, bytes], timeout: float = 10.0
+) -> dict[Stream, bytes]:
+    """Poll a CRI log file until every stream in ``expected`` contains what is given; all
+    of the file's streams then."""
+
+    def found() -> dict[Stream, bytes] | None:
+        if not path.exists():
+            return None
+        out = join_records(parse_lines(path.read_bytes()))
+        ok = all(want in out.get(stream, b"") for stream, want in expected.items())
+        return out if ok else None
+
+    return await until(found, timeout=timeout, interval=0.05, what=f"{expected} in {path}")
 
 
 def require(binary: str) -> None:
-    if os.geteuid() != 0 or shutil.which(binary) is None or shutil.which("conmon") is None:
-        why = f"needs root, {binary} and conmon"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{why} (installed by `make test`)")
-        pytest.skip(why)
+    """What a test on a real runtime needs: root, the runtime and conmon."""
+    need_root()
+    need_binary(binary, "installed by `make test`")
+    need_binary("conmon", "installed by `make test`")
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import pytest
 
 from cri_async import config
 from cri_async.client import container_config, pod_config
+from tests.support.poll import until
 
 from .test_restart import Proc
 
@@ -58,7 +59,11 @@ async def test_sigterm_lets_inflight_rpcs_finish(tmp_path: Path) -> None:
         )
         await client.start_container(cid)
         slow = asyncio.create_task(client.exec_sync(cid, ["sh", "-c", "sleep 1; echo done"]))
-        await asyncio.sleep(0.3)
+        # The server has the request once its HTTP/2 layer decoded the headers (logged at
+        # debug level): only then is SIGTERM "after an accepted RPC".
+        await until(
+            lambda: "/runtime.v1.RuntimeService/ExecSync" in p.log(), what="ExecSync received"
+        )
         assert p.proc is not None
         p.proc.terminate()
         r = await slow  # accepted before SIGTERM, so it completes

@@ -28,7 +28,10 @@ from typing import Any
 import pytest
 
 from cri_async import linux
-from cri_async.network.cni import CNI, CNIError, PortMapping, _nat_cleanup
+from cri_async.network.cni import CNI, CNIError, PortMapping
+from cri_async.network.natsweep import nat_cleanup
+from tests.support.poll import until
+from tests.support.prereq import need_root, unavailable
 
 pytestmark = pytest.mark.root
 
@@ -39,17 +42,11 @@ _used_subnets: set[int] = set()
 
 @pytest.fixture(autouse=True)
 def _need_plugins() -> None:
+    need_root()
     missing = [p for p in PLUGINS if not os.access(os.path.join(PLUGIN_DIR, p), os.X_OK)]
     missing += [t for t in ("unshare", "nsenter", "ip", "iptables-save") if not shutil.which(t)]
-    why = ""
-    if os.geteuid() != 0:
-        why = "needs root"
-    elif missing:
-        why = f"needs {', '.join(missing)} (apt-get install containernetworking-plugins)"
-    if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(why)
-        pytest.skip(why)
+    if missing:
+        unavailable(f"needs {', '.join(missing)} (apt-get install containernetworking-plugins)")
 
 
 def sh(*argv: str, check: bool = True) -> str:
@@ -168,7 +165,7 @@ class PodNet:
         for f in self.netns_files:
             self.drop_netns(str(f))
         text = sh("iptables-save", "-t", "nat")
-        for argv in _nat_cleanup(text, f'name: "{self.name}" id: "'):
+        for argv in nat_cleanup(text, f'name: "{self.name}" id: "'):
             sh("iptables", "-w", "-t", "nat", *argv, check=False)
         sh("ip", "link", "del", self.bridge, check=False)
 
@@ -199,15 +196,13 @@ def http_get(url: str, timeout: float = 2.0) -> str:
 
 
 async def wait_http(url: str, within: float = 10.0) -> str:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        try:
-            return await asyncio.to_thread(http_get, url, 1.0)
-        except OSError:
-            if loop.time() > deadline:
-                raise
-            await asyncio.sleep(0.1)
+    return await until(
+        lambda: asyncio.to_thread(http_get, url, 1.0),
+        timeout=within,
+        interval=0.1,
+        what=f"GET {url}",
+        ignore=(OSError,),
+    )
 
 
 @pytest.fixture
@@ -281,7 +276,7 @@ async def test_teardown_after_restart_and_with_the_netns_gone(tnet: PodNet) -> N
     tnet.drop_netns(ns_b)
     assert any(rb.ips[0] in line for line in tnet.nat_leftovers())
     await fresh.teardown("sb-b", ns_b)
-    assert tnet.nat_leftovers() == []  # incl. the bridge's ipMasq rules (see cni.py)
+    assert tnet.nat_leftovers() == []  # incl. the bridge's ipMasq rules (see natsweep.py)
     await fresh.teardown("sb-b", ns_b)  # idempotent
     await fresh.teardown("sb-a", None)
     tnet.assert_clean()
@@ -295,7 +290,8 @@ async def test_check_on_ipv4_only(tnet: PodNet) -> None:
     await cni.setup(
         "sb-c2", ns2, **pod_kw("c2", port_mappings=[PortMapping(free_port(), 80, "TCP")])
     )
-    # platform.md 4a: portmap 1.1.1 CHECK with a hostPort fails on IPv4-only networks.
+    # portmap 1.1.1 CHECK with a hostPort fails on IPv4-only networks ("could not check
+    # ipv6 dnat"), which is why the default network sets disableCheck.
     with pytest.raises(CNIError, match=r"portmap failed \(CHECK\).*ipv6"):
         await cni.check("sb-c2", ns2)
     await cni.teardown("sb-c1", ns1)

@@ -10,6 +10,7 @@ from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.client import container_config, pod_config
 from cri_async.core.model import Container, Sandbox
 from cri_async.testing import CRIServer
+from tests.support.poll import until
 
 pytestmark = pytest.mark.socket
 
@@ -54,7 +55,7 @@ async def test_retry_after_client_deadline_gets_the_first_attempts_id(srv: CRISe
     # kubelet retries with the same name: it joins (or collects) the first attempt.
     first = await srv.client.run_pod(cfg)
     assert len(calls) == 1
-    await asyncio.sleep(0.6)
+    # The retry got the id, so the first attempt is over: the name is now simply held.
     with pytest.raises(GRPCError) as err:
         await srv.client.run_pod(cfg)
     assert err.value.status is Status.ALREADY_EXISTS and first in str(err.value.message)
@@ -116,7 +117,9 @@ async def test_concurrent_removes_and_stops_are_idempotent(srv: CRIServer) -> No
 
     task = asyncio.create_task(collect())
     await sub_ready.wait()
-    await asyncio.sleep(0.05)
+    assert srv.server is not None
+    bus = srv.server.runtime.events
+    await until(lambda: bus.subscribers == 1, what="the subscription on the server")
     calls = [
         cli.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod)) for _ in range(3)
     ] + [
@@ -128,7 +131,7 @@ async def test_concurrent_removes_and_stops_are_idempotent(srv: CRIServer) -> No
     for r in results:
         if isinstance(r, GRPCError):
             assert r.status is Status.NOT_FOUND
-    await asyncio.sleep(0.1)
+    await until(lambda: len(events) >= 6, what="6 DELETED events")
     task.cancel()
     assert not (await cli.runtime.ListContainers(pb.ListContainersRequest())).containers
     assert len(events) == 6  # 5 containers + the pod, each deleted exactly once

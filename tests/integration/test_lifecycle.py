@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -9,23 +10,14 @@ from grpclib import GRPCError, Status
 
 from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.client import CRIClient, container_config
-from cri_async.logs.crilog import Stream, join_records, parse_lines
+from cri_async.core.model import Container
+from cri_async.logs.crilog import Stream
 from cri_async.testing import CRIServer
+from tests.support.poll import until
 
-from .conftest import new_pod
+from .conftest import new_pod, wait_log, wait_state
 
 pytestmark = pytest.mark.socket
-
-
-async def wait_state(
-    cli: CRIClient, cid: str, state: int, timeout: float = 5.0
-) -> pb.ContainerStatus:
-    async with asyncio.timeout(timeout):
-        while True:
-            st = await cli.container_status(cid)
-            if st.state == state:
-                return st
-            await asyncio.sleep(0.02)
 
 
 async def test_version_and_info(cli: CRIClient) -> None:
@@ -84,9 +76,8 @@ async def test_full_lifecycle(cli: CRIClient, tmp_path: Path) -> None:
     assert [c.id for c in inspectp.containers_statuses] == [cid]
 
     # logs are real CRI-format files
-    await asyncio.sleep(0.05)
-    out = join_records(parse_lines((tmp_path / "pods/app/0.log").read_bytes()))
-    assert out[Stream.STDOUT] == b"started\n" and out[Stream.STDERR] == b"oops\n"
+    expected = {Stream.STDOUT: b"started\n", Stream.STDERR: b"oops\n"}
+    assert await wait_log(tmp_path / "pods/app/0.log", expected) == expected
 
     # crictl stop (SIGTERM -> 143), rm, stopp, rmp
     await cli.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=10))
@@ -133,7 +124,16 @@ async def test_exit_codes_reasons_and_stop_escalation(cli: CRIClient) -> None:
     assert (st.state, st.exit_code) == (pb.CONTAINER_EXITED, 137)
 
 
-async def test_concurrent_stops_shorter_timeout_takes_over(cli: CRIClient) -> None:
+async def test_concurrent_stops_shorter_timeout_takes_over(cli: CRIClient, srv: CRIServer) -> None:
+    backend = srv.fake()
+    real_kill = backend.kill
+    signals: list[int] = []
+
+    async def kill(container: Container, sig: int) -> None:
+        signals.append(sig)
+        await real_kill(container, sig)
+
+    backend.kill = kill  # type: ignore[method-assign]
     pod, pcfg = await new_pod(cli)
     cid = await cli.create_container(
         pod,
@@ -144,7 +144,8 @@ async def test_concurrent_stops_shorter_timeout_takes_over(cli: CRIClient) -> No
     slow = asyncio.create_task(
         cli.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=60))
     )
-    await asyncio.sleep(0.1)
+    # The slow stop has sent SIGTERM and waits for an exit that will not come.
+    await until(lambda: signal.SIGTERM in signals, what="the first stop's SIGTERM")
     await cli.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0))
     await asyncio.wait_for(slow, 5)
     assert (await cli.container_status(cid)).exit_code == 137
@@ -174,7 +175,7 @@ async def test_image_defaults_and_exec_sync(cli: CRIClient, srv: CRIServer) -> N
         await cli.exec_sync(cid, ["true"])
     assert err.value.status is Status.FAILED_PRECONDITION
     await cli.start_container(cid)
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # time to exit, were it to: it must not
     assert (await cli.container_status(cid)).state == pb.CONTAINER_RUNNING
 
     r = await cli.exec_sync(cid, ["sh", "-c", "echo out; echo err >&2; exit 3"])
@@ -361,7 +362,7 @@ async def test_update_runtime_config_persists(srv: CRIServer) -> None:
     assert st.info["podCIDR"] == "10.1.0.0/16"
 
 
-async def test_container_events_stream(cli: CRIClient) -> None:
+async def test_container_events_stream(cli: CRIClient, srv: CRIServer) -> None:
     events: list[pb.ContainerEventResponse] = []
     ready = asyncio.Event()
 
@@ -384,7 +385,9 @@ async def test_container_events_stream(cli: CRIClient) -> None:
 
     task2 = asyncio.create_task(collect_types())
     await ready.wait()
-    await asyncio.sleep(0.1)
+    assert srv.server is not None
+    bus = srv.server.runtime.events
+    await until(lambda: bus.subscribers == 2, what="both subscriptions on the server")
     pod, pcfg = await new_pod(cli)
     cid = await cli.create_container(
         pod, container_config("c", "busybox", command=["sh", "-c", "sleep 0.1; exit 2"]), pcfg
@@ -393,7 +396,7 @@ async def test_container_events_stream(cli: CRIClient) -> None:
     await wait_state(cli, cid, pb.CONTAINER_EXITED)
     await cli.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
     await cli.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod))
-    await asyncio.sleep(0.1)
+    await until(lambda: len(events) >= 8 and len(other) >= 8, what="8 events on both streams")
     task.cancel()
     task2.cancel()
 

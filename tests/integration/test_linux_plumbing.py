@@ -9,16 +9,14 @@ import pytest
 
 from cri_async import linux, rootfs
 from cri_async.network.pins import NamespacePinner
+from tests.support.prereq import need_root
 
 pytestmark = pytest.mark.root
 
 
 @pytest.fixture(autouse=True)
 def _need_root() -> None:
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("these tests need root (CI runs as root)")
-        pytest.skip("needs root")
+    need_root()
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """Real pods on a real CNI network: pod IPs, pod-to-pod, host-to-pod, hostPort, no leaks."""
 
-import asyncio
 import dataclasses
 import os
 import shutil
@@ -12,6 +11,7 @@ from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.client import container_config, pod_config
 from cri_async.config import Config, HandlerConfig, ImagesConfig, NetworkSection, StateConfig
 from cri_async.testing import CRIServer
+from tests.support.poll import until
 
 from . import test_cni
 from .conftest import require
@@ -100,12 +100,12 @@ async def test_no_cni_config_means_network_not_ready_and_loopback_pods(
         net = next(c for c in st.status.conditions if c.type == "NetworkReady")
         assert not net.status and net.reason == "NetworkPluginNotReady"
         tnet.write(tnet.conflist())  # an operator adds a config: ready without a restart
-        async with asyncio.timeout(10):
-            while True:
-                st = await srv.client.runtime.Status(pb.StatusRequest())
-                if {c.type: c.status for c in st.status.conditions}["NetworkReady"]:
-                    break
-                await asyncio.sleep(0.2)
+
+        async def network_ready() -> bool:
+            st = await srv.client.runtime.Status(pb.StatusRequest())
+            return {c.type: c.status for c in st.status.conditions}["NetworkReady"]
+
+        await until(network_ready, timeout=10, interval=0.2, what="NetworkReady")
 
 
 def host_counts(tnet: PodNet, run_root: Path) -> dict[str, int]:

@@ -2,7 +2,9 @@
 seccomp, sysctls, host namespaces, resource limits in cgroup files, OOM, stop signals."""
 
 import asyncio
+import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,10 +12,12 @@ from grpclib import GRPCError, Status
 
 from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.client import CRIClient, container_config, pod_config
+from cri_async.logs.crilog import Stream
 from cri_async.testing import CRIServer
+from tests.support.poll import until
+from tests.support.procs import catches, processes_mentioning
 
-from .conftest import processes_mentioning
-from .test_real_pods import wait_exit
+from .conftest import wait_exit, wait_log
 
 pytestmark = [pytest.mark.root, pytest.mark.registry]
 
@@ -204,7 +208,11 @@ async def test_resources_update_oom_and_stop_signal(rsrv: CRIServer, busybox_ref
     )
     quitter.stop_signal = pb.SIGNAL_SIGQUIT
     qid = await run(cli, pod, pcfg, quitter)
-    await asyncio.sleep(0.3)
+    status = await cli.runtime.ContainerStatus(
+        pb.ContainerStatusRequest(container_id=qid, verbose=True)
+    )
+    qpid = json.loads(status.info["info"])["pid"]
+    await until(lambda: catches(qpid, signal.SIGQUIT), what="sh to install its QUIT trap")
     await cli.runtime.StopContainer(pb.StopContainerRequest(container_id=qid, timeout=10))
     assert (await cli.container_status(qid)).exit_code == 42
     stubborn = await run(
@@ -236,11 +244,10 @@ async def test_logs_reopen_and_checkpoint_unimplemented(
         ),
     )
     log = tmp_path / "logs/c/0.log"
-    await asyncio.sleep(0.3)
+    await wait_log(log, {Stream.STDOUT: b"tick\n"})
     log.rename(log.with_suffix(".1"))
     await cli.runtime.ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=cid))
-    await asyncio.sleep(0.3)
-    assert b"stdout F tick" in log.read_bytes()
+    await wait_log(log, {Stream.STDOUT: b"tick\n"})  # the new file gets the next lines
     with pytest.raises(GRPCError) as err:
         await cli.runtime.CheckpointContainer(pb.CheckpointContainerRequest(container_id=cid))
     assert err.value.status is Status.UNIMPLEMENTED and "CRIU" in str(err.value.message)
@@ -257,11 +264,15 @@ async def test_stats_and_metrics(rsrv: CRIServer, busybox_ref: str) -> None:
     cid = await run(cli, pod, pcfg, busy)
     writer = ["sh", "-c", "dd if=/dev/zero of=/blob bs=1024 count=512 2>/dev/null; sleep 99"]
     idle = await run(cli, pod, pcfg, container_config("idle", busybox_ref, command=writer))
-    await asyncio.sleep(0.3)
+
+    async def blob_written() -> bool:
+        return (await sh(cli, idle, "stat -c %s /blob")).stdout == b"524288\n"
+
+    await until(blob_written, what="the 512 KiB /blob in idle's writable layer")
     assert rsrv.server is not None and rsrv.server.runtime.ctx.stats is not None
     cache = rsrv.server.runtime.ctx.stats
     await cache.refresh_now()
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # the window the CPU rate is measured over
     await cache.refresh_now()
 
     one = (await cli.runtime.ContainerStats(pb.ContainerStatsRequest(container_id=cid))).stats

@@ -1,6 +1,5 @@
 """A kubelet-style sequence on real runtimes (runc, crun) under conmon, from a pulled image."""
 
-import asyncio
 import dataclasses
 import logging
 import os
@@ -12,25 +11,18 @@ from grpclib import GRPCError, Status
 
 from cri_async import linux
 from cri_async.api.runtime.v1 import api_pb2 as pb
-from cri_async.client import CRIClient, container_config, pod_config
+from cri_async.client import container_config, pod_config
 from cri_async.config import Config, HandlerConfig, ImagesConfig, StateConfig
-from cri_async.logs.crilog import Stream, join_records, parse_lines
+from cri_async.logs.crilog import Stream
 from cri_async.store.db import SQLiteStore
 from cri_async.testing import CRIServer
+from tests.support.poll import until
+from tests.support.procs import processes_mentioning
 
-from .conftest import processes_mentioning, require
+from .conftest import require, wait_exit, wait_log
 from .test_restart import Proc
 
 pytestmark = [pytest.mark.root, pytest.mark.registry]
-
-
-async def wait_exit(cli: CRIClient, cid: str, timeout: float = 10) -> pb.ContainerStatus:
-    async with asyncio.timeout(timeout):
-        while True:
-            st = await cli.container_status(cid)
-            if st.state == pb.CONTAINER_EXITED:
-                return st
-            await asyncio.sleep(0.05)
 
 
 async def test_kubelet_sequence(rsrv: CRIServer, busybox_ref: str, tmp_path: Path) -> None:
@@ -58,9 +50,8 @@ async def test_kubelet_sequence(rsrv: CRIServer, busybox_ref: str, tmp_path: Pat
         await cli.exec_sync(cid, ["sleep", "30"], timeout=1)
     assert err.value.status is Status.DEADLINE_EXCEEDED
 
-    await asyncio.sleep(0.2)
-    out = join_records(parse_lines((logs / "app/0.log").read_bytes()))
-    assert out[Stream.STDOUT] == b"hello\nweb\n" and out[Stream.STDERR] == b"oops\n"
+    expected = {Stream.STDOUT: b"hello\nweb\n", Stream.STDERR: b"oops\n"}
+    assert await wait_log(logs / "app/0.log", expected) == expected
 
     short = await cli.create_container(
         pod, container_config("short", busybox_ref, command=["sh", "-c", "exit 7"]), pcfg
@@ -130,7 +121,9 @@ async def test_kill9_restart_keeps_real_containers(
             await cli.start_container(c)
         cli.close()
         p.kill9()
-        await asyncio.sleep(1.5)  # "short" exits while nobody is watching
+        # "short" exits while nobody is watching: conmon records it for the next server.
+        exit_file = run_root / kind / "default" / "exits" / short
+        await until(exit_file.exists, what="conmon to record the exit of 'short'")
         cli = await p.start()
         st = await cli.container_status(long)
         assert st.state == pb.CONTAINER_RUNNING
@@ -190,6 +183,5 @@ async def test_startup_reconciles_orphans(
     assert not list(Path("/sys/fs/cgroup").glob(f"*/cri-async/pod-{pod[:16]}"))
     linux.umount(str(run_root / "ns"))
     assert not [m for m in linux.mountinfo() if m[0].startswith(str(run_root))]
-    await asyncio.sleep(0.5)
-    assert not processes_mentioning(cid)
+    await until(lambda: not processes_mentioning(cid), what=f"no process of {cid[:12]}")
     shutil.rmtree(run_root, ignore_errors=True)

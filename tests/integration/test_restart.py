@@ -17,6 +17,9 @@ from cri_async.core import model as m
 from cri_async.core import serde
 from cri_async.store.db import SQLiteStore
 from cri_async.testing import CRIServer
+from tests.support.poll import until
+
+from .conftest import wait_state
 
 pytestmark = [pytest.mark.socket, pytest.mark.subprocess]
 
@@ -49,18 +52,25 @@ class Proc:
             [sys.executable, "-m", "cri_async.cli", "serve", "--config", str(self.config)],
             stderr=open(self.root / "server.log", "ab"),  # noqa: SIM115
         )
-        async with asyncio.timeout(20):
-            while True:
-                if self.proc.poll() is not None:
-                    raise AssertionError((self.root / "server.log").read_text())
-                if self.sock.exists():
-                    client = CRIClient(self.sock)
-                    try:
-                        await client.version()
-                        return client
-                    except (ConnectionError, OSError):
-                        client.close()
-                await asyncio.sleep(0.05)
+        proc = self.proc
+
+        async def answering() -> CRIClient | None:
+            if proc.poll() is not None:
+                raise AssertionError(self.log())
+            if not self.sock.exists():
+                return None
+            client = CRIClient(self.sock)
+            try:
+                await client.version()
+                return client
+            except (ConnectionError, OSError):
+                client.close()
+                return None
+
+        return await until(answering, timeout=20, interval=0.05, what="the server's Version")
+
+    def log(self) -> str:
+        return (self.root / "server.log").read_text()
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -129,7 +139,8 @@ async def populate(cli: CRIClient) -> dict[str, str]:
             pod, container_config("created", "busybox"), cfg
         )
     await cli.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=ids["b"]))
-    await asyncio.sleep(0.1)
+    for name in ("a", "b"):  # "exit 3" is over before the snapshots compare states
+        await wait_state(cli, ids[f"{name}/done"], pb.CONTAINER_EXITED)
     return ids
 
 
@@ -174,7 +185,7 @@ async def test_container_that_exits_while_down_is_recorded(tmp_path: Path) -> No
         )
         await cli.start_container(cid)
         await srv.stop()
-        await asyncio.sleep(0.7)
+        await asyncio.sleep(0.7)  # the simulated process's 0.5 s run ends while we are down
         await srv.start()
         st = await srv.client.container_status(cid)
         assert (st.state, st.exit_code, st.reason) == (pb.CONTAINER_EXITED, 9, "Error")

@@ -8,7 +8,6 @@ static pause binary the tests are skipped, or fail with CI=true.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import json
@@ -28,13 +27,16 @@ from cri_async import linux
 from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.backends.runsc import RunscBackend
 from cri_async.backends.runscspec import adjust_container_spec, find_infra_binary, wrapper_script
-from cri_async.client import CRIClient, container_config, pod_config
+from cri_async.client import container_config, pod_config
 from cri_async.config import Config, HandlerConfig, ImagesConfig, StateConfig
 from cri_async.logs.crilog import Stream, join_records, parse_lines
 from cri_async.pods.host import DEFAULT_CGROUP_PARENT
 from cri_async.testing import CRIServer
+from tests.support.poll import until
+from tests.support.prereq import need_file, unavailable
+from tests.support.procs import processes_mentioning
 
-from .conftest import processes_mentioning, require
+from .conftest import require, wait_exit, wait_log
 
 pytestmark = [pytest.mark.root, pytest.mark.registry]
 
@@ -44,10 +46,7 @@ CGROUP_PARENT = DEFAULT_CGROUP_PARENT  # where pods that name no cgroup parent g
 def require_runsc() -> None:
     require("runsc")
     if find_infra_binary() is None:
-        why = "needs a static pause binary (apt-get install catatonit)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(why)
-        pytest.skip(why)
+        unavailable("needs a static pause binary (apt-get install catatonit)")
 
 
 class Timings:
@@ -114,12 +113,8 @@ async def runsc_server(
             shutil.rmtree(run_root, ignore_errors=True)
     assert not mounts
     assert not [m for m in linux.mountinfo() if m[0].startswith(str(tmp_path))]
-    # Reaped promptly (platform.md 8h): no sandbox, gofer, holder or conmon is left.
-    async with asyncio.timeout(5):
-        while True:
-            if not processes_mentioning(str(run_root)):
-                break
-            await asyncio.sleep(0.05)
+    # Reaped promptly (not by a slow PID 1): no sandbox, gofer, holder or conmon is left.
+    await until(lambda: not processes_mentioning(str(run_root)), timeout=5, interval=0.05)
 
 
 @pytest_asyncio.fixture
@@ -128,25 +123,6 @@ async def rs(
 ) -> AsyncIterator[tuple[CRIServer, Path]]:
     async with runsc_server(tmp_path, monkeypatch, "g") as s:
         yield s
-
-
-async def wait_exit(cli: CRIClient, cid: str, timeout: float = 10) -> pb.ContainerStatus:
-    async with asyncio.timeout(timeout):
-        while True:
-            st = await cli.container_status(cid)
-            if st.state == pb.CONTAINER_EXITED:
-                return st
-            await asyncio.sleep(0.05)
-
-
-async def wait_for_log(path: Path, needle: bytes, timeout: float = 10) -> dict[Stream, bytes]:
-    async with asyncio.timeout(timeout):
-        while True:
-            if path.exists():
-                out = join_records(parse_lines(path.read_bytes()))
-                if needle in out.get(Stream.STDOUT, b""):
-                    return out
-            await asyncio.sleep(0.05)
 
 
 def runsc_state(run_root: Path, cid: str) -> dict[str, object]:
@@ -215,7 +191,7 @@ async def test_kubelet_sequence_on_runsc(
     assert sub["pid"] == infra["pid"] and sub["status"] == "running"
 
     # Logs in CRI format at the log path, both streams, from inside the sandbox.
-    out = await wait_for_log(logs / "app/0.log", b"web\n")
+    out = await wait_log(logs / "app/0.log", {Stream.STDOUT: b"web\n"})
     assert out[Stream.STDOUT] == b"hello\nweb\n" and out[Stream.STDERR] == b"oops\n"
 
     t = time.perf_counter()
@@ -227,12 +203,12 @@ async def test_kubelet_sequence_on_runsc(
         await cli.exec_sync(cid, ["sleep", "37"], timeout=1)
     timings.add("ExecSync timeout=1", t)
     assert err.value.status is Status.DEADLINE_EXCEEDED
+
     # The timed-out process inside the sandbox was killed too, not only runsc on the host.
-    async with asyncio.timeout(5):
-        while True:
-            if b"sleep 37" not in (await cli.exec_sync(cid, ["ps"], timeout=10)).stdout:
-                break
-            await asyncio.sleep(0.1)
+    async def sleep_gone() -> bool:
+        return b"sleep 37" not in (await cli.exec_sync(cid, ["ps"], timeout=10)).stdout
+
+    await until(sleep_gone, timeout=5, interval=0.1, what="the timed-out 'sleep 37' to die")
 
     # A second container of the pod reaches the first over the pod's loopback.
     client = container_config(
@@ -334,7 +310,7 @@ async def test_runsc_start_failure_resources_and_pod_removal(
     await cli.start_container(cid)
     r = await cli.exec_sync(cid, ["echo", "alive"], timeout=10)
     assert r.stdout == b"alive\n"
-    out = await wait_for_log(tmp_path / "c.log", b"Seccomp")
+    out = await wait_log(tmp_path / "c.log", {Stream.STDOUT: b"Seccomp"})
     assert out[Stream.STDOUT] == b"Seccomp:\t2\n"  # the profile is enforced (--oci-seccomp)
 
     t = time.perf_counter()
@@ -372,10 +348,9 @@ async def test_runsc_netstack_mode_with_pod_netns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busybox_ref: str, timings: Timings
 ) -> None:
     """network="sandbox": gVisor's own netstack, started under the /proc/sys/net workaround
-    (platform.md 3b), inside the pod's netns; loopback works between the pod's containers.
+    (see docs/runtimes.md), inside the pod's netns; loopback works between the pod's containers.
     The infra process here is busybox-static's sleep, the fallback for a missing catatonit."""
-    if not os.path.exists("/bin/busybox"):
-        pytest.skip("needs busybox-static")
+    need_file("/bin/busybox", "apt-get install busybox-static")
     async with runsc_server(
         tmp_path, monkeypatch, "n", network="sandbox", infra="/bin/busybox"
     ) as (srv, _):
@@ -467,7 +442,8 @@ async def test_runsc_restart_and_sandbox_death(
     t = time.perf_counter()
     await srv.stop()
     timings.add("server stop", t)
-    await asyncio.sleep(1.3)  # "short" exits while nobody is watching
+    # "short" exits while nobody is watching: conmon records it for the next server.
+    await until(lambda: any(run_root.glob(f"*/default/exits/{short}")), what="short's exit")
     t = time.perf_counter()
     await srv.start()
     timings.add("server start (recover + reconcile)", t)

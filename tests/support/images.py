@@ -50,6 +50,8 @@ from email.message import Message
 from pathlib import Path
 from typing import Any, Protocol
 
+from tests.support.prereq import unavailable
+
 # -- media types ---------------------------------------------------------------------------
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -484,9 +486,7 @@ def busybox_layer(
 ) -> Layer:
     """A runnable rootfs layer around the host's static busybox (cached per process)."""
     if not Path(busybox).exists():
-        from tests.support.registry import missing
-
-        missing(f"{busybox} not found: apt-get install busybox-static")
+        unavailable(f"{busybox} not found: apt-get install busybox-static")
     return _busybox_layer(compression, docker, busybox, tuple(applets) if applets else None)
 
 

@@ -36,7 +36,6 @@ import ssl
 import subprocess
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
@@ -46,6 +45,8 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from tests.support.poll import until_sync
+from tests.support.prereq import unavailable
 from tests.support.tokenserver import TokenServer
 
 REGISTRY_BINARY = "docker-registry"
@@ -80,48 +81,26 @@ def live_processes() -> list[subprocess.Popen[bytes]]:
         return [p for p in _live if p.poll() is None]
 
 
-def processes_matching(needle: str) -> list[int]:
-    """PIDs whose command line contains ``needle`` (like ``pgrep -f``, without procps)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if needle in cmdline:
-            out.append(int(entry.name))
-    return out
-
-
-def missing(reason: str) -> None:
-    """Skip the test, or fail it when ``CI=true`` (CI must have every test prerequisite)."""
-    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-        pytest.fail(f"test prerequisite missing: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
 def require_registry(*, basic: bool = False, token: bool = False) -> str:
-    """Path of ``docker-registry``, or skip/fail (see :func:`missing`). Also checks the Python
-    packages the auth modes need."""
+    """Path of ``docker-registry``, or skip/fail (see ``prereq.unavailable``). Also checks
+    the Python packages the auth modes need."""
     path = shutil.which(REGISTRY_BINARY) or (
         "/usr/bin/docker-registry" if os.access("/usr/bin/docker-registry", os.X_OK) else None
     )
     if path is None:
-        missing(
+        unavailable(
             "docker-registry (CNCF distribution) not installed: apt-get install docker-registry"
         )
     if basic:
         try:
             import bcrypt  # noqa: F401
         except ImportError:
-            missing("python package 'bcrypt' not installed (pip install -e '.[dev]')")
+            unavailable("python package 'bcrypt' not installed (pip install -e '.[dev]')")
     if token:
         try:
             import cryptography  # noqa: F401
         except ImportError:
-            missing("python package 'cryptography' not installed (pip install -e '.[dev]')")
+            unavailable("python package 'cryptography' not installed (pip install -e '.[dev]')")
     assert path is not None
     return path
 
@@ -387,28 +366,26 @@ class LocalRegistry:
             raise
 
     def _wait_ready(self) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            if self.process.poll() is not None:
+        process = self.process
+        assert process is not None
+
+        def answering() -> bool:
+            if process.poll() is not None:
                 raise RegistryStartError(
-                    f"docker-registry exited with {self.process.returncode}:\n{self.logs()}"
+                    f"docker-registry exited with {process.returncode}:\n{self.logs()}"
                 )
             try:
                 with _opener.open(f"{self.url}/v2/", timeout=1) as resp:
-                    if resp.status == 200:
-                        return
+                    return bool(resp.status == 200)
             except urllib.error.HTTPError as e:
-                if e.code == 401:
-                    return
+                return e.code == 401
             except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RegistryStartError(
-                    f"docker-registry not answering on {self.url} after "
-                    f"{self.startup_timeout}s:\n{self.logs()}"
-                )
-            time.sleep(0.02)
+                return False
+
+        try:
+            until_sync(answering, timeout=self.startup_timeout, what=f"GET {self.url}/v2/")
+        except AssertionError as e:
+            raise RegistryStartError(f"docker-registry not ready: {e}:\n{self.logs()}") from None
 
     def start(self) -> LocalRegistry:
         if self.process is not None:

@@ -18,13 +18,12 @@ import pytest
 
 from tests.support import images as im
 from tests.support import registry as support_registry
+from tests.support.procs import processes_mentioning
 from tests.support.registry import (
     LocalRegistry,
     MirrorPair,
     TokenRegistry,
     live_processes,
-    missing,
-    processes_matching,
 )
 from tests.support.tokenserver import decode_jwt, libtrust_key_id
 
@@ -150,15 +149,6 @@ def test_layer_entries_compression_and_media_types(tmp_path: Path) -> None:
         im.build_tar([im.File("../x")])
 
 
-def test_missing_prerequisite_skips_or_fails_on_ci(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CI", raising=False)
-    with pytest.raises(pytest.skip.Exception):
-        missing("nothing here")
-    monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="nothing here"):
-        missing("nothing here")
-
-
 # -- anonymous -----------------------------------------------------------------------------
 
 
@@ -231,11 +221,11 @@ async def test_async_context_manager_and_cleanup() -> None:
     reg = LocalRegistry()
     async with reg:
         proc, config = reg.process, reg.config_path
-        assert proc is not None and processes_matching(str(config)) == [proc.pid]
+        assert proc is not None and list(processes_mentioning(str(config))) == [proc.pid]
         async with httpx.AsyncClient(trust_env=False) as c:
             assert (await c.get(f"{reg.url}/v2/")).status_code == 200
     assert proc.poll() is not None
-    assert processes_matching(str(config)) == []
+    assert list(processes_mentioning(str(config))) == []
     assert not config.parent.exists()
     assert proc not in live_processes()
 
@@ -252,7 +242,7 @@ def test_registry_stops_even_when_the_body_raises() -> None:
     with pytest.raises(RuntimeError, match="boom"):
         body()
     (config,) = seen
-    assert processes_matching(str(config)) == []
+    assert list(processes_mentioning(str(config))) == []
     assert not config.parent.exists()
 
 
@@ -443,5 +433,5 @@ def test_mirror_serves_what_only_upstream_has(
 def test_zz_no_registry_outlived_its_test() -> None:
     """Runs last in this file: every fixture registry above is gone, with its files."""
     for config in _seen:
-        assert processes_matching(str(config)) == [], config
+        assert list(processes_mentioning(str(config))) == [], config
         assert not config.parent.exists(), config

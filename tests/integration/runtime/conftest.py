@@ -13,10 +13,10 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -25,10 +25,10 @@ from cri_async.backends.ocicli import RuntimeCLI
 from cri_async.monitor.conmon import Conmon
 from cri_async.monitor.hostprep import prepare_host
 from cri_async.monitor.reaper import Reaper, become_subreaper
+from tests.support.poll import until
+from tests.support.prereq import need_binary, need_file, need_root
+from tests.support.procs import proc_state, processes_mentioning
 
-T = TypeVar("T")
-
-CI = os.environ.get("CI", "").lower() == "true"
 CGROUP_PARENT = "cri-async-test"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 STATE_BASE = Path("/run/cri-async-test")
@@ -48,24 +48,10 @@ APPLETS = (
     "dd",
 )
 # A few capabilities every container runtime setup here has in its bounding set
-# (CAP_SYS_RESOURCE is missing on this VM: platform.md 8a).
+# (CAP_SYS_RESOURCE is missing from this VM's bounding set).
 CAPS = ("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_KILL", "CAP_SETGID", "CAP_SETUID")
 _CAP_BITS = {"CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_FOWNER": 3, "CAP_KILL": 5}
 _CAP_BITS |= {"CAP_SETGID": 6, "CAP_SETUID": 7}
-
-
-def _missing(what: str) -> None:
-    if CI:
-        pytest.fail(f"{what} is required with CI=true")
-    pytest.skip(f"{what} is not available")
-
-
-def _which(binary: str) -> str:
-    path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
-    if path is None:
-        _missing(binary)
-        raise AssertionError  # unreachable: _missing raises
-    return path
 
 
 def _runtimes() -> list[str]:
@@ -85,16 +71,13 @@ def _bounding_caps() -> list[str]:
 
 @pytest.fixture(scope="session")
 def host_ready() -> list[str]:
-    if os.geteuid() != 0:
-        _missing("root")
+    need_root()
     return prepare_host()
 
 
 @pytest.fixture(scope="session")
 def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    busybox = Path("/bin/busybox")
-    if not busybox.exists():
-        _missing("/bin/busybox (busybox-static)")
+    busybox = Path(need_file("/bin/busybox", "apt-get install busybox-static"))
     root = tmp_path_factory.mktemp("rootfs")
     (root / "bin").mkdir()
     shutil.copy2(busybox, root / "bin/busybox")
@@ -174,28 +157,6 @@ def cgroup_dirs(cid: str | None = None) -> list[Path]:
     return [h / rel for h in sorted(CGROUP_ROOT.iterdir()) if (h / rel).is_dir()]
 
 
-def _procs_mentioning(token: str) -> list[tuple[int, str]]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if token.encode() in cmdline:
-            found.append((int(entry), cmdline.replace(b"\0", b" ").decode(errors="replace")))
-    return found
-
-
-def proc_state(pid: int) -> str | None:
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    return data[data.rfind(b")") + 2 :].split()[0].decode()
-
-
 def lexists(path: str | Path) -> bool:
     return os.path.lexists(path)
 
@@ -210,15 +171,6 @@ def _read_if(path: Path, needle: bytes) -> bytes | None:
     except FileNotFoundError:
         return None
     return data if needle in data else None
-
-
-async def until(pred: Callable[[], T], timeout: float = 5.0, interval: float = 0.01) -> T:
-    """Poll ``pred`` (test helper) until it returns something truthy; return that."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if value := pred():
-                return value
-            await asyncio.sleep(interval)
 
 
 @dataclass
@@ -292,13 +244,20 @@ class Env:
             return await self.conmon.wait_exit(ctr.cid, ctr.bundle, self.exit_dir)
 
     async def wait_log(self, path: Path, needle: bytes, timeout: float = 5.0) -> bytes:
-        return await until(lambda: _read_if(path, needle), timeout)
+        return await until(
+            lambda: _read_if(path, needle), timeout=timeout, what=f"{needle!r} in {path}"
+        )
 
     async def wait_conmon_gone(self, ctr: Ctr, timeout: float = 5.0) -> int:
         """Wait until the container's conmon has exited and been reaped; return its pid."""
         pid = self.conmon.conmon_pid(ctr.bundle)
         assert pid is not None
-        await until(lambda: proc_state(pid) is None, timeout, 0.005)
+        await until(
+            lambda: proc_state(pid) is None,
+            timeout=timeout,
+            interval=0.005,
+            what=f"conmon {pid} to be reaped",
+        )
         return pid
 
     async def remove(self, ctr: Ctr) -> None:
@@ -315,8 +274,8 @@ def runtime_name(request: pytest.FixtureRequest) -> str:
 async def env(
     runtime_name: str, host_ready: list[str], rootfs: Path, tmp_path: Path
 ) -> AsyncIterator[Env]:
-    binary = _which(runtime_name)
-    conmon_bin = _which("conmon")
+    binary = need_binary(runtime_name, sbin=True)
+    conmon_bin = need_binary("conmon", sbin=True)
     token = secrets.token_hex(4)
     root = STATE_BASE / f"{runtime_name}-{token}"
     socket_dir = STATE_BASE / f"s-{token}"
@@ -351,8 +310,8 @@ async def _teardown(e: Env, root: Path, socket_dir: Path) -> None:
         await e.runtime.delete(cid, force=True)
         e.conmon.remove(cid, e.exit_dir)
     # conmons exit once their container is gone; give the reaper a moment to collect them.
-    with contextlib.suppress(TimeoutError):
-        await until(lambda: not _procs_mentioning(e.token), 5)
+    with contextlib.suppress(AssertionError):  # what is left is reported just below
+        await until(lambda: not processes_mentioning(e.token), timeout=5)
     leftovers = _leftovers(e, root, socket_dir)
     _remove_all(e, root, socket_dir)
     assert leftovers == {"processes": [], "state": [], "sockets": [], "cgroups": []}
@@ -360,7 +319,7 @@ async def _teardown(e: Env, root: Path, socket_dir: Path) -> None:
 
 def _leftovers(e: Env, root: Path, socket_dir: Path) -> dict[str, list[str]]:
     return {
-        "processes": [cmd for _, cmd in _procs_mentioning(e.token)],
+        "processes": list(processes_mentioning(e.token).values()),
         "state": sorted(os.listdir(root)) if root.exists() else [],
         "sockets": sorted(os.listdir(socket_dir)) if socket_dir.exists() else [],
         "cgroups": [str(d) for cid in e.created for d in cgroup_dirs(cid)],

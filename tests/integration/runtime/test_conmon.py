@@ -15,8 +15,10 @@ import pytest
 from cri_async.backends.ocicli import RuntimeCLIError
 from cri_async.logs.crilog import Stream, join_records, parse_lines
 from cri_async.monitor.conmon import SUN_PATH_MAX, Conmon, ConmonError, ExecOutcome
+from tests.support.poll import until
+from tests.support.procs import catches
 
-from .conftest import CGROUP_PARENT, CGROUP_ROOT, Env, cgroup_dirs, lexists, list_dir, until
+from .conftest import CGROUP_PARENT, CGROUP_ROOT, Env, cgroup_dirs, lexists, list_dir
 
 SLEEP = ["sleep", "100"]
 
@@ -64,7 +66,7 @@ async def test_kill_sigterm_and_sigkill(env: Env) -> None:
     term = await env.run("term", ["sh", "-c", "trap 'exit 143' TERM; sleep 100 & wait"])
     kill = await env.run("kill", SLEEP)
     assert env.conmon.exit_info(term.cid, term.bundle, env.exit_dir) is None
-    await asyncio.sleep(0.1)  # let sh install its trap
+    await until(lambda: catches(term.pid, signal.SIGTERM), what="sh to install its TERM trap")
     await env.runtime.kill(term.cid, signal.SIGTERM)
     await env.runtime.kill(kill.cid, signal.SIGKILL)
     assert (await env.wait_exit(term)).exit_code == 143
@@ -114,8 +116,10 @@ async def test_exec_sync(env: Env, tmp_path: Path) -> None:
     got = await env.conmon.exec_sync(ctr.cid, slow, timeout=1, workdir=tmp_path / "x3")
     assert (got.exit_code, got.stdout, got.timed_out) == (-1, b"started\n", True)
     assert 1 <= time.monotonic() - t0 < 3
-    await asyncio.sleep(0.1)
-    assert cgroup_procs("pids", ctr.cid) == [ctr.pid]
+    await until(
+        lambda: cgroup_procs("pids", ctr.cid) == [ctr.pid],
+        what="the timed-out exec's processes to leave the container's cgroup",
+    )
     state = await env.runtime.state(ctr.cid)
     assert state is not None and state["status"] == "running"
 

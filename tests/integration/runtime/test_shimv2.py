@@ -53,12 +53,12 @@ from cri_async.backends.shimv2.events import (
 from cri_async.logs.crilog import OutputCapture, Stream
 from cri_async.stats.cgroups import CgroupReader
 from cri_async.ttrpc.errors import AlreadyExistsError, NotFoundError
+from tests.support.prereq import need_binary
+from tests.support.procs import processes_mentioning
 
 from .conftest import (
     CGROUP_PARENT,
     STATE_BASE,
-    _procs_mentioning,
-    _which,
     cgroup_dirs,
     oci_config,
     proc_state,
@@ -184,8 +184,8 @@ def _mounts_under(path: Path) -> list[str]:
 async def rig(host_ready: list[str], rootfs: Path) -> AsyncIterator[Rig]:
     binary = resolve_binary(RUNTIME) if shutil.which("containerd-shim-runc-v2") else ""
     if not binary:
-        _which("containerd-shim-runc-v2")  # skips, or fails with CI=true
-    _which("runc")
+        need_binary("containerd-shim-runc-v2", sbin=True)  # skips, or fails with CI=true
+    need_binary("runc", sbin=True)
     token = secrets.token_hex(4)
     base = STATE_BASE / f"shim-{token}"
     base.mkdir(parents=True)
@@ -222,7 +222,7 @@ async def _teardown(r: Rig) -> None:
         if proc_state(pid) not in (None, "Z"):
             os.kill(pid, signal.SIGKILL)  # by the pid the shim reported
     leftovers = {
-        "processes": [cmd for _, cmd in _procs_mentioning(r.token)],
+        "processes": list(processes_mentioning(r.token).values()),
         "sockets": [a for a in r.addresses if os.path.exists(a.removeprefix("unix://"))],
         "mounts": _mounts_under(r.base),
         "runc state": sorted(os.listdir(r.base / "runc" / NS))

@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from cri_async.core.errors import AlreadyExists
 from cri_async.core.names import NameIndex
+from tests.support.poll import until
 
 
 async def test_joiners_get_the_first_result_and_later_creates_conflict() -> None:
@@ -42,19 +43,21 @@ async def test_failure_is_shared_and_frees_the_name() -> None:
 
 async def test_cancelled_caller_does_not_cancel_the_create() -> None:
     idx = NameIndex("container")
-    done = asyncio.Event()
+    go = asyncio.Event()
 
     async def factory() -> str:
-        await asyncio.sleep(0.05)
+        await go.wait()  # still creating when its caller gives up
         idx.bind("k", "x")
-        done.set()
         return "x"
 
     caller = asyncio.create_task(idx.create("k", "k", factory))
-    await asyncio.sleep(0.01)
+    await until(lambda: idx.inflight, what="the create to start")
     caller.cancel()
-    await done.wait()
-    await asyncio.sleep(0)
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert idx.inflight  # the create goes on without its caller
+    go.set()
+    await until(lambda: not idx.inflight, what="the create to settle")
     # The id was never delivered, so the retry collects it instead of ALREADY_EXISTS.
     assert await idx.create("k", "k", factory) == "x"
     with pytest.raises(AlreadyExists):

@@ -1,94 +1,17 @@
 """The CNI adapter against fake plugins (scripts that record their calls): no root needed."""
 
 import asyncio
-import contextlib
 import json
 import os
-import stat
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from cri_async.network.cni import CNI, CNIError, PortMapping
+from cri_async.network.cni import CNIError, PortMapping
+from tests.support.poll import until
+from tests.support.procs import processes_mentioning
 
-FAKE = f"""#!{sys.executable}
-import json, os, sys, time
-here = os.path.dirname(os.path.abspath(__file__))
-conf = json.load(sys.stdin)
-cmd = os.environ["CNI_COMMAND"]
-name = os.path.basename(__file__)
-env = {{k: v for k, v in os.environ.items() if k.startswith("CNI_")}}
-with open(os.path.join(here, "calls.jsonl"), "a") as f:
-    f.write(json.dumps({{"plugin": name, "env": env, "conf": conf}}) + "\\n")
-if cmd == "VERSION":
-    print(json.dumps({{"cniVersion": conf["cniVersion"],
-                      "supportedVersions": conf.get("x-versions") or ["0.4.0", "1.0.0"]}}))
-    sys.exit(0)
-time.sleep(conf.get("sleep", 0))
-if cmd in conf.get("fail", []):
-    if conf.get("plain"):
-        sys.stderr.write("something broke badly\\n")
-    else:
-        print(json.dumps({{"cniVersion": conf["cniVersion"], "code": 11, "msg": "no luck",
-                          "details": "try later"}}))
-    sys.exit(1)
-if cmd == "ADD":
-    res = conf.get("prevResult") or {{"cniVersion": conf["cniVersion"], "interfaces": [],
-                                       "ips": []}}
-    if "addr" in conf:
-        res["interfaces"].append({{"name": env["CNI_IFNAME"], "sandbox": env["CNI_NETNS"]}})
-        res["ips"].append({{"interface": len(res["interfaces"]) - 1, "address": conf["addr"]}})
-    print(json.dumps(res))
-"""
-
-
-class Rig:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.bin = tmp / "bin"
-        self.conf = tmp / "net.d"
-        self.cache = tmp / "cache"
-        self.bin.mkdir()
-        self.conf.mkdir()
-        for name in ("loopback", "fakea", "fakeb"):
-            self.add_plugin(name)
-
-    def add_plugin(self, name: str) -> None:
-        p = self.bin / name
-        p.write_text(FAKE)
-        p.chmod(p.stat().st_mode | stat.S_IXUSR)
-
-    def write(self, plugins: list[dict[str, Any]], **top: Any) -> None:
-        doc = {"cniVersion": "1.0.0", "name": "fakenet", "plugins": plugins, **top}
-        (self.conf / "10-fake.conflist").write_text(json.dumps(doc))
-
-    def cni(self, **kw: Any) -> CNI:
-        return CNI([str(self.conf)], [str(self.bin)], str(self.cache), **kw)
-
-    def calls_peek(self) -> list[dict[str, Any]]:
-        f = self.bin / "calls.jsonl"
-        if not f.exists():
-            return []
-        return [json.loads(line) for line in f.read_text().splitlines()]
-
-    def calls(self) -> list[dict[str, Any]]:
-        f = self.bin / "calls.jsonl"
-        if not f.exists():
-            return []
-        out = [json.loads(line) for line in f.read_text().splitlines()]
-        f.unlink()
-        return out
-
-
-def plugin_processes(bindir: Path) -> list[int]:
-    found = []
-    for d in os.listdir("/proc"):
-        with contextlib.suppress(OSError):
-            if d.isdigit() and str(bindir).encode() in Path(f"/proc/{d}/cmdline").read_bytes():
-                found.append(int(d))
-    return found
+from .fakeplugins import Rig
 
 
 @pytest.fixture
@@ -263,10 +186,7 @@ async def test_status_and_watch_pick_up_a_config_added_later(rig: Rig) -> None:
     task = asyncio.create_task(cni.watch(interval=0.05))
     try:
         rig.write([A])
-        for _ in range(100):
-            if cni.status()[0]:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: cni.status()[0], what="the watcher to load the new file")
         assert cni.status() == (True, "", "")
         assert cni.network is not None and cni.network.name == "fakenet"
     finally:
@@ -344,7 +264,7 @@ async def test_setup_and_teardown_of_one_sandbox_are_serialized(rig: Rig) -> Non
     setup = asyncio.create_task(
         cni.setup("sb1", LIVE, pod_name="p", pod_namespace="n", pod_uid="u")
     )
-    await asyncio.sleep(0.05)
+    await until(rig.calls_peek, what="the setup's first ADD")  # the setup holds the lock
     await cni.teardown("sb1", LIVE)  # waits for the setup, then detaches what it made
     await setup
     assert [c["env"]["CNI_COMMAND"] for c in rig.calls()] == ["ADD", "ADD", "DEL", "DEL"]
@@ -357,17 +277,14 @@ async def test_cancelled_setup_leaves_a_pending_entry_that_teardown_clears(rig: 
     setup = asyncio.create_task(
         cni.setup("sb1", LIVE, pod_name="p", pod_namespace="n", pod_uid="u")
     )
-    for _ in range(100):
-        if len(rig.calls_peek()) == 2:  # loopback done, fakea running
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: len(rig.calls_peek()) == 2, what="loopback done, fakea running")
     setup.cancel()
     with pytest.raises(asyncio.CancelledError):
         await setup
     assert cni.cached() == ["sb1"]
     entry = json.loads((rig.cache / "sb1.json").read_text())
     assert entry["complete"] is False and entry["result"] is None
-    assert not plugin_processes(rig.bin)  # the cancelled plugin was killed
+    assert not processes_mentioning(str(rig.bin))  # the cancelled plugin was killed
     rig.calls()
     cached = json.loads((rig.cache / "sb1.json").read_text())
     cached["network"]["plugins"][0].pop("sleep")

@@ -24,8 +24,9 @@ from cri_async.core.model import (
 )
 from cri_async.oci import DeviceNode, SpecError
 from cri_async.oci.defaults import DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS
+from cri_async.oci.namespaces import normalize_sysctl
 from cri_async.oci.seccomp import runtime_default_profile
-from cri_async.oci.spec import OCI_VERSION, normalize_sysctl
+from cri_async.oci.spec import OCI_VERSION
 
 from .builders import (
     ALL_CAPS,

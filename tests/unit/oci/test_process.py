@@ -9,7 +9,7 @@ import pytest
 from cri_async.core.model import Capabilities, Image, ProfileType, Resources, SecurityProfile
 from cri_async.oci import ResolvedUser, SpecError, exec_process
 from cri_async.oci.defaults import DEFAULT_PATH_ENV
-from cri_async.oci.spec import merge_env
+from cri_async.oci.process import merge_env
 
 from .builders import HOST, IMAGE, build, container, sandbox
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from cri_async import linux
-from tests.support.registry import missing
+from tests.support.prereq import need_root as _need_root
+from tests.support.prereq import unavailable
 
 MTIME = 1_700_000_000
 
@@ -21,8 +22,7 @@ Member = tuple[tarfile.TarInfo, bytes | None]
 
 
 def need_root() -> None:
-    if os.geteuid() != 0:
-        missing("needs root (mknod, chown, trusted.* xattrs)")
+    _need_root("mknod, chown, trusted.* xattrs")
 
 
 def entry(
@@ -114,12 +114,12 @@ def overlay_view(lowers: list[Path], mnt: Path) -> Iterator[Path]:
     """A read-only overlayfs of ``lowers`` (top-most first) at ``mnt``, through the new mount
     API (one ``lowerdir+`` per layer, no option-string limit)."""
     if "overlay" not in Path("/proc/filesystems").read_text():
-        missing("overlayfs is not available in this kernel")
+        unavailable("overlayfs is not available in this kernel")
     mnt.mkdir(exist_ok=True)
     try:
         linux.mount_new_api("overlay", str(mnt), [("lowerdir+", str(p)) for p in lowers])
     except OSError as e:
-        missing(f"cannot mount overlayfs: {e}")
+        unavailable(f"cannot mount overlayfs: {e}")
     try:
         yield mnt
     finally:

@@ -23,7 +23,7 @@ from cri_async.registry.inflate import Cancelled
 from cri_async.registry.layertree import OPAQUE_XATTR
 from cri_async.registry.snapshots import SnapshotStore, flat_id
 from cri_async.registry.unpack import unpack_layer
-from tests.support.registry import missing
+from tests.support.prereq import unavailable
 from tests.unit.registry.layers import (
     Member,
     d,
@@ -196,7 +196,7 @@ def test_inode_out_of_links_is_copied(tmp_path: Path) -> None:
         if e.errno != 31:  # EMLINK
             raise
     else:
-        missing("the test filesystem has no link limit (EMLINK never comes)")
+        unavailable("the test filesystem has no link limit (EMLINK never comes)")
     flat = tmp_path / "flat"
     flat.mkdir()
     stats = flatten(lowers, flat)

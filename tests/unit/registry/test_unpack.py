@@ -30,6 +30,7 @@ from cri_async.registry.unpack import (
     UnsafeLayer,
     unpack_layer,
 )
+from tests.support.prereq import unavailable
 from tests.unit.registry.layers import (
     MIXED_LAYER,
     MTIME,
@@ -418,7 +419,7 @@ def test_sparse_files_keep_their_holes(env: Env, tmp_path_factory: Any, fmt: str
         or "GNU tar"
         not in subprocess.run([tar, "--version"], capture_output=True, text=True).stdout
     ):
-        pytest.skip("GNU tar is needed to write sparse archives")
+        unavailable("GNU tar is needed to write sparse archives")
     src = tmp_path_factory.mktemp("sparse-src")
     with open(src / "s", "wb") as fh:
         fh.seek(1 << 20)

@@ -15,6 +15,7 @@ import pytest
 from cri_async.core.stats import MemoryStats, SwapStats
 from cri_async.stats.cache import CpuMark, StatsCache, nano_cores
 from cri_async.stats.cgroups import CgroupStats, stats_from_v2
+from tests.support.poll import until
 
 from .support import FIXTURES, fixture_files
 
@@ -347,11 +348,7 @@ async def test_reader_errors_do_not_stop_the_refresher() -> None:
     cache.track("c1", "/c1", "pod1")
     cache.track_pod("pod1", "/pod1", "/run/netns/x")
     async with cache:
-        for _ in range(500):
-            if len(reader.calls) >= 6:
-                break
-            await asyncio.sleep(0.01)
-    assert len(reader.calls) >= 6  # several refreshes ran
+        await until(lambda: len(reader.calls) >= 6, what="several refreshes")
     s = cache.get("c1")
     assert s is not None and s.cpu is None
     pod = cache.get_pod("pod1")
@@ -365,15 +362,12 @@ async def test_background_refresh_start_close() -> None:
     cache.track("c1", "/c1", "pod1")
     await cache.start()
     await cache.start()  # idempotent
-    for _ in range(500):
-        if len(reader.calls) >= 3:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: len(reader.calls) >= 3, what="three refreshes")
     await cache.close()
     await cache.close()
     n = len(reader.calls)
     assert n >= 3 and cache.get("c1") is not None
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # five refresh intervals in which nothing may run
     assert len(reader.calls) == n  # stopped
 
 

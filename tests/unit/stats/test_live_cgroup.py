@@ -1,4 +1,4 @@
-"""The cache against a real cgroup v1 group on this machine (root; platform.md 6a/6b).
+"""The cache against a real cgroup v1 group on this machine (root; a hybrid v1 host).
 
 A busy child that allocates 20 MiB is moved into ``cri-stats-test/<id>`` of the cpu, cpuacct,
 memory and pids hierarchies (and the cgroup2 mount, if any, for PSI). Two refreshes later the
@@ -21,8 +21,7 @@ import pytest
 
 from cri_async.stats.cache import StatsCache
 from cri_async.stats.cgroups import CgroupReader
-
-from .support import need_root, unavailable
+from tests.support.prereq import need_root, unavailable
 
 CONTROLLERS = ("cpu", "cpuacct", "memory", "pids")
 PARENT = "cri-stats-test"

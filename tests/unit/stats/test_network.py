@@ -16,8 +16,9 @@ import pytest
 
 from cri_async.core.stats import InterfaceStats
 from cri_async.stats.network import parse_netdev, read_in_netns, read_netdev_in_netns
+from tests.support.prereq import need_root, unavailable
 
-from .support import FIXTURES, need_root, unavailable
+from .support import FIXTURES
 
 
 def test_parse_netdev_fixture() -> None:

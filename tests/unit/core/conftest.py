@@ -1,0 +1,1 @@
+from .rig import rig  # noqa: F401  (the fixture)
