@@ -31,6 +31,10 @@ class DeadlineExceeded(CRIError):
     """The operation ran out of time (e.g. an ExecSync timeout)."""
 
 
+class ResourceExhausted(CRIError):
+    """A bounded resource is full (e.g. outstanding streaming tokens); retry later."""
+
+
 class Unimplemented(CRIError):
     """The operation is not implemented (yet) by this runtime or backend."""
 
