@@ -71,6 +71,7 @@ class _Command(Protocol):
     async def read(self) -> OutputChunk | None: ...
     async def wait(self) -> Outcome: ...
     async def close(self) -> None: ...
+    def abort(self) -> None: ...
 
 
 class CommandSession:
@@ -103,6 +104,10 @@ class CommandSession:
     async def close(self) -> None:
         await self._impl.close()
 
+    def abort(self) -> None:
+        """Drop the connection without any goodbye, as a crashed client would."""
+        self._impl.abort()
+
     async def __aenter__(self) -> CommandSession:
         return self
 
@@ -122,15 +127,17 @@ async def open_command(
     transport: Transport = Transport.SPDY,
     protocols: Sequence[str] | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    flow_control: bool = True,
 ) -> CommandSession:
     """Connect to an exec or attach URL. The stdio flags must match the CRI request's
     (the server counts streams from it). ``protocols`` overrides what is offered, in
-    preference order (default: v5 first, as current client-go)."""
+    preference order (default: v5 first, as current client-go). ``flow_control=False``
+    makes the SPDY client behave as Go's (no SPDY/3.1 windows, TCP back-pressure only)."""
     stdio = Stdio(stdin=stdin, stdout=stdout, stderr=stderr and not tty, tty=tty)
     impl: _Command
     if transport is Transport.SPDY:
         offered = [StreamProtocol(p) for p in protocols] if protocols else CLIENT_EXEC_PROTOCOLS
-        impl = await SpdyCommandSession.open(url, stdio, offered, ssl_context)
+        impl = await SpdyCommandSession.open(url, stdio, offered, ssl_context, flow_control)
     else:
         ws_offered = (
             [ch.ChannelProtocol(p) for p in protocols]
@@ -218,6 +225,7 @@ class ForwardStream(Protocol):
 class _Forwarder(Protocol):
     async def connect(self, port: int) -> ForwardStream: ...
     async def close(self) -> None: ...
+    def abort(self) -> None: ...
 
 
 class PortForward:
@@ -281,6 +289,14 @@ class PortForward:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._impl.close()
 
+    def abort(self) -> None:
+        """Drop the connection without any goodbye, as a crashed client would."""
+        for server in self._servers:
+            server.close()
+        for task in self._tasks:
+            task.cancel()
+        self._impl.abort()
+
     async def __aenter__(self) -> PortForward:
         return self
 
@@ -296,12 +312,14 @@ async def open_port_forward(
     transport: Transport = Transport.SPDY,
     ports: Sequence[int] = (),
     ssl_context: ssl.SSLContext | None = None,
+    flow_control: bool = True,
 ) -> PortForward:
     """Connect to a port-forward URL. Over WebSocket, ``ports`` must be the CRI request's
-    (each gets its connection right away); over SPDY every ``connect`` names its port."""
+    (each gets its connection right away); over SPDY every ``connect`` names its port.
+    ``flow_control`` as for ``open_command``."""
     impl: _Forwarder
     if transport is Transport.SPDY:
-        impl = await SpdyPortForwardSession.open(url, ssl_context)
+        impl = await SpdyPortForwardSession.open(url, ssl_context, flow_control)
     else:
         if not ports:
             raise ValueError("WebSocket port-forward needs the ports of the request")

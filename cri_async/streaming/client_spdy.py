@@ -33,10 +33,15 @@ OUTPUT_QUEUE = 16
 
 
 async def _endpoint(
-    url: str, protocols: Sequence[str], ssl_context: ssl.SSLContext | None
+    url: str, protocols: Sequence[str], ssl_context: ssl.SSLContext | None, flow_control: bool
 ) -> tuple[SpdyEndpoint, str]:
     up = await upgrade_spdy(url, protocols, ssl_context)
-    conn = SpdyConnection(Role.CLIENT, initial_window=STREAM_WINDOW, session_window=SESSION_WINDOW)
+    conn = SpdyConnection(
+        Role.CLIENT,
+        initial_window=STREAM_WINDOW,
+        session_window=SESSION_WINDOW,
+        flow_control=flow_control,
+    )
     ep = SpdyEndpoint(
         conn,
         up.reader,
@@ -80,8 +85,9 @@ class SpdyCommandSession:
         stdio: Stdio,
         protocols: Sequence[StreamProtocol],
         ssl_context: ssl.SSLContext | None,
+        flow_control: bool = True,
     ) -> SpdyCommandSession:
-        ep, chosen = await _endpoint(url, [p.value for p in protocols], ssl_context)
+        ep, chosen = await _endpoint(url, [p.value for p in protocols], ssl_context, flow_control)
         # A 101 without the header means the server predates negotiation: v1.
         protocol = StreamProtocol(chosen) if chosen else StreamProtocol.V1
         self = cls(ep, protocol)
@@ -151,6 +157,11 @@ class SpdyCommandSession:
         raw = await self._status
         return parse_status(raw, self.protocol.json_status)
 
+    def abort(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        self.ep.abort()
+
     async def close(self) -> None:
         """RST what we have not FIN'd, GOAWAY, close (what client-go does at the end)."""
         for t in self._tasks:
@@ -200,8 +211,10 @@ class SpdyPortForwardSession:
         self._keepalive = asyncio.create_task(_keepalive(ep))
 
     @classmethod
-    async def open(cls, url: str, ssl_context: ssl.SSLContext | None) -> SpdyPortForwardSession:
-        ep, _ = await _endpoint(url, [PORT_FORWARD_PROTOCOL], ssl_context)
+    async def open(
+        cls, url: str, ssl_context: ssl.SSLContext | None, flow_control: bool = True
+    ) -> SpdyPortForwardSession:
+        ep, _ = await _endpoint(url, [PORT_FORWARD_PROTOCOL], ssl_context, flow_control)
         return cls(ep)
 
     async def connect(self, port: int) -> SpdyForwardStream:
@@ -219,6 +232,10 @@ class SpdyPortForwardSession:
                 error.reset()
                 raise
         return SpdyForwardStream(data, error)
+
+    def abort(self) -> None:
+        self._keepalive.cancel()
+        self.ep.abort()
 
     async def close(self) -> None:
         self._keepalive.cancel()

@@ -98,6 +98,10 @@ class WebSocketCommandSession:
         await self._done.wait()
         return parse_status(self._status, self.protocol.json_status)
 
+    def abort(self) -> None:
+        self._reader.cancel()
+        self.ep.abort()
+
     async def close(self) -> None:
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -181,6 +185,10 @@ class WebSocketPortForwardSession:
                 self._taken.add(st.index)
                 return st
         raise ValueError(f"port {port} is not (or no longer) available on this connection")
+
+    def abort(self) -> None:
+        self._reader.cancel()
+        self.ep.abort()
 
     async def close(self) -> None:
         self._reader.cancel()

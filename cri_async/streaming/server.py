@@ -160,16 +160,22 @@ class StreamingServer:
         self._connections.add(task)
         try:
             await self._handle(reader, writer)
-        except (ConnectionError, TimeoutError, ssl.SSLError) as e:
-            log.debug("streaming connection ended: %r", e)
-        except Exception:
-            log.exception("streaming connection failed")
-        finally:
-            self._connections.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
                     await writer.wait_closed()
+        except asyncio.CancelledError:
+            # close() cancelled us; end quietly (asyncio's server callback would log a
+            # cancelled connection task as an error).
+            writer.close()
+        except (ConnectionError, TimeoutError, ssl.SSLError) as e:
+            log.debug("streaming connection ended: %r", e)
+            writer.close()
+        except Exception:
+            log.exception("streaming connection failed")
+            writer.close()
+        finally:
+            self._connections.discard(task)
 
     async def _answer(self, writer: asyncio.StreamWriter, raw: bytes) -> None:
         writer.write(raw)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from cri_async.streaming import spdy_frames as f
 from cri_async.streaming.backend import StreamBackend
 from cri_async.streaming.command import ClientStreams, run_session
+from cri_async.streaming.portforward import forward_error, parse_port, request_id
 from cri_async.streaming.remotecommand import (
     STREAM_TYPE_HEADER,
     StreamProtocol,
@@ -142,23 +143,6 @@ class _Pair:
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
-def _port_of(st: SpdyStream) -> int | None:
-    raw = st.header("port") or ""
-    try:
-        port = int(raw)
-    except ValueError:
-        return None
-    return port if 1 <= port <= 65535 else None
-
-
-def _request_id(st: SpdyStream, kind: StreamType) -> str:
-    rid = st.header("requestid")
-    if rid:
-        return rid
-    # Clients older than the requestid header: consecutive odd ids, error stream first.
-    return str(st.stream_id if kind is StreamType.ERROR else st.stream_id - 2)
-
-
 async def serve_port_forward(
     ep: SpdyEndpoint, target: PortForwardTarget, backend: StreamBackend, timeouts: Timeouts
 ) -> None:
@@ -174,13 +158,13 @@ async def serve_port_forward(
     try:
         while (st := await ep.accept()) is not None:
             kind = StreamType.parse(st.header(STREAM_TYPE_HEADER))
-            port = _port_of(st)
+            port = parse_port(st.header("port"))
             if kind not in (StreamType.ERROR, StreamType.DATA) or port is None:
                 log.info("refusing a port-forward stream with headers %s", st.headers)
                 st.reset(f.RstStatus.REFUSED_STREAM)
                 continue
             st.reply()
-            rid = _request_id(st, kind)
+            rid = request_id(st.header("requestid"), kind, st.stream_id)
             pair = pairs.get(rid)
             if pair is None:
                 pair = pairs[rid] = _Pair(port)
@@ -229,9 +213,7 @@ async def _forward(pair: _Pair, target: PortForwardTarget, backend: StreamBacken
     try:
         reader, writer = await backend.port_forward(target.sandbox_id, pair.port)
     except Exception as e:
-        await _fail(
-            pair, f"error forwarding port {pair.port} to pod {target.sandbox_id}, uid : {e}"
-        )
+        await _fail(pair, forward_error(pair.port, target.sandbox_id, e))
         return
 
     async def down() -> None:  # pod → client
@@ -262,10 +244,7 @@ async def _forward(pair: _Pair, target: PortForwardTarget, backend: StreamBacken
             data.reset()
             error.reset()
         elif failure is not None:
-            await _fail(
-                pair,
-                f"error forwarding port {pair.port} to pod {target.sandbox_id}, uid : {failure}",
-            )
+            await _fail(pair, forward_error(pair.port, target.sandbox_id, failure))
         else:
             error.end()  # client-go waits for the error stream's end before it lets go
             if not up_task.done():

@@ -142,8 +142,11 @@ class SpdyEndpoint:
         self.writer = writer
         self.idle_timeout = idle_timeout
         self._initial = initial_data
-        self._stream_cap = max(stream_buffer, conn._recv_initial)
-        self._conn_cap = connection_buffer
+        # Never below what we granted: a peer within its windows must not stall the reader
+        # (our sends may be waiting for the WINDOW_UPDATE behind its data).
+        granted_stream, granted_session = conn.granted_windows
+        self._stream_cap = max(stream_buffer, granted_stream)
+        self._conn_cap = max(connection_buffer, granted_session)
         self.streams: dict[int, SpdyStream] = {}
         self._incoming: asyncio.Queue[SpdyStream | None] = asyncio.Queue()
         self._buffered = 0
@@ -348,7 +351,7 @@ class SpdyEndpoint:
     def abort(self) -> None:
         """Close now, without goodbyes (cancellation path)."""
         self._lose()
-        self.writer.close()
+        self.writer.transport.abort()
         if self._task is not None:
             self._task.cancel()
 

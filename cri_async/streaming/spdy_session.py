@@ -142,7 +142,11 @@ class SpdyConnection:
         session_window: int = DEFAULT_WINDOW,
         max_streams: int = MAX_STREAMS,
         max_data_frame: int = MAX_DATA_FRAME,
+        flow_control: bool = True,
     ) -> None:
+        """``flow_control=False`` behaves as Go's spdystream: it never sends SETTINGS or
+        WINDOW_UPDATE (the windows are still counted, and still honoured if the peer
+        grants them)."""
         if not DEFAULT_WINDOW <= session_window <= f.MAX_WINDOW:
             raise ValueError("session_window must be within 64 KiB .. 2^31-1")
         if not 1 <= initial_window <= f.MAX_WINDOW:
@@ -169,11 +173,23 @@ class SpdyConnection:
         self._recv_session_size = session_window
         self._recv_session = session_window
         self._session_unacked = 0
-        if initial_window != DEFAULT_WINDOW:
+        self._grants = flow_control
+        if not flow_control:
+            initial_window = session_window = f.MAX_WINDOW
+            self._recv_initial = self._recv_session_size = self._recv_session = f.MAX_WINDOW
+        elif initial_window != DEFAULT_WINDOW:
             setting = f.Setting(f.SettingId.INITIAL_WINDOW_SIZE, initial_window)
             self._emit(f.Settings((setting,)))
-        if session_window > DEFAULT_WINDOW:
+        if flow_control and session_window > DEFAULT_WINDOW:
             self._emit(f.WindowUpdate(0, session_window - DEFAULT_WINDOW))
+
+    @property
+    def granted_windows(self) -> tuple[int, int]:
+        """(per stream, per session): what a flow-controlling peer may have in flight to
+        us, so what we must be ready to buffer; (0, 0) when we grant nothing."""
+        if not self._grants:
+            return 0, 0
+        return self._recv_initial, self._recv_session_size
 
     # -- output ---------------------------------------------------------------------------
     def data_to_send(self) -> bytes:
@@ -360,7 +376,7 @@ class SpdyConnection:
             return
         self._recv_session += n
         self._session_unacked += n
-        if self._session_unacked >= self._recv_session_size // 2:
+        if self._grants and self._session_unacked >= self._recv_session_size // 2:
             self._emit(f.WindowUpdate(0, self._session_unacked))
             self._session_unacked = 0
 
@@ -372,7 +388,7 @@ class SpdyConnection:
             return
         st.recv_window += n
         st.unacked += n
-        if st.unacked >= self._recv_initial // 2:
+        if self._grants and st.unacked >= self._recv_initial // 2:
             self._emit(f.WindowUpdate(stream_id, st.unacked))
             st.unacked = 0
 

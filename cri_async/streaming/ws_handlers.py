@@ -15,6 +15,7 @@ import logging
 from cri_async.streaming import ws_channels as ch
 from cri_async.streaming.backend import StreamBackend
 from cri_async.streaming.command import ClientStreams, run_session
+from cri_async.streaming.portforward import forward_error
 from cri_async.streaming.queues import Inbox
 from cri_async.streaming.remotecommand import encode_status
 from cri_async.streaming.service import AttachTarget, ExecTarget, PortForwardTarget
@@ -170,7 +171,7 @@ async def _forward(
     try:
         reader, writer = await backend.port_forward(target.sandbox_id, port)
     except Exception as e:
-        msg = f"error forwarding port {port} to pod {target.sandbox_id}, uid : {e}"
+        msg = forward_error(port, target.sandbox_id, e)
         with contextlib.suppress(WebSocketClosed):
             await ep.send(ch.encode(protocol, error_ch, msg.encode()))
         return
@@ -186,7 +187,7 @@ async def _forward(
             await ep.send(ch.encode(protocol, data_ch, chunk))
     except OSError as e:
         if not isinstance(e, WebSocketClosed):
-            msg = f"error forwarding port {port} to pod {target.sandbox_id}, uid : {e}"
+            msg = forward_error(port, target.sandbox_id, e)
             with contextlib.suppress(WebSocketClosed):
                 await ep.send(ch.encode(protocol, error_ch, msg.encode()))
     finally:

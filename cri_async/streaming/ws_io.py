@@ -203,7 +203,7 @@ class WebSocketEndpoint:
     # -- closing --------------------------------------------------------------------------
     def abort(self) -> None:
         self.lost = True
-        self.writer.close()
+        self.writer.transport.abort()
         if self._task is not None:
             self._task.cancel()
 

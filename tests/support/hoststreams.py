@@ -214,6 +214,7 @@ class HostSession:
         self.owns = owns
         self.queue = process.subscribe()
         self.closed = False
+        self.taken = 0  # output bytes handed to the server so far
 
     async def write_stdin(self, data: bytes) -> None:
         await self.process.write(data)
@@ -222,7 +223,10 @@ class HostSession:
         await self.process.close_stdin()
 
     async def read_output(self) -> OutputChunk | None:
-        return await self.queue.get()
+        chunk = await self.queue.get()
+        if chunk is not None:
+            self.taken += len(chunk.data)
+        return chunk
 
     async def resize(self, size: TerminalSize) -> None:
         self.process.resize(size)
