@@ -233,13 +233,12 @@ async def _forward(pair: _Pair, target: PortForwardTarget, backend: StreamBacken
     down_task = asyncio.create_task(down())
     up_task = asyncio.create_task(up())
     try:
-        await asyncio.wait({down_task, up_task}, return_when=asyncio.FIRST_EXCEPTION)
-        if not down_task.done():
-            # up ended cleanly (client FIN): the pod's answer still flows
-            await asyncio.wait({down_task}, return_when=asyncio.FIRST_EXCEPTION)
-        failure = next(
-            (t.exception() for t in (down_task, up_task) if t.done() and t.exception()), None
-        )
+        done, _ = await asyncio.wait({down_task, up_task}, return_when=asyncio.FIRST_COMPLETED)
+        failure = next((t.exception() for t in done if t.exception() is not None), None)
+        if failure is None and not down_task.done():
+            # the client half-closed (FIN): the pod's answer still flows
+            await asyncio.wait({down_task})
+            failure = down_task.exception()
         if isinstance(failure, StreamError):
             data.reset()
             error.reset()
