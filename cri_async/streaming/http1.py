@@ -6,18 +6,16 @@ WebSocket. Routing and upgrade classification are pure functions.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import h11
+from wsproto.utilities import generate_accept_token
 
 from cri_async.streaming.service import Route
 
 MAX_REQUEST_HEAD = 64 * 1024
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +71,7 @@ def is_spdy(req: Request) -> bool:
 
 
 def websocket_accept(key: str) -> str:
-    return base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+    return generate_accept_token(key.encode("ascii", "replace")).decode("ascii")
 
 
 async def read_request(reader: asyncio.StreamReader, timeout: float) -> Request | None:

@@ -96,6 +96,8 @@ def encode(protocol: ChannelProtocol, channel: int, data: bytes) -> bytes | str:
     if not 0 <= channel < CLOSE:
         raise ValueError(f"channel {channel} out of range")
     if protocol.base64:
+        if channel > 0xFF - ord("0"):
+            raise ValueError(f"channel {channel} cannot be written as one character")
         return chr(ord("0") + channel) + base64.b64encode(data).decode("ascii")
     return bytes((channel,)) + data
 
