@@ -71,14 +71,23 @@ async def run_session(
     try:
         return await _run(streams, session, attach=attach, tty=tty, stdin_once=stdin_once)
     finally:
-        try:
-            async with asyncio.timeout(SESSION_CLOSE_TIMEOUT):
-                await asyncio.shield(session.close())
-        except (TimeoutError, asyncio.CancelledError):
-            log.warning("closing a stream session took over %.0f s", SESSION_CLOSE_TIMEOUT)
-            raise
-        except Exception:
-            log.exception("closing a stream session failed")
+        await _close(session)
+
+
+async def _close(session: Session) -> None:
+    """Close the session within its own time limit, even while being cancelled: an exec'd
+    process must not outlive its connection."""
+    closing = asyncio.ensure_future(session.close())
+    try:
+        await asyncio.wait_for(asyncio.shield(closing), SESSION_CLOSE_TIMEOUT)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(closing, SESSION_CLOSE_TIMEOUT)
+        raise
+    except TimeoutError:
+        log.warning("closing a stream session took over %.0f s", SESSION_CLOSE_TIMEOUT)
+    except Exception:
+        log.exception("closing a stream session failed")
 
 
 async def _run(

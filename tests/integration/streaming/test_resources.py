@@ -187,3 +187,25 @@ async def test_a_client_that_stops_reading_stalls_the_producer(
             got += len(chunk.data)
         assert (await s.wait()).kind.value == "success"
     assert got == total
+
+
+async def test_server_close_ends_live_sessions_and_their_processes(
+    backend: HostStreamBackend,
+) -> None:
+    quiet = ExecTarget("ctr", ("sleep", "1000"), Stdio(stdin=True, stdout=True))
+    srv = StreamingServer(backend)
+    await srv.start()
+    sessions = [
+        await client.open_command(srv.issue(quiet), stdin=True, stderr=False, **v.kw())
+        for v in (SPDY, WS_V4, WS_V5)
+    ]
+    await until(lambda: len(backend.execs) == 3, timeout=30)
+    await srv.close()
+    assert srv.connections == 0
+    for s in backend.execs:
+        assert s.closed
+        assert s.process.proc is not None
+        assert s.process.proc.returncode is not None  # killed and reaped
+    for session in sessions:
+        assert await asyncio.wait_for(session.read(), 30) is None
+        await session.close()
