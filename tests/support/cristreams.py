@@ -146,23 +146,21 @@ class StreamingRuntimeService:
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         """crictl validates the image API at connect time: it gets empty answers."""
         unary = grpclib.const.Cardinality.UNARY_UNARY
-        out = {
-            f"/runtime.v1.ImageService/{name}": grpclib.const.Handler(
-                getattr(self, name), unary, req, resp
-            )
-            for name, req, resp in [
-                ("ListImages", pb.ListImagesRequest, pb.ListImagesResponse),
-                ("ImageFsInfo", pb.ImageFsInfoRequest, pb.ImageFsInfoResponse),
-            ]
+        rt, im = "/runtime.v1.RuntimeService/", "/runtime.v1.ImageService/"
+        methods: list[tuple[str, Any, Any, Any]] = [
+            (rt + "Version", self.Version, pb.VersionRequest, pb.VersionResponse),
+            (
+                rt + "ContainerStatus",
+                self.ContainerStatus,
+                pb.ContainerStatusRequest,
+                pb.ContainerStatusResponse,
+            ),
+            (rt + "Exec", self.Exec, pb.ExecRequest, pb.ExecResponse),
+            (rt + "Attach", self.Attach, pb.AttachRequest, pb.AttachResponse),
+            (rt + "PortForward", self.PortForward, pb.PortForwardRequest, pb.PortForwardResponse),
+            (im + "ListImages", self.ListImages, pb.ListImagesRequest, pb.ListImagesResponse),
+            (im + "ImageFsInfo", self.ImageFsInfo, pb.ImageFsInfoRequest, pb.ImageFsInfoResponse),
+        ]
+        return {
+            path: grpclib.const.Handler(fn, unary, req, resp) for path, fn, req, resp in methods
         }
-        for name, req, resp in [
-            ("Version", pb.VersionRequest, pb.VersionResponse),
-            ("ContainerStatus", pb.ContainerStatusRequest, pb.ContainerStatusResponse),
-            ("Exec", pb.ExecRequest, pb.ExecResponse),
-            ("Attach", pb.AttachRequest, pb.AttachResponse),
-            ("PortForward", pb.PortForwardRequest, pb.PortForwardResponse),
-        ]:
-            out[f"/runtime.v1.RuntimeService/{name}"] = grpclib.const.Handler(
-                getattr(self, name), unary, req, resp
-            )
-        return out
