@@ -207,6 +207,30 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True)
+class StreamingConfig:
+    address: str = "127.0.0.1"
+    port: int = 0
+    advertise_address: str = ""
+    idle_timeout: float = 14400.0
+    stream_creation_timeout: float = 30.0
+    tls: bool = False
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"streaming.port: {self.port} is out of range 0-65535")
+        if not self.address:
+            raise ConfigError("streaming.address: must not be empty")
+        _positive("streaming.idle_timeout", self.idle_timeout)
+        _positive("streaming.stream_creation_timeout", self.stream_creation_timeout)
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("streaming.tls_cert_file and tls_key_file go together")
+        if self.tls_cert_file and not self.tls:
+            raise ConfigError("streaming.tls_cert_file is set but streaming.tls is false")
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -224,6 +248,7 @@ class Config:
     images: ImagesConfig = field(default_factory=ImagesConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     network: NetworkSection = field(default_factory=NetworkSection)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
     fake: FakeConfig = field(default_factory=FakeConfig)
 
     def __post_init__(self) -> None:
@@ -481,6 +506,25 @@ plugin_timeout = 60.0
 # Seconds a pod's network teardown (CNI DEL of the whole chain) may take when a pod stops or
 # is removed; past it the removal goes on and the teardown is retried later.
 teardown_timeout = 120.0
+
+[streaming]
+# The Exec/Attach/PortForward server (HTTP/1.1 upgraded to SPDY/3.1 or WebSocket). The
+# RPCs answer URLs to it; kubelet proxies kubectl's sessions there, crictl dials directly.
+# Listen address; the default keeps sessions on this node.
+address = "127.0.0.1"
+# Listen port; 0 picks a free one (the URLs carry the port actually bound).
+port = 0
+# Host put into the URLs; empty: the listen address (127.0.0.1 for a wildcard address).
+advertise_address = ""
+# Seconds without any traffic after which a session's connection is closed.
+idle_timeout = 14400.0
+# Seconds a client may take to open all the streams of a session.
+stream_creation_timeout = 30.0
+# Serve HTTPS. Without the two files, a self-signed certificate is made at startup (as
+# containerd does); note that clients which verify certificates refuse it.
+tls = false
+tls_cert_file = ""
+tls_key_file = ""
 
 # The images the fake backend's simulated registry serves ([[fake.images]] per image):
 # ref, size (bytes), entrypoint, cmd, env, user, working_dir, stop_signal.

@@ -40,7 +40,8 @@ class Unavailable(CRIError):
 
 
 class ResourceExhausted(CRIError):
-    """A configured limit (size, count, free space) would be exceeded; the message names it."""
+    """A configured limit (size, count, free space, outstanding streaming tokens) would be
+    exceeded; the message names it."""
 
 
 class Internal(CRIError):

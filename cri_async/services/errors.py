@@ -29,9 +29,9 @@ STATUS_FOR: dict[type[errors.CRIError], Status] = {
     errors.FailedPrecondition: Status.FAILED_PRECONDITION,
     errors.PermissionDenied: Status.PERMISSION_DENIED,
     errors.DeadlineExceeded: Status.DEADLINE_EXCEEDED,
+    errors.ResourceExhausted: Status.RESOURCE_EXHAUSTED,
     errors.Unimplemented: Status.UNIMPLEMENTED,
     errors.Unavailable: Status.UNAVAILABLE,
-    errors.ResourceExhausted: Status.RESOURCE_EXHAUSTED,
     errors.Internal: Status.INTERNAL,
 }
 
