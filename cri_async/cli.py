@@ -10,7 +10,8 @@ import signal
 import sys
 
 from cri_async import CRI_API_VERSION, __version__, logsetup
-from cri_async.config import DEFAULT_TOML, ConfigError, ServerConfig, load
+from cri_async.config import ConfigError, ServerConfig, load
+from cri_async.configtoml import default_toml
 from cri_async.core.errors import CRIError
 
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             print(f"{args.check}: ok")
             return 0
-        print(DEFAULT_TOML, end="")
+        print(default_toml(), end="")
         return 0
     try:
         if load(args.config).server.uvloop:

@@ -15,7 +15,7 @@ from pathlib import Path
 from grpclib._typing import IServable
 from grpclib.server import Server as GRPCServer
 
-from cri_async import __version__, linux
+from cri_async import __version__, linux, observe
 from cri_async.backends.base import OCIRuntime
 from cri_async.backends.fake.backend import FakeBackend
 from cri_async.backends.oci import OCIBackend
@@ -25,6 +25,7 @@ from cri_async.core.context import Limits
 from cri_async.core.errors import Unavailable
 from cri_async.core.images import FilesystemUsage, ImageStore
 from cri_async.core.runtime import Runtime
+from cri_async.metrics import NO_METRICS, Recorder, StateSources
 from cri_async.monitor.hostprep import prepare_host
 from cri_async.monitor.reaper import Reaper, become_subreaper
 from cri_async.network.cni import CNI
@@ -114,7 +115,10 @@ def catalog(config: Config) -> list[CatalogImage]:
 
 
 def build_image_store(
-    config: Config, store: StateStore, in_use: Callable[[], set[str]]
+    config: Config,
+    store: StateStore,
+    in_use: Callable[[], set[str]],
+    metrics: Recorder = NO_METRICS,
 ) -> ImageStore:
     if config.images.backend == "fake":
         return FakeImageStore(
@@ -140,6 +144,7 @@ def build_image_store(
         handlers=config.runtimes.keys(),
         max_downloads=config.images.max_concurrent_downloads,
         in_use=in_use,
+        metrics=metrics,
     )
 
 
@@ -174,7 +179,10 @@ class Server:
         self.rpc_timeout = config.server.rpc_timeout
         self.socket_path = Path(config.server.socket)
         self.store = StateStore(config.db_path, sync=config.state.sync)
-        self.images = build_image_store(config, self.store, self._images_in_use)
+        self.observer = observe.build(config)  # metrics and tracing; free when both are off
+        self.images = build_image_store(
+            config, self.store, self._images_in_use, self.observer.metrics
+        )
         self.pinner = NamespacePinner(Path(config.state.run_root) / "ns")
         self.real = any(h.backend != "fake" for h in config.runtimes.values())
         self.cni = (
@@ -204,6 +212,16 @@ class Server:
             info={"version": __version__, "socket": str(self.socket_path)},
             stats=StatsCache() if self.real else None,
             network_status=self.cni.status if self.cni is not None else None,
+        )
+        ctx = self.runtime.ctx
+        self.observer.metrics.watch_state(
+            StateSources(
+                tuple(config.runtimes),
+                ctx.sandboxes.live,
+                ctx.containers.live,
+                ctx.events,
+                ctx.stats,
+            )
         )
         self._grpc: GRPCServer | None = None
         self._inflight = 0
@@ -264,6 +282,7 @@ class Server:
                 await self.cni.reload()
                 self._cni_watch = asyncio.create_task(self.cni.watch(), name="cni-watch")
             await self.runtime.start()
+            await self.observer.start()
             services: list[IServable] = [
                 RuntimeService(self.runtime, self, self.config.runtime.cgroup_driver),
                 ImageService(self.images, self, self._container_fs),
@@ -278,6 +297,7 @@ class Server:
                 os.umask(old_umask)
             os.chmod(self.socket_path, self.config.server.mode)
         except BaseException:
+            await self.observer.close()
             await self.runtime.close()
             close = getattr(self.images, "close", None)
             if close is not None:
@@ -313,6 +333,7 @@ class Server:
         await self.store.close()
         if self.reaper is not None:
             self.reaper.close()
+        await self.observer.close()
         self.socket_path.unlink(missing_ok=True)
         self._stopped.set()
         log.info("cri-async stopped")
