@@ -23,9 +23,10 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # What real containers need (the default handlers are runc and crun, under conmon), and
-# what the tests also run for real: a CNCF registry and a static busybox for test images.
+# what the tests also run for real: a CNCF registry and a static busybox for test images;
+# systemd for `systemd-analyze verify` of the unit `cri-async install-service` writes.
 RUN_DEBS := runc crun runsc catatonit conmon iproute2 util-linux containernetworking-plugins iptables
-TEST_DEBS := $(RUN_DEBS) docker-registry busybox-static
+TEST_DEBS := $(RUN_DEBS) docker-registry busybox-static systemd
 define apt_ensure
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
