@@ -8,6 +8,7 @@ test checks that it parses to exactly ``Config()``. The handler tables are rende
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 
 from cri_async.config import (
     KNOWN_HANDLERS,
@@ -66,14 +67,6 @@ _RUNTIMES_DOC = """\
 # Without any [runtimes.*] table the handlers are "" plus one per OCI runtime found in PATH
 # when cri-async starts (runc, crun, youki, runsc); "" runs on runc (on crun when only crun
 # is found). Listing any [runtimes.*] table replaces that set.
-# backend: runc | crun | youki (real containers under conmon), runsc (gVisor: one sandbox
-#          per pod, containers join it) or fake (simulated containers, no root needed).
-# root:    the backend's state directory; empty means <state.run_root>/<backend>/<handler>.
-# binary:  the OCI runtime binary; empty means the backend's name, found in PATH.
-# platform, network, infra_binary: runsc only. platform: ptrace (kvm hangs on this kind
-#          of VM); network: host (gVisor uses the pod netns' kernel stack) or sandbox
-#          (gVisor's netstack); infra_binary: the pod's pause process (empty: catatonit,
-#          else busybox-static).
 # A configured handler whose binary is missing is reported not ready by Status (with the
 # reason; `crictl info` shows it) and refused by RunPodSandbox; the server still starts.
 """
@@ -141,11 +134,13 @@ sampling_ratio = 1.0
 # service.name of the spans.
 service_name = "cri-async"
 
-# The images the fake backend's simulated registry serves ([[fake.images]] per image):
-# ref, size (bytes), entrypoint, cmd, env, user, working_dir, stop_signal.
+# The images the fake backend's simulated registry serves, one [[fake.images]] each.
 [[fake.images]]
+# The image reference it answers to.
 ref = "docker.io/library/busybox:latest"
+# Size in bytes reported for it.
 size = 2167176
+# Its image config: ENTRYPOINT, CMD, ENV, USER, WORKDIR and STOPSIGNAL.
 entrypoint = []
 cmd = ["sh"]
 env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
@@ -185,9 +180,24 @@ stop_signal = ""
 """
 
 
-def _handler_toml(name: str, h: HandlerConfig) -> str:
+# What each key of a handler table means (shown above the keys of the first table).
+_HANDLER_KEYS = {
+    "backend": "runc | crun | youki (real containers under conmon), runsc (gVisor: one "
+    "sandbox per pod, containers join it) or fake (simulated containers, no root needed).",
+    "root": "The backend's state directory; empty means <state.run_root>/<backend>/<handler>.",
+    "binary": "The OCI runtime binary; empty means the backend's name, found in PATH.",
+    "platform": "runsc only: ptrace (kvm hangs on this kind of VM).",
+    "network": "runsc only: host (gVisor uses the pod netns' kernel stack) or sandbox "
+    "(gVisor's netstack).",
+    "infra_binary": "runsc only: the pod's pause process (empty: catatonit, else busybox-static).",
+}
+
+
+def _handler_toml(name: str, h: HandlerConfig, documented: bool) -> str:
     lines = [f"[runtimes.{name}]" if name else '[runtimes.""]']
     for f in dataclasses.fields(HandlerConfig):
+        if documented:
+            lines += [f"# {line}" for line in textwrap.wrap(_HANDLER_KEYS[f.name], 88)]
         lines.append(f"{f.name} = {_toml_value(getattr(h, f.name))}")
     return "\n".join(lines) + "\n\n"
 
@@ -208,6 +218,6 @@ def default_toml(installed: tuple[str, ...] | None = None) -> str:
     missing = [b for b in KNOWN_HANDLERS if b not in found]
     if missing:
         text += f"# Not found in PATH, so not configured: {', '.join(missing)}.\n"
-    for name, h in default_runtimes(found).items():
-        text += _handler_toml(name, h)
+    for i, (name, h) in enumerate(default_runtimes(found).items()):
+        text += _handler_toml(name, h, documented=i == 0)
     return text + _TAIL
