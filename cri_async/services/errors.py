@@ -85,9 +85,9 @@ def _observed(
     svc: Service, name: str, stream: Stream[Any, Any], *, inflight: bool
 ) -> Iterator[None]:
     """The per-RPC hook: in-flight count, metrics and trace span, debug log line."""
+    call = svc.tracker.observer.rpc(type(svc).__name__, name, stream.metadata)
     if inflight:
         svc.tracker.begin()
-    call = svc.tracker.observer.rpc(type(svc).__name__, name, stream.metadata)
     code = Status.OK
     try:
         yield
