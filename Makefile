@@ -23,10 +23,11 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # What real containers need (the default handlers are runc and crun, under conmon), and
-# what the tests also run for real: a CNCF registry, a static busybox for test images, and
-# containerd's package for containerd-shim-runc-v2 (the shim v2 tests; no containerd daemon).
+# what the tests also run for real: a CNCF registry, a static busybox for test images,
+# containerd's package for containerd-shim-runc-v2 (the shim v2 tests; no containerd daemon),
+# and systemd for `systemd-analyze verify` of the unit `cri-async install-service` writes.
 RUN_DEBS := runc crun runsc catatonit conmon iproute2 util-linux containernetworking-plugins iptables
-TEST_DEBS := $(RUN_DEBS) docker-registry busybox-static containerd
+TEST_DEBS := $(RUN_DEBS) docker-registry busybox-static containerd systemd
 define apt_ensure
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -1,12 +1,20 @@
 """Configuration: TOML into frozen dataclasses, every key validated and documented.
 
-``cri-async config --default`` prints DEFAULT_TOML, which is the documentation of every key;
-a test checks that it parses to exactly ``Config()``.
+``cri-async config --default`` prints ``configtoml.default_toml()``, the documentation of
+every key; a test checks that it parses to exactly ``Config()``, and docs/configuration.md is
+generated from it.
+
+The default RuntimeClass handlers are decided once per process, when the defaults are first
+built: ``""`` plus one handler per OCI runtime whose binary is in PATH (``default_runtimes``).
+A handler the operator configures by hand is kept even when its binary is missing; Status
+then reports it not ready with the reason.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import shutil
 import tomllib
 import types
 from dataclasses import dataclass, field
@@ -16,6 +24,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 BACKENDS = ("runc", "crun", "youki", "runsc", "fake")
 OCI_BACKENDS = ("runc", "crun", "youki")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# The handlers a default config has, each only when its binary is found in PATH.
+KNOWN_HANDLERS = ("runc", "crun", "youki", "runsc")
 
 
 class ConfigError(ValueError):
@@ -231,25 +241,79 @@ class StreamingConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    address: str = ""  # host:port of the Prometheus endpoint; empty: off
+
+    def __post_init__(self) -> None:
+        if self.address:
+            split_address(self.address, "metrics.address")
+
+
+@dataclass(frozen=True)
+class TracingConfig:
+    endpoint: str = ""  # OTLP/HTTP traces URL; empty: off
+    sampling_ratio: float = 1.0
+    service_name: str = "cri-async"
+
+    def __post_init__(self) -> None:
+        if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"tracing.endpoint: {self.endpoint!r} must start with http:// or https://"
+            )
+        if not 0.0 <= self.sampling_ratio <= 1.0:
+            raise ConfigError(
+                f"tracing.sampling_ratio: must be between 0 and 1, got {self.sampling_ratio}"
+            )
+        if not self.service_name:
+            raise ConfigError("tracing.service_name: must not be empty")
+
+
+def split_address(address: str, key: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` to (host, port); port 0 picks a free port (tests).
+    The message names ``key``."""
+    host, sep, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{key}: {address!r} is not host:port")
+    return host, int(port)
+
+
+def installed_runtimes(path: str | None = None) -> tuple[str, ...]:
+    """The known OCI runtimes whose binary is in ``path`` (default: $PATH)."""
+    return tuple(b for b in KNOWN_HANDLERS if shutil.which(b, path=path))
+
+
+@functools.cache
+def installed_at_first_use() -> tuple[str, ...]:
+    return installed_runtimes()
+
+
+def default_runtimes(installed: tuple[str, ...] | None = None) -> dict[str, HandlerConfig]:
+    """``""`` (runc, else crun when only crun is installed) and one handler per installed
+    runtime. With nothing installed ``""`` is still runc: Status says why it is not ready."""
+    found = installed_at_first_use() if installed is None else installed
+    default = "crun" if "crun" in found and "runc" not in found else "runc"
+    return {
+        "": HandlerConfig(default),
+        **{b: HandlerConfig(b) for b in KNOWN_HANDLERS if b in found},
+    }
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
     state: StateConfig = field(default_factory=StateConfig)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
-    runtimes: dict[str, HandlerConfig] = field(
-        default_factory=lambda: {
-            "": HandlerConfig("runc"),
-            "runc": HandlerConfig("runc"),
-            "crun": HandlerConfig("crun"),
-            "youki": HandlerConfig("youki"),
-            "runsc": HandlerConfig("runsc"),
-        }
-    )
+    runtimes: dict[str, HandlerConfig] = field(default_factory=default_runtimes)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     network: NetworkSection = field(default_factory=NetworkSection)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     fake: FakeConfig = field(default_factory=FakeConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     def __post_init__(self) -> None:
         if self.runtime.default_handler not in self.runtimes:
@@ -344,227 +408,3 @@ def load(path: str | Path | None) -> Config:
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
     return parse(text)
-
-
-DEFAULT_TOML = """\
-# cri-async configuration. Every key is shown with its default value.
-# Unknown keys and bad values are rejected at startup with a message naming the key.
-
-[server]
-# The CRI gRPC endpoint (kubelet: --container-runtime-endpoint=unix://<socket>).
-socket = "/run/cri-async/cri-async.sock"
-# Permissions of the socket file (octal).
-socket_mode = "0660"
-# Upper bound in seconds for any RPC; a shorter client deadline wins.
-rpc_timeout = 240.0
-# On SIGTERM/SIGINT: how long in-flight RPCs may finish before they are cancelled.
-shutdown_timeout = 10.0
-# Run the event loop on uvloop (needs the "uvloop" extra installed).
-uvloop = false
-
-[log]
-# debug | info | warning | error. At debug every RPC is logged with its duration.
-level = "info"
-# text | json (one JSON object per line).
-format = "text"
-
-[state]
-# Durable state: the SQLite database (state.db) and, later, content and snapshots.
-root = "/var/lib/cri-async"
-# Runtime state that must not outlive a reboot (backend roots, bundles).
-run_root = "/run/cri-async"
-# full: fsync every commit (survives power loss); normal: survives a crash of cri-async.
-sync = "full"
-
-[runtime]
-# The handler used when a pod names no RuntimeClass handler.
-default_handler = ""
-# cgroupfs | systemd, reported to kubelet by the RuntimeConfig RPC.
-cgroup_driver = "cgroupfs"
-# Events buffered per GetContainerEvents subscriber; a subscriber that falls this far
-# behind is disconnected rather than slowing the runtime down.
-event_queue_size = 1024
-# Seconds allowed for each cleanup step when a create fails or is cancelled.
-cleanup_timeout = 30.0
-# The conmon binary that supervises each container (logs, exit code, attach).
-conmon = "conmon"
-
-# One table per RuntimeClass handler: [runtimes."<handler>"]. "" is the default handler.
-# backend: runc | crun | youki (real containers under conmon), runsc (gVisor: one sandbox
-#          per pod, containers join it) or fake (simulated containers, no root needed).
-# root:    the backend's state directory; empty means <state.run_root>/<backend>/<handler>.
-# binary:  the OCI runtime binary; empty means the backend's name, found in PATH.
-# platform, network, infra_binary: runsc only. platform: ptrace (kvm hangs on this kind
-#          of VM); network: host (gVisor uses the pod netns' kernel stack) or sandbox
-#          (gVisor's netstack); infra_binary: the pod's pause process (empty: catatonit,
-#          else busybox-static).
-# A handler whose binary is missing is reported not ready by Status and refused by
-# RunPodSandbox; the server still starts.
-[runtimes.""]
-backend = "runc"
-root = ""
-binary = ""
-platform = "ptrace"
-network = "host"
-infra_binary = ""
-
-[runtimes.runc]
-backend = "runc"
-root = ""
-binary = ""
-platform = "ptrace"
-network = "host"
-infra_binary = ""
-
-[runtimes.crun]
-backend = "crun"
-root = ""
-binary = ""
-platform = "ptrace"
-network = "host"
-infra_binary = ""
-
-# youki is not packaged by Debian 12; this handler reports not ready until it is installed.
-[runtimes.youki]
-backend = "youki"
-root = ""
-binary = ""
-platform = "ptrace"
-network = "host"
-infra_binary = ""
-
-[runtimes.runsc]
-backend = "runsc"
-root = ""
-binary = ""
-platform = "ptrace"
-network = "host"
-infra_binary = ""
-
-[images]
-# registry: pull from OCI registries into <state.root>/content and <state.root>/snapshots.
-# fake: serve the [[fake.images]] catalog below without any network (for tests, demos).
-backend = "registry"
-# Images that kubelet's image garbage collection must never remove (RemoveImage refuses).
-pinned = ["registry.k8s.io/pause:3.10"]
-# os/arch[/variant] to pick from multi-platform images; empty means this host's.
-platform = ""
-# Layers downloaded at once per node.
-max_concurrent_downloads = 3
-# Seconds without a single byte after which a download fails (no limit on total time).
-stall_timeout = 60.0
-# Limits against decompression bombs and runaway images; a pull or import beyond one fails
-# with RESOURCE_EXHAUSTED naming it and leaves nothing behind. The defaults fit the largest
-# real images (CUDA and ML bases: a few layers of 5-15 GiB, 20-40 GiB in all).
-# Uncompressed bytes one layer may unpack to (32 GiB).
-max_layer_bytes = 34359738368
-# Uncompressed bytes all layers of one image may unpack to (64 GiB).
-max_image_bytes = 68719476736
-# Tar entries (files, directories, links, whiteouts...) one layer may hold.
-max_layer_entries = 1000000
-# Bytes a pull must leave free on the filesystem of <state.root> (1 GiB); checked before
-# the layers download, from their sizes in the manifest. 0 turns the check off.
-min_free_bytes = 1073741824
-# Layers one container's overlay mount stacks at most (overlayfs allows 500; fewer are
-# stacked when their paths under <state.root> would not fit in 48 KiB, for runc). The
-# deepest layers of an image with more are merged into one snapshot when it is pulled.
-max_mount_layers = 500
-
-[registry]
-# A containerd-style hosts directory: <config_path>/<host>/hosts.toml (and _default/),
-# with server, [host."<url>"] capabilities, skip_verify, ca, header. Empty: not used.
-config_path = ""
-# A Docker config.json with {"auths": {"<host>": {"auth": "<base64 user:pass>"}}}, used
-# when a PullImage request carries no credentials. Empty: none.
-credentials_file = ""
-# Hosts reached with TLS but no certificate verification, falling back to plain HTTP.
-# Loopback hosts (localhost, 127.0.0.0/8, ::1) use plain HTTP unless [registry.ca]
-# names them, as containerd does.
-insecure = []
-
-# CA certificates (PEM files) to trust per registry host, besides the system's. A host
-# listed here is reached over HTTPS even on loopback:
-# [registry.ca]
-# "registry.internal:5000" = ["/etc/cri-async/certs/internal-ca.pem"]
-[registry.ca]
-
-# Mirrors per registry host, tried in order before the host itself:
-# [registry.mirrors]
-# "docker.io" = ["https://mirror.example.com"]
-[registry.mirrors]
-
-[network]
-# CNI: the first valid .conflist/.conf/.json (by file name) in these directories is the pod
-# network; a config added later makes the node NetworkReady without a restart.
-# `cri-async config --cni-default` prints a bridge network (`make run` installs it into
-# /etc/cni/net.d when that directory has no config).
-conf_dirs = ["/etc/cni/net.d"]
-# Where plugin binaries are looked up (Debian's containernetworking-plugins: /usr/lib/cni).
-bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
-# Seconds one plugin invocation may take.
-plugin_timeout = 60.0
-# Seconds a pod's network teardown (CNI DEL of the whole chain) may take when a pod stops or
-# is removed; past it the removal goes on and the teardown is retried later.
-teardown_timeout = 120.0
-
-[streaming]
-# The Exec/Attach/PortForward server (HTTP/1.1 upgraded to SPDY/3.1 or WebSocket). The
-# RPCs answer URLs to it; kubelet proxies kubectl's sessions there, crictl dials directly.
-# Listen address; the default keeps sessions on this node.
-address = "127.0.0.1"
-# Listen port; 0 picks a free one (the URLs carry the port actually bound).
-port = 0
-# Host put into the URLs; empty: the listen address (127.0.0.1 for a wildcard address).
-advertise_address = ""
-# Seconds without any traffic after which a session's connection is closed.
-idle_timeout = 14400.0
-# Seconds a client may take to open all the streams of a session.
-stream_creation_timeout = 30.0
-# Serve HTTPS. Without the two files, a self-signed certificate is made at startup (as
-# containerd does); note that clients which verify certificates refuse it.
-tls = false
-tls_cert_file = ""
-tls_key_file = ""
-
-# The images the fake backend's simulated registry serves ([[fake.images]] per image):
-# ref, size (bytes), entrypoint, cmd, env, user, working_dir, stop_signal.
-[[fake.images]]
-ref = "docker.io/library/busybox:latest"
-size = 2167176
-entrypoint = []
-cmd = ["sh"]
-env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
-user = ""
-working_dir = ""
-stop_signal = ""
-
-[[fake.images]]
-ref = "docker.io/library/busybox:1.36"
-size = 2167176
-entrypoint = []
-cmd = ["sh"]
-env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
-user = ""
-working_dir = ""
-stop_signal = ""
-
-[[fake.images]]
-ref = "docker.io/library/nginx:latest"
-size = 67000000
-entrypoint = ["/docker-entrypoint.sh"]
-cmd = ["nginx", "-g", "daemon off;"]
-env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
-user = ""
-working_dir = ""
-stop_signal = "SIGQUIT"
-
-[[fake.images]]
-ref = "registry.k8s.io/pause:3.10"
-size = 320368
-entrypoint = []
-cmd = ["/pause"]
-env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
-user = "65535"
-working_dir = ""
-stop_signal = ""
-"""

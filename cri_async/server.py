@@ -15,7 +15,7 @@ from pathlib import Path
 from grpclib._typing import IServable
 from grpclib.server import Server as GRPCServer
 
-from cri_async import __version__, linux
+from cri_async import __version__, linux, observe
 from cri_async.compose import BackendFactory, build_image_store
 from cri_async.config import Config
 from cri_async.core.context import Limits
@@ -23,6 +23,7 @@ from cri_async.core.errors import Unavailable
 from cri_async.core.images import FilesystemUsage
 from cri_async.core.model import ContainerState, NodeNetwork
 from cri_async.core.runtime import Runtime
+from cri_async.metrics import StateSources
 from cri_async.monitor.hostprep import prepare_host
 from cri_async.monitor.reaper import Reaper, become_subreaper
 from cri_async.network.cni import CNI
@@ -67,7 +68,14 @@ class Server:
         self.rpc_timeout = config.server.rpc_timeout
         self.socket_path = Path(config.server.socket)
         self.store = SQLiteStore(config.db_path, sync=config.state.sync)
-        self.images = build_image_store(config, self.store, self._images_in_use, self._images_busy)
+        self.observer = observe.build(config)  # metrics and tracing; free when both are off
+        self.images = build_image_store(
+            config,
+            self.store,
+            self._images_in_use,
+            self._images_busy,
+            metrics=self.observer.metrics,
+        )
         self.real = any(h.backend != "fake" for h in config.runtimes.values())
         self.cni = (
             CNI(
@@ -103,6 +111,16 @@ class Server:
             stats=StatsCache() if self.real else None,
             network_status=self.cni.status if self.cni is not None else None,
             node=node,
+        )
+        ctx = self.runtime.ctx
+        self.observer.metrics.watch_state(
+            StateSources(
+                tuple(config.runtimes),
+                ctx.sandboxes.live,
+                ctx.containers.live,
+                ctx.events,
+                ctx.stats,
+            )
         )
         self._grpc: GRPCServer | None = None
         self._inflight = 0
@@ -163,6 +181,7 @@ class Server:
                 await self.cni.reload()
                 self._cni_watch = asyncio.create_task(self.cni.watch(), name="cni-watch")
             await self.runtime.start()
+            await self.observer.start()
             services: list[IServable] = [
                 RuntimeService(self.runtime, self, self.config.runtime.cgroup_driver),
                 ImageService(self.images, self, self._container_fs),
@@ -177,6 +196,7 @@ class Server:
                 os.umask(old_umask)
             os.chmod(self.socket_path, self.config.server.mode)
         except BaseException:
+            await self.observer.close()
             await self.runtime.close()
             await self.images.close()
             await self.store.close()
@@ -208,6 +228,7 @@ class Server:
         await self.store.close()
         if self.reaper is not None:
             self.reaper.close()
+        await self.observer.close()
         self.socket_path.unlink(missing_ok=True)
         self._stopped.set()
         log.info("cri-async stopped")

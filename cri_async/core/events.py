@@ -84,10 +84,19 @@ class EventBus:
         self._queue_size = queue_size
         self._subs: set[Subscription] = set()
         self._closed = False
+        self.dropped_total = 0  # subscribers dropped for falling behind (metrics)
 
     @property
     def subscribers(self) -> int:
         return len(self._subs)
+
+    @property
+    def queue_size(self) -> int:
+        return self._queue_size
+
+    def queue_depths(self) -> list[int]:
+        """Events queued per subscriber, read at metrics scrape time."""
+        return [s._queue.qsize() for s in self._subs]
 
     def subscribe(self) -> Subscription:
         sub = Subscription(self, self._queue_size)
@@ -104,6 +113,7 @@ class EventBus:
         for sub in list(self._subs):
             if not sub._offer(event):
                 sub.dropped = True
+                self.dropped_total += 1
                 self._subs.discard(sub)
                 sub._close(discard=True)
                 log.warning(

@@ -180,7 +180,8 @@ class Runtime:
         if verbose:
             info = dict(self._info)
             info["handlers"] = json.dumps(
-                {n: {"ready": h.ready, **h.info} for n, h in handlers.items()}, sort_keys=True
+                {n: {"ready": h.ready, **_why(h), **h.info} for n, h in handlers.items()},
+                sort_keys=True,
             )
             info["podCIDR"] = self.node.pod_cidr
         return RuntimeStatus(conditions, handlers, info)
@@ -189,3 +190,8 @@ class Runtime:
         if pod_cidr and pod_cidr != self.node.pod_cidr:
             await self.ctx.store.set_meta("pod_cidr", pod_cidr)
             self.node.pod_cidr = pod_cidr
+
+
+def _why(h: BackendStatus) -> dict[str, str]:
+    """A handler that is not ready says why (``crictl info`` shows it)."""
+    return {} if h.ready else {"reason": f"{h.reason}: {h.message}" if h.message else h.reason}

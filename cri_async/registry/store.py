@@ -34,6 +34,7 @@ from cri_async.core.errors import (
 from cri_async.core.images import AuthConfig, FilesystemUsage
 from cri_async.core.model import Image, ImageSpec
 from cri_async.core.ports import Delete, Op, Put, StateStore
+from cri_async.metrics import NO_METRICS, Recorder
 from cri_async.registry import layout
 from cri_async.registry import manifest as mf
 from cri_async.registry import records as rs
@@ -112,6 +113,7 @@ class OCIImageStore:
     busy: Callable[[], set[str]] = set  # images of created or running containers
     limits: UnpackLimits = field(default_factory=UnpackLimits)
     max_lowers: int = 500  # snapshots one overlay mount stacks at most
+    metrics: Recorder = NO_METRICS
 
     def __post_init__(self) -> None:
         self._records: dict[str, ImageRecord] = {}
@@ -225,10 +227,15 @@ class OCIImageStore:
         if task is None:
             task = asyncio.ensure_future(self._pull(key, ref, creds, spec.runtime_handler))
             self._pulls[key] = task
+            t0 = time.monotonic()
 
-            def done(_t: object) -> None:
+            def done(t: asyncio.Task[str]) -> None:
                 self._pulls.pop(key, None)
-                self._progress.pop(key, None)
+                p = self._progress.pop(key, None)
+                ok = not t.cancelled() and t.exception() is None
+                self.metrics.image_pull(
+                    ok=ok, seconds=time.monotonic() - t0, size=p.done if p else 0
+                )
 
             task.add_done_callback(done)
         return await asyncio.shield(task)

@@ -2,7 +2,8 @@
 
 Every handler goes through ``unary``/``server_stream``: it gets the decoded request,
 runs under a deadline (the client's, capped by ``server.rpc_timeout``), is logged at debug
-with its duration, and any domain error leaves as the status below.
+with its duration, reported to the server's observer (metrics, trace span), and any domain
+error leaves as the status below.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any, Protocol, TypeVar
 
@@ -19,6 +19,7 @@ from grpclib import GRPCError, Status
 from grpclib.server import Stream
 
 from cri_async.core import errors
+from cri_async.observe import Observer
 
 log = logging.getLogger("cri_async.rpc")
 
@@ -44,9 +45,11 @@ def to_status(exc: errors.CRIError) -> Status:
 
 
 class Tracker(Protocol):
-    """What a service needs from the server: the RPC time cap and in-flight accounting."""
+    """What a service needs from the server: the RPC time cap, in-flight accounting and
+    the observer every RPC reports to."""
 
     rpc_timeout: float
+    observer: Observer
 
     def begin(self) -> None: ...
     def end(self) -> None: ...
@@ -78,6 +81,33 @@ def _errors_mapped(name: str) -> Iterator[None]:
         raise GRPCError(Status.INTERNAL, f"{name}: internal error: {e!r}") from None
 
 
+@contextlib.contextmanager
+def _observed(
+    svc: Service, name: str, stream: Stream[Any, Any], *, inflight: bool
+) -> Iterator[None]:
+    """The per-RPC hook: in-flight count, metrics and trace span, debug log line."""
+    call = svc.tracker.observer.rpc(type(svc).__name__, name, stream.metadata)
+    if inflight:
+        svc.tracker.begin()
+    code = Status.OK
+    try:
+        yield
+    except GRPCError as e:
+        code = e.status
+        raise
+    except asyncio.CancelledError:
+        code = Status.CANCELLED
+        raise
+    except BaseException:
+        code = Status.UNKNOWN
+        raise
+    finally:
+        if inflight:
+            svc.tracker.end()
+        seconds = call.finish(code.name)
+        log.debug("rpc %s took %.3f ms", name, seconds * 1e3)
+
+
 def _budget(svc: Service, stream: Stream[Any, Any]) -> float:
     cap = svc.tracker.rpc_timeout
     if stream.deadline is not None:
@@ -92,18 +122,13 @@ def unary(
 
     @functools.wraps(fn)
     async def handler(self: S, stream: Stream[Req, Resp]) -> None:
-        start = time.perf_counter()
-        self.tracker.begin()
-        try:
+        with _observed(self, name, stream, inflight=True):
             request = await stream.recv_message()
             assert request is not None
             with _errors_mapped(name):
                 async with asyncio.timeout(_budget(self, stream)):
                     reply = await fn(self, request)
             await stream.send_message(reply)
-        finally:
-            self.tracker.end()
-            log.debug("rpc %s took %.3f ms", name, (time.perf_counter() - start) * 1e3)
 
     return handler
 
@@ -119,10 +144,7 @@ def server_stream(
 
     @functools.wraps(fn)
     async def handler(self: S, stream: Stream[Req, Resp]) -> None:
-        start = time.perf_counter()
-        if bounded:
-            self.tracker.begin()
-        try:
+        with _observed(self, name, stream, inflight=bounded):
             request = await stream.recv_message()
             assert request is not None
             with _errors_mapped(name):
@@ -130,10 +152,6 @@ def server_stream(
                 async with asyncio.timeout(budget):
                     async for reply in fn(self, request):
                         await stream.send_message(reply)
-        finally:
-            if bounded:
-                self.tracker.end()
-            log.debug("rpc %s took %.3f ms", name, (time.perf_counter() - start) * 1e3)
 
     return handler
 

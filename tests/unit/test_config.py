@@ -2,12 +2,12 @@ from pathlib import Path
 
 import pytest
 
-from cri_async import config
+from cri_async import config, configtoml
 from cri_async.config import Config, ConfigError
 
 
 def test_documented_defaults_are_the_defaults() -> None:
-    assert config.parse(config.DEFAULT_TOML) == Config()
+    assert config.parse(configtoml.default_toml()) == Config()
     assert config.load(None) == Config()
 
 
@@ -15,7 +15,7 @@ def test_every_key_is_documented_in_the_default_toml() -> None:
     import dataclasses
     import tomllib
 
-    data = tomllib.loads(config.DEFAULT_TOML)
+    data = tomllib.loads(configtoml.default_toml())
     for section in ("server", "log", "state", "runtime", "images"):
         fields = {f.name for f in dataclasses.fields(getattr(Config(), section))}
         assert set(data[section]) == fields, section

@@ -65,7 +65,8 @@ async def test_a_broken_handler_is_reported_not_fatal(rig: Rig, tmp_path: Path) 
     assert st.conditions[0].status is True
     assert st.handlers["kata"] == BackendStatus(False, "ProbeFailed", "probe broke")
     handlers = json.loads(st.info["handlers"])
-    assert handlers["kata"] == {"ready": False} and handlers[""]["ready"] is True
+    assert handlers["kata"] == {"ready": False, "reason": "ProbeFailed: probe broke"}
+    assert handlers[""]["ready"] is True
     assert st.info["podCIDR"] == ""
 
 

@@ -13,6 +13,7 @@ from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.backends.fake.backend import FakeBackend
 from cri_async.client import container_config, pod_config
 from cri_async.core.runtime import Runtime
+from cri_async.observe import Observer
 from cri_async.registry.fake_store import CatalogImage, FakeImageStore
 from cri_async.services.image import ImageService
 from cri_async.services.runtime import RuntimeService
@@ -20,6 +21,8 @@ from cri_async.store.db import SQLiteStore
 
 
 class Tracker:
+    observer = Observer()
+
     def __init__(self, rpc_timeout: float) -> None:
         self.rpc_timeout = rpc_timeout
         self.inflight = 0
