@@ -15,11 +15,11 @@ What it measures. A busybox image is built in memory and pushed to a local CNCF 
   measure the timeout. It returns once conmon has recorded the exit;
 * **floor**, in the same rounds: the same busybox image, unpacked by this script into a shared
   read-only tree, run straight through the runtime binary: ``create`` (stdio to /dev/null and
-  a file, never a pipe: platform.md 8i) + ``start`` + wait for the exit (pidfd, then reaped:
+  a file, never a pipe:) + ``start`` + wait for the exit (pidfd, then reaped:
   this script is a child subreaper, as cri-async is) + ``delete``, process ``true``. The
   bundle has what a cri-async container gets, less its pod files: new pid/ipc/uts/mount/
   network namespaces, the default mounts, masked and read-only paths, the 14 default
-  capabilities that the host's bounding set has (platform.md 8a), ``cgroupsPath``
+  capabilities that the host's bounding set has, ``cgroupsPath``
   ``/crb-floor/<id>``. **overhead = total - floor** (p50 - p50, p95 - p95) is the figure to
   drive down;
 * **conmon floor** (same rounds; ``--no-conmon-floor`` skips it): the same bundle through
@@ -341,7 +341,7 @@ class Floor:
 
     def _run(self, *args: str) -> None:
         argv = [self.binary, f"--root={self.root}", *args]
-        # stderr to a file (thread-safe: one per call), never a pipe: platform.md 8i.
+        # stderr to a file (thread-safe: one per call), never a pipe.
         with tempfile.TemporaryFile(prefix="floor-") as errf:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errf

@@ -1,7 +1,7 @@
 """Container root filesystems: an overlay of the image's snapshots plus a writable upper,
 and reading files inside one as the container would see them.
 
-Legacy mount(2) silently truncates its option string at 4 KiB (platform.md row 1b), so
+Legacy mount(2) silently truncates its option string at 4 KiB, so
 long lowerdir lists go through the new mount API, and every mount is checked against
 /proc/self/mountinfo afterwards.
 """

@@ -150,7 +150,7 @@ class Server:
         active = (ContainerState.CREATED, ContainerState.RUNNING)
         return {c.image_id for c in self.runtime.ctx.containers if c.state in active}
 
-    # Tracker protocol (services/errors.py)
+    # Tracker protocol (services/rpc.py)
     def begin(self) -> None:
         self._inflight += 1
         self._idle.clear()

@@ -3,7 +3,7 @@
 Only the short-lived subcommands live here. ``create`` is never run from this class: conmon
 runs it (``cri_async.monitor.conmon``), because a detached ``create`` hands the container the
 command's stdio and a pipe we wait on would then stay open until the container exits
-(platform.md 8i). ``start``/``kill``/``delete``/``state``/``update`` return once the runtime
+. ``start``/``kill``/``delete``/``state``/``update`` return once the runtime
 is done, so capturing their output through pipes is safe.
 
 Tested behaviour this module relies on (runc 1.1.5, crun 1.8.1):

@@ -1,4 +1,4 @@
-"""Domain errors. The gRPC edge maps each class to one status code (services/errors.py)."""
+"""Domain errors. The gRPC edge maps each class to one status code (services/rpc.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """One conmon per container: create through conmon, exit files, exec-sync, the ctl fifo.
 
-Protocol facts (conmon 2.1.6 with runc 1.1.5 and crun 1.8.1, platform.md rows 2a-2g):
+Protocol facts (tested with conmon 2.1.6, runc 1.1.5 and crun 1.8.1):
 
 * conmon gets two inherited pipe fds named by ``_OCI_SYNCPIPE`` (conmon writes JSON to us) and
   ``_OCI_STARTPIPE`` (conmon blocks until we write a byte, so it can be moved into a cgroup

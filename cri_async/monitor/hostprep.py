@@ -3,7 +3,7 @@
 crun 1.8.1 refuses every container with a ``cgroupsPath`` on a hybrid host where a controller the
 kernel enables (``/proc/cgroups``) has no v1 hierarchy: it fails with "cgroups in hybrid mode not
 supported, drop all controllers from cgroupv2". The Debian 12 VM enables ``hugetlb`` but does not
-mount it (platform.md); runc does not care, so mounting it is harmless for runc.
+mount it; runc does not care, so mounting it is harmless for runc.
 
 ``prepare_host`` is idempotent: it only acts on what is missing and logs every change it makes.
 Mounting goes through mount(2) via ctypes (no subprocess, no blocking on another program).

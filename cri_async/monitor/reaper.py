@@ -2,7 +2,7 @@
 
 conmon double-forks, so its long-lived process is re-parented when the direct child exits. Left
 to PID 1 (``process_api`` here) such zombies linger about 1 s, and runtimes that wait for a pid
-to vanish (runsc ``delete``) stall that long (platform.md 8h). ``become_subreaper()`` makes them
+to vanish (runsc ``delete``) stall that long. ``become_subreaper()`` makes them
 our children instead; ``Reaper`` collects them.
 
 The hard part is not stealing exit statuses. asyncio collects each process it spawned itself

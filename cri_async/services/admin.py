@@ -10,7 +10,7 @@ from cri_async.api.admin.v1 import admin_grpc
 from cri_async.api.admin.v1 import admin_pb2 as pb
 from cri_async.core.images import AuthConfig, ImageStore
 from cri_async.core.model import ImageSpec
-from cri_async.services.errors import Service, Tracker, server_stream, unary
+from cri_async.services.rpc import Service, Tracker, server_stream, unary
 
 PROGRESS_EVERY = 0.25  # seconds between progress messages
 

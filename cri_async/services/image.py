@@ -8,7 +8,7 @@ from cri_async.api.runtime.v1 import api_grpc
 from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.core.images import FilesystemUsage, ImageStore
 from cri_async.services import convert
-from cri_async.services.errors import Service, Tracker, server_stream, unary
+from cri_async.services.rpc import Service, Tracker, server_stream, unary
 from cri_async.services.runtime import chunks
 
 

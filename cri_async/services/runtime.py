@@ -16,7 +16,7 @@ from cri_async.core.model import Container, ContainerState, Sandbox, SandboxStat
 from cri_async.core.runtime import Runtime
 from cri_async.services import convert
 from cri_async.services import stats as stats_pb
-from cri_async.services.errors import (
+from cri_async.services.rpc import (
     Service,
     Tracker,
     server_stream,

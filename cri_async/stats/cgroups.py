@@ -8,7 +8,7 @@ container's cgroup given its OCI ``cgroupsPath`` (cgroupfs driver, e.g.
 
 * ``v1``: one hierarchy per controller (``/sys/fs/cgroup/{cpu,cpuacct,memory,...}``);
 * ``hybrid``: v1 controllers plus a cgroup2 mount without controllers (this project's VM,
-  platform.md 6a: ``/sys/fs/cgroup/unified``). Accounting comes from v1; the cgroup2 group,
+  ``/sys/fs/cgroup/unified``). Accounting comes from v1; the cgroup2 group,
   when the runtime created it, still has ``cpu.stat`` and the PSI ``*.pressure`` files;
 * ``v2``: the unified hierarchy with the controllers enabled.
 

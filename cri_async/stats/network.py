@@ -2,8 +2,8 @@
 network namespace in a short-lived dedicated thread.
 
 ``read_netdev_in_netns`` never runs on a pooled thread: it starts its own thread, which saves
-its namespace (``/proc/thread-self/ns/net``; ``/proc/1/ns/*`` is not readable here, platform.md
-4d), ``setns``-es into the pod's, reads ``/proc/thread-self/net/dev`` and restores before it
+its namespace (``/proc/thread-self/ns/net``; ``/proc/1/ns/*`` is not readable
+here), ``setns``-es into the pod's, reads ``/proc/thread-self/net/dev`` and restores before it
 exits. The per-thread path matters: ``/proc/net`` is ``/proc/self/net``, which is the *main*
 thread's namespace, not the calling thread's.
 """

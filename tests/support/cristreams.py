@@ -23,7 +23,7 @@ from cri_async.core.model import (
     Sandbox,
     SandboxConfig,
 )
-from cri_async.services.errors import to_status
+from cri_async.services.rpc import to_status
 from cri_async.streaming.backend import Stdio
 from cri_async.streaming.service import (
     AttachRequest,

@@ -13,7 +13,7 @@ from grpclib import Status
 from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.client import container_config, pod_config
 from cri_async.core.errors import CRIError
-from cri_async.services.errors import to_status
+from cri_async.services.rpc import to_status
 from cri_async.streaming.backend import Stdio
 from cri_async.streaming.service import (
     AttachRequest,

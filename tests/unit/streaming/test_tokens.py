@@ -7,7 +7,7 @@ import re
 import pytest
 
 from cri_async.core.errors import ResourceExhausted
-from cri_async.services.errors import to_status
+from cri_async.services.rpc import to_status
 from cri_async.streaming.tokens import MAX_TOKENS, TokenCache, new_token
 
 
