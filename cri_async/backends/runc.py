@@ -7,6 +7,7 @@ pause process unless its containers share a PID namespace). A container is a bun
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 
 from cri_async.backends.bundles import Bundles, exit_status
 from cri_async.backends.ocicli import RuntimeCLI, RuntimeCLIError
-from cri_async.core.errors import FailedPrecondition
+from cri_async.core.errors import FailedPrecondition, Unimplemented
 from cri_async.core.model import Container, Image, Resources, Sandbox
 from cri_async.core.ports import (
     BackendStatus,
@@ -27,6 +28,7 @@ from cri_async.core.ports import (
     ProcessStatus,
     StartError,
 )
+from cri_async.core.streams import Session, Stdio
 from cri_async.oci import spec as oci
 from cri_async.oci.errors import SpecError
 from cri_async.pods.host import PodHost, cgroup_parent
@@ -164,6 +166,18 @@ class RuncBackend:
 
     async def reopen_log(self, container: Container) -> None:
         await self.bundles.reopen_log(container.id)
+
+    # -- streaming (Exec/Attach/PortForward) ----------------------------------------------
+    async def exec_session(self, container: Container, cmd: Sequence[str], stdio: Stdio) -> Session:
+        raise Unimplemented(f"streaming exec is not available on handler {self.handler!r} yet")
+
+    async def attach_session(self, container: Container, stdio: Stdio) -> Session:
+        raise Unimplemented(f"attach is not available on handler {self.handler!r} yet")
+
+    async def port_forward(
+        self, sandbox: Sandbox, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        raise Unimplemented(f"port forwarding is not available on handler {self.handler!r} yet")
 
     # -- startup and shutdown ----------------------------------------------------------
     async def reconcile(self, sandboxes: set[str], containers: set[str]) -> list[str]:

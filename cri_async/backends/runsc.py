@@ -96,7 +96,7 @@ from cri_async.backends.runscspec import (
     wrapper_script,
 )
 from cri_async.cgroupfs import write_cgroup_resources
-from cri_async.core.errors import FailedPrecondition, Internal, InvalidArgument
+from cri_async.core.errors import FailedPrecondition, Internal, InvalidArgument, Unimplemented
 from cri_async.core.model import Container, Image, Resources, Sandbox
 from cri_async.core.ports import (
     BackendStatus,
@@ -106,6 +106,7 @@ from cri_async.core.ports import (
     ProcessStatus,
     StartError,
 )
+from cri_async.core.streams import Session, Stdio
 from cri_async.monitor.reaper import Reaper
 from cri_async.oci.errors import runtime_message
 from cri_async.pods.host import PodHost, cgroup_parent
@@ -459,6 +460,18 @@ class RunscBackend:
 
     async def reopen_log(self, container: Container) -> None:
         await self.bundles.reopen_log(container.id)
+
+    # -- streaming (Exec/Attach/PortForward) ----------------------------------------------
+    async def exec_session(self, container: Container, cmd: Sequence[str], stdio: Stdio) -> Session:
+        raise Unimplemented(f"streaming exec is not available on handler {self.handler!r} yet")
+
+    async def attach_session(self, container: Container, stdio: Stdio) -> Session:
+        raise Unimplemented(f"attach is not available on handler {self.handler!r} yet")
+
+    async def port_forward(
+        self, sandbox: Sandbox, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        raise Unimplemented(f"port forwarding is not available on handler {self.handler!r} yet")
 
     # -- startup and shutdown ----------------------------------------------------------
     async def reconcile(self, sandboxes: set[str], containers: set[str]) -> list[str]:

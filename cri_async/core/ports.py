@@ -8,12 +8,14 @@ says so, because kubelet retries and startup recovery call them again after a cr
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from cri_async.core.model import Container, Image, Resources, Sandbox
 from cri_async.core.stats import ContainerSample, PodSample
+from cri_async.core.streams import Session, Stdio
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,22 @@ class OCIRuntime(Protocol):
     async def update_resources(self, container: Container, resources: Resources) -> None: ...
 
     async def reopen_log(self, container: Container) -> None: ...
+
+    async def exec_session(self, container: Container, cmd: Sequence[str], stdio: Stdio) -> Session:
+        """Start ``cmd`` in the running container for a streaming client (kubectl exec).
+        Raises StreamStartError if it cannot start."""
+        ...
+
+    async def attach_session(self, container: Container, stdio: Stdio) -> Session:
+        """Connect to the running container's stdio (output written from now on)."""
+        ...
+
+    async def port_forward(
+        self, sandbox: Sandbox, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A TCP connection to ``localhost:port`` inside the pod's network namespace (the
+        host's for a host-network pod). Raises OSError when it cannot connect."""
+        ...
 
     async def update_sandbox_resources(self, sandbox: Sandbox, resources: Resources) -> None:
         """Apply pod-level limits (the pod total plus overhead); Unimplemented where the

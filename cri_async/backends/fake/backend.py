@@ -30,6 +30,7 @@ from cri_async.core.ports import (
     StartError,
 )
 from cri_async.core.sandboxes import pod_hostname
+from cri_async.core.streams import Session, Stdio
 from cri_async.logs.crilog import OutputCapture, Stream
 
 ExecHook = Callable[[Container, Sequence[str]], Awaitable[ExecResult]]
@@ -244,6 +245,18 @@ class FakeBackend:
         return ExecResult(
             status.exit_code, capture.output(Stream.STDOUT), capture.output(Stream.STDERR)
         )
+
+    # -- streaming (Exec/Attach/PortForward) ----------------------------------------------
+    async def exec_session(self, container: Container, cmd: Sequence[str], stdio: Stdio) -> Session:
+        raise Unimplemented(f"streaming exec is not available on handler {self.handler!r} yet")
+
+    async def attach_session(self, container: Container, stdio: Stdio) -> Session:
+        raise Unimplemented(f"attach is not available on handler {self.handler!r} yet")
+
+    async def port_forward(
+        self, sandbox: Sandbox, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        raise Unimplemented(f"port forwarding is not available on handler {self.handler!r} yet")
 
     async def update_resources(self, container: Container, resources: Resources) -> None:
         return None
