@@ -15,7 +15,7 @@ from pathlib import Path
 from grpclib._typing import IServable
 from grpclib.server import Server as GRPCServer
 
-from cri_async import __version__, linux, observe
+from cri_async import __version__, criu, linux, observe
 from cri_async.compose import BackendFactory, build_image_store
 from cri_async.config import Config
 from cri_async.core.context import Limits
@@ -111,6 +111,7 @@ class Server:
             stats=StatsCache() if self.real else None,
             network_status=self.cni.status if self.cni is not None else None,
             node=node,
+            checkpoint_unsupported=criu.unsupported_reason,
         )
         ctx = self.runtime.ctx
         self.observer.metrics.watch_state(

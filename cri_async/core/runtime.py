@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from cri_async import CRI_API_VERSION, RUNTIME_NAME, __version__
 from cri_async.core.containers import ContainerManager
 from cri_async.core.context import Context, Limits
+from cri_async.core.errors import Unimplemented
 from cri_async.core.events import EventBus
 from cri_async.core.images import ImageStore
 from cri_async.core.model import Container, ContainerState, NodeNetwork, Phase, Sandbox
@@ -59,6 +60,7 @@ class Runtime:
         stats: StatsSource | None = None,
         network_status: Callable[[], tuple[bool, str, str]] | None = None,
         node: NodeNetwork | None = None,
+        checkpoint_unsupported: Callable[[], Awaitable[str]] | None = None,
     ) -> None:
         if default_handler not in backends:
             raise ValueError(f"default runtime handler {default_handler!r} is not configured")
@@ -77,6 +79,8 @@ class Runtime:
         self.sandboxes = SandboxManager(self.ctx, self.containers)
         self.cgroup_driver = cgroup_driver
         self.node = node or NodeNetwork()
+        # Why checkpoint/restore cannot work on this node (asked when a client tries).
+        self._checkpoint_unsupported = checkpoint_unsupported or _not_implemented
         self._info = info or {}
         # None: no real pod networking configured (the fake backend simulates it).
         self._network_status = network_status
@@ -186,6 +190,11 @@ class Runtime:
             info["podCIDR"] = self.node.pod_cidr
         return RuntimeStatus(conditions, handlers, info)
 
+    async def checkpoint(self, what: str) -> None:
+        """Checkpoint and restore (CheckpointContainer, CheckpointPod, RestorePod) need
+        CRIU, which cri-async does not drive: Unimplemented, saying why."""
+        raise Unimplemented(f"{what} needs CRIU: {await self._checkpoint_unsupported()}")
+
     async def update_runtime_config(self, pod_cidr: str) -> None:
         if pod_cidr and pod_cidr != self.node.pod_cidr:
             await self.ctx.store.set_meta("pod_cidr", pod_cidr)
@@ -195,3 +204,7 @@ class Runtime:
 def _why(h: BackendStatus) -> dict[str, str]:
     """A handler that is not ready says why (``crictl info`` shows it)."""
     return {} if h.ready else {"reason": f"{h.reason}: {h.message}" if h.message else h.reason}
+
+
+async def _not_implemented() -> str:
+    return "cri-async does not implement checkpointing"
