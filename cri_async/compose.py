@@ -24,6 +24,7 @@ from cri_async.monitor.conmon import Conmon
 from cri_async.monitor.reaper import Reaper
 from cri_async.network.cni import CNI
 from cri_async.network.pins import NamespacePinner
+from cri_async.observe import NO_OBSERVER, Observer
 from cri_async.oci import spec as oci
 from cri_async.pods.host import PodHost
 from cri_async.registry.auth import load_credentials_file
@@ -57,8 +58,10 @@ class BackendFactory:
         cni: CNI | None,
         node: NodeNetwork,
         reaper: Reaper | None,
+        observer: Observer = NO_OBSERVER,
     ) -> None:
         self.config = config
+        self.observer = observer
         self.images = images
         self.pinner = pinner
         self.cni = cni
@@ -123,6 +126,7 @@ class BackendFactory:
                 binary,
                 str(root / "state"),
                 extra_args=(f"--platform={h.platform}", f"--network={h.network}", "--oci-seccomp"),
+                observer=self.observer,
             )
             wrapper = root / "conmon-runtime"
             # runsc knows no "rro" mount option.
@@ -140,7 +144,7 @@ class BackendFactory:
                 infra_binary=h.infra_binary,
                 reaper=self.reaper,
             )
-        cli = RuntimeCLI(binary, str(root / "state"))
+        cli = RuntimeCLI(binary, str(root / "state"), observer=self.observer)
         return RuncBackend(
             name,
             kind=h.backend,

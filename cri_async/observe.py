@@ -72,6 +72,10 @@ class Observer:
         await self.tracer.close()
 
 
+NO_OBSERVER = Observer()
+"""Metrics and tracing off: what adapters observe with unless the server gives them its own."""
+
+
 def build(config: Config) -> Observer:
     """The observer a config asks for; imports a library only for what is turned on."""
     metrics: Recorder = NO_METRICS

@@ -83,6 +83,7 @@ class Server:
                 config.network.bin_dirs,
                 str(Path(config.state.run_root) / "cni" / "cache"),
                 timeout=config.network.plugin_timeout,
+                observer=self.observer,
             )
             if self.real
             else None
@@ -98,6 +99,7 @@ class Server:
             cni=self.cni,
             node=node,
             reaper=self.reaper,
+            observer=self.observer,
         ).build()
         self.runtime = Runtime(
             self.store,

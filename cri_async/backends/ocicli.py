@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cri_async import proc
+from cri_async.observe import NO_OBSERVER, Observer
 from cri_async.oci.errors import runtime_message
 
 __all__ = ["RuntimeCLI", "RuntimeCLIError", "runtime_message"]
@@ -72,11 +73,14 @@ class RuntimeCLI:
         *,
         extra_args: Sequence[str] = (),
         timeout: float = 60.0,
+        observer: Observer = NO_OBSERVER,
     ) -> None:
         self.binary = binary
         self.root = root
         self.extra_args = tuple(extra_args)
         self.timeout = timeout
+        self.observer = observer
+        self.name = os.path.basename(binary)
         """Seconds any one command may take before it is killed and reported as failed."""
 
     def __repr__(self) -> str:
@@ -101,15 +105,17 @@ class RuntimeCLI:
         """Run a subcommand; return (returncode, stdout, stderr)."""
         argv = self.argv(*args)
         try:
-            done = await proc.run(argv, timeout=self.timeout, input=stdin)
+            with self.observer.invocation("oci", self.name, args[0] if args else ""):
+                done = await proc.run(argv, timeout=self.timeout, input=stdin)
+                if check and done.returncode != 0:
+                    raise RuntimeCLIError(
+                        args, done.returncode, done.stderr.decode(errors="replace"), argv=argv
+                    )
         except proc.CannotRun as e:  # the binary is missing or not executable
             raise RuntimeCLIError(args, 127, str(e), argv=argv) from None
         except proc.TimedOut:
             raise RuntimeCLIError(args, None, "", argv=argv) from None
-        err_text = done.stderr.decode(errors="replace")
-        if check and done.returncode != 0:
-            raise RuntimeCLIError(args, done.returncode, err_text, argv=argv)
-        return done.returncode, done.stdout, err_text
+        return done.returncode, done.stdout, done.stderr.decode(errors="replace")
 
     async def version(self) -> str:
         """The version number from ``--version`` (e.g. ``1.1.5+ds1``), else its first line."""

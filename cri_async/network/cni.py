@@ -41,6 +41,7 @@ from cri_async.network.cniconf import (
 from cri_async.network.cnierrors import CNIError
 from cri_async.network.cniexec import PluginRunner
 from cri_async.network.natsweep import sweep_nat
+from cri_async.observe import NO_OBSERVER, Observer
 
 __all__ = [
     "CNI",
@@ -128,12 +129,13 @@ class CNI:
         cache_dir: str,
         *,
         timeout: float = 60.0,
+        observer: Observer = NO_OBSERVER,
     ) -> None:
         self.conf_dirs = tuple(conf_dirs)
         self.bin_dirs = tuple(bin_dirs)
         self.cache_dir = Path(cache_dir)
         self.timeout = timeout
-        self._plugins = PluginRunner(self.bin_dirs, timeout)
+        self._plugins = PluginRunner(self.bin_dirs, timeout, observer)
         self._cache = AttachmentCache(self.cache_dir)
         self._net: NetworkConfig | None = None
         self._status: tuple[bool, str, str] = (False, NOT_READY, "CNI configuration not loaded")

@@ -16,6 +16,7 @@ from typing import Any
 from cri_async import proc
 from cri_async.network.cniconf import NetworkConfig, plugin_stdin
 from cri_async.network.cnierrors import CNIError, plugin_error
+from cri_async.observe import NO_OBSERVER, Observer
 
 log = logging.getLogger("cri_async.network.cni")
 
@@ -36,9 +37,12 @@ def plugin_env() -> dict[str, str]:
 class PluginRunner:
     """Finds and executes plugins from ``bin_dirs``, each run bounded by ``timeout``."""
 
-    def __init__(self, bin_dirs: Sequence[str], timeout: float) -> None:
+    def __init__(
+        self, bin_dirs: Sequence[str], timeout: float, observer: Observer = NO_OBSERVER
+    ) -> None:
         self.bin_dirs = tuple(bin_dirs)
         self.timeout = timeout
+        self.observer = observer
         self._versions: dict[tuple[str, int], frozenset[str]] = {}
 
     def find(self, plugin_type: str) -> str | None:
@@ -62,9 +66,12 @@ class PluginRunner:
         self, binary: str, plugin: str, command: str, env: dict[str, str], stdin: bytes
     ) -> bytes:
         try:
-            done = await proc.run(
-                [binary], timeout=self.timeout, input=stdin, env=env, cwd="/", new_session=True
-            )
+            with self.observer.invocation("cni", plugin, command):
+                done = await proc.run(
+                    [binary], timeout=self.timeout, input=stdin, env=env, cwd="/", new_session=True
+                )
+                if done.returncode != 0:
+                    raise plugin_error(plugin, command, done.returncode, done.stdout, done.stderr)
         except proc.CannotRun as e:
             raise CNIError(f"CNI plugin {plugin} ({command}): {e}", plugin=plugin) from None
         except proc.TimedOut:
@@ -76,8 +83,6 @@ class PluginRunner:
         out, err = done.stdout, done.stderr
         if err.strip():
             log.debug("CNI plugin %s %s stderr: %s", plugin, command, err.decode(errors="replace"))
-        if done.returncode != 0:
-            raise plugin_error(plugin, command, done.returncode, out, err)
         return out
 
     async def invoke(

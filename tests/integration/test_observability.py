@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import http.server
+import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -18,6 +20,7 @@ from grpclib import GRPCError, Status
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cri_async import linux
 from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.client import container_config, pod_config
 from cri_async.config import (
@@ -25,12 +28,15 @@ from cri_async.config import (
     HandlerConfig,
     ImagesConfig,
     MetricsConfig,
+    StateConfig,
     TracingConfig,
 )
 from cri_async.metrics import PrometheusRecorder
 from cri_async.testing import CRIServer
 from tests.support import images as im
 from tests.support.registry import LocalRegistry
+
+from .conftest import require
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -235,3 +241,52 @@ async def test_one_span_per_rpc_continues_the_callers_trace(
     assert ("node-a", "RuntimeService/ContainerStatus", trace_id, parent, 5, 2) in spans
     (status,) = [s for s in spans if s[1] == "RuntimeService/Status"]
     assert status[2] != trace_id and status[3] == ""
+
+
+@pytest.mark.root
+@pytest.mark.registry
+async def test_runtime_invocations_are_counted(
+    tmp_path: Path, busybox_ref: str, request: pytest.FixtureRequest
+) -> None:
+    """Every OCI runtime invocation of a real container's life is a metric sample (and a
+    child span when tracing is on), labelled by component, runtime and verb."""
+    require("runc")
+    cfg = dataclasses.replace(
+        Config(),
+        runtimes={"": HandlerConfig(backend="runc")},
+        images=ImagesConfig(backend="registry"),
+        metrics=MetricsConfig(address="127.0.0.1:0"),
+    )
+    srv = CRIServer(tmp_path, config=cfg)
+    # Short run root: conmon's attach socket path must fit in sun_path.
+    run_root = Path(f"/run/crt{os.getpid() % 10000}o")
+    srv.config = dataclasses.replace(
+        srv.config,
+        state=StateConfig(root=str(tmp_path / "state"), run_root=str(run_root), sync="normal"),
+    )
+    request.addfinalizer(lambda: _drop_run_root(run_root))
+    async with srv:
+        cli = srv.client
+        await cli.pull(busybox_ref)
+        pcfg = pod_config("obs")
+        pod = await cli.run_pod(pcfg)
+        cid = await cli.create_container(
+            pod, container_config("c", busybox_ref, command=["sleep", "1000"]), pcfg
+        )
+        await cli.start_container(cid)
+        await cli.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0))
+        await cli.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod))
+        after = await scrape(srv)
+
+    def calls(verb: str) -> float:
+        labels = (("backend", "runc"), ("component", "oci"), ("result", "ok"), ("verb", verb))
+        return after.get(("cri_async_invocations_total", labels), 0.0)
+
+    assert calls("start") == 1
+    assert calls("kill") >= 1
+    assert calls("delete") >= 1
+
+
+def _drop_run_root(run_root: Path) -> None:
+    linux.umount(str(run_root / "ns"))  # the pin directory's own private bind mount
+    shutil.rmtree(run_root, ignore_errors=True)
