@@ -19,7 +19,6 @@ from cri_async.config import Config, ConfigError
 from cri_async.core.images import ImageStore
 from cri_async.core.model import NodeNetwork
 from cri_async.core.ports import OCIRuntime, StateStore
-from cri_async.metrics import NO_METRICS, Recorder
 from cri_async.monitor.conmon import Conmon
 from cri_async.monitor.reaper import Reaper
 from cri_async.network.cni import CNI
@@ -177,7 +176,7 @@ def build_image_store(
     in_use: Callable[[], set[str]],
     busy: Callable[[], set[str]] = set,
     *,
-    metrics: Recorder = NO_METRICS,
+    observer: Observer = NO_OBSERVER,
 ) -> ImageStore:
     """``in_use``: images of any container (their layers stay); ``busy``: images of created
     or running containers (RemoveImage refuses them)."""
@@ -207,7 +206,8 @@ def build_image_store(
         max_downloads=config.images.max_concurrent_downloads,
         in_use=in_use,
         busy=busy,
-        metrics=metrics,
+        metrics=observer.metrics,
+        tracer=observer.tracer,
         limits=UnpackLimits(
             layer_bytes=images.max_layer_bytes,
             image_bytes=images.max_image_bytes,

@@ -74,7 +74,7 @@ class Server:
             self.store,
             self._images_in_use,
             self._images_busy,
-            metrics=self.observer.metrics,
+            observer=self.observer,
         )
         self.real = any(h.backend != "fake" for h in config.runtimes.values())
         self.cni = (

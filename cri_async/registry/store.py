@@ -46,6 +46,7 @@ from cri_async.registry.pull import Progress, Pulled, Puller
 from cri_async.registry.records import ImageRecord
 from cri_async.registry.reference import Reference, ReferenceError, normalize
 from cri_async.registry.snapshots import LayerError, SnapshotInfo, SnapshotStore
+from cri_async.tracing import NO_TRACER, Tracer
 
 log = logging.getLogger("cri_async.registry.store")
 
@@ -114,6 +115,7 @@ class OCIImageStore:
     limits: UnpackLimits = field(default_factory=UnpackLimits)
     max_lowers: int = 500  # snapshots one overlay mount stacks at most
     metrics: Recorder = NO_METRICS
+    tracer: Tracer = NO_TRACER
 
     def __post_init__(self) -> None:
         self._records: dict[str, ImageRecord] = {}
@@ -246,9 +248,10 @@ class OCIImageStore:
 
         async with self._claiming() as claims:
             try:
-                pulled, new_snaps = await self.puller.pull(
-                    ref, creds, self.platform, watch=watch, claims=claims
-                )
+                with self.tracer.child_span("registry pull", {"image": str(ref)}):
+                    pulled, new_snaps = await self.puller.pull(
+                        ref, creds, self.platform, watch=watch, claims=claims
+                    )
             except PULL_ERRORS as e:
                 raise _map_error(str(ref), e, host=ref.domain) from None
             async with self._lock:

@@ -198,6 +198,8 @@ class Collector:
                 for ss in rs.scope_spans:
                     for sp in ss.spans:
                         attrs = {a.key: a.value for a in sp.attributes}
+                        if "rpc.grpc.status_code" not in attrs:
+                            continue  # a child span (see named())
                         out.append(
                             (
                                 service,
@@ -207,6 +209,18 @@ class Collector:
                                 attrs["rpc.grpc.status_code"].int_value,
                                 sp.status.code,
                             )
+                        )
+        return out
+
+    def named(self) -> dict[str, list[tuple[str, str, str]]]:
+        """name -> (trace id, span id, parent span id) of every span received."""
+        out: dict[str, list[tuple[str, str, str]]] = {}
+        for req in self.requests:
+            for rs in req.resource_spans:
+                for ss in rs.scope_spans:
+                    for sp in ss.spans:
+                        out.setdefault(sp.name, []).append(
+                            (sp.trace_id.hex(), sp.span_id.hex(), sp.parent_span_id.hex())
                         )
         return out
 
@@ -246,16 +260,18 @@ async def test_one_span_per_rpc_continues_the_callers_trace(
 @pytest.mark.root
 @pytest.mark.registry
 async def test_runtime_invocations_are_counted(
-    tmp_path: Path, busybox_ref: str, request: pytest.FixtureRequest
+    tmp_path: Path, busybox_ref: str, request: pytest.FixtureRequest, collector: Collector
 ) -> None:
-    """Every OCI runtime invocation of a real container's life is a metric sample (and a
-    child span when tracing is on), labelled by component, runtime and verb."""
+    """Every OCI runtime invocation of a real container's life is a metric sample and a
+    child span of the RPC that caused it, labelled by component, runtime and verb; a pull
+    is a child span of PullImage."""
     require("runc")
     cfg = dataclasses.replace(
         Config(),
         runtimes={"": HandlerConfig(backend="runc")},
         images=ImagesConfig(backend="registry"),
         metrics=MetricsConfig(address="127.0.0.1:0"),
+        tracing=TracingConfig(endpoint=collector.url),
     )
     srv = CRIServer(tmp_path, config=cfg)
     # Short run root: conmon's attach socket path must fit in sun_path.
@@ -285,6 +301,11 @@ async def test_runtime_invocations_are_counted(
     assert calls("start") == 1
     assert calls("kill") >= 1
     assert calls("delete") >= 1
+    spans = collector.named()
+    ((_, start_rpc, _),) = spans["RuntimeService/StartContainer"]
+    assert [p for _, _, p in spans["oci start"]] == [start_rpc]
+    ((_, pull_rpc, _),) = spans["ImageService/PullImage"]
+    assert [p for _, _, p in spans["registry pull"]] == [pull_rpc]
 
 
 def _drop_run_root(run_root: Path) -> None:
