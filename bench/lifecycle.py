@@ -74,29 +74,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import contextlib
 import ctypes
 import importlib.metadata
-import io
 import json
 import math
 import os
 import platform
-import re
-import select
 import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -104,27 +98,26 @@ if str(ROOT) not in sys.path:
 
 from benchhost import (  # noqa: E402
     CPU,
+    FLOOR_CGROUP,
+    Floor,
     cgroup_dirs,
     cmd_version,
+    floor_batch,
+    host_capabilities,
     mounts_under,
     pct,
     pdeathsig,
     proc_cpu,
     processes_mentioning,
+    reap,
     rmdir_cgroup_tree,
+    unpack_rootfs,
 )
+from profiling import profile_summary, py_spy  # noqa: E402
 
 from cri_async.api.runtime.v1 import api_pb2 as pb  # noqa: E402
 from cri_async.client import CRIClient, container_config, pod_config  # noqa: E402
 from cri_async.monitor.reaper import become_subreaper  # noqa: E402
-from cri_async.oci.defaults import (  # noqa: E402
-    DEFAULT_CAPABILITIES,
-    DEFAULT_MASKED_PATHS,
-    DEFAULT_PATH_ENV,
-    DEFAULT_READONLY_PATHS,
-    capabilities_from_mask,
-    default_mounts,
-)
 from tests.support import images as im  # noqa: E402
 from tests.support.registry import LocalRegistry  # noqa: E402
 
@@ -142,14 +135,12 @@ STEPS = (
 )
 FLOOR_STEPS = ("create", "start", "wait", "delete")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-FLOOR_CGROUP = "crb-floor"
 SERVER_CGROUP = "cri-async"  # cri_async.pods.host.DEFAULT_CGROUP_PARENT
 IMAGE_REPO = "bench/busybox"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 30.0
 RPC_TIMEOUT = 60.0
 PHASE_TIMEOUT = 600.0
-CMD_TIMEOUT = 30.0
 SETTLE = 2.0  # seconds of quiet before each concurrent batch
 VERSION_CALLS = 200  # the gRPC round trip alone: what each of the 7 RPCs pays at least
 
@@ -213,293 +204,6 @@ def versions(python: str) -> dict[str, str]:
         "cpu": cpu,
         "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
-
-
-# -- the raw floor ----------------------------------------------------------------------------
-
-
-def host_capabilities() -> list[str]:
-    status = Path("/proc/self/status").read_text()
-    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("CapBnd:"))
-    have = capabilities_from_mask(mask)
-    return [c for c in DEFAULT_CAPABILITIES if c in have]
-
-
-def floor_spec(
-    rootfs: Path, cid: str, caps: list[str], args: Sequence[str] = ("true",)
-) -> dict[str, Any]:
-    return {
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": False,
-            "user": {"uid": 0, "gid": 0},
-            "args": list(args),
-            "env": [DEFAULT_PATH_ENV],
-            "cwd": "/",
-            "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
-            "noNewPrivileges": False,
-        },
-        "root": {"path": str(rootfs), "readonly": True},
-        "hostname": "floor",
-        "mounts": default_mounts(),
-        "linux": {
-            "cgroupsPath": f"/{FLOOR_CGROUP}/{cid}",
-            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
-            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
-            "maskedPaths": list(DEFAULT_MASKED_PATHS),
-            "readonlyPaths": list(DEFAULT_READONLY_PATHS),
-        },
-    }
-
-
-def unpack_rootfs(image: im.BuiltImage, dest: Path) -> None:
-    """The image's layers, in order, into ``dest`` (our own image: no whiteouts)."""
-    dest.mkdir(parents=True)
-    for layer in image.layers:
-        with tarfile.open(fileobj=io.BytesIO(layer.tar)) as tar:
-            tar.extractall(dest, filter="fully_trusted")
-
-
-class FloorError(RuntimeError):
-    pass
-
-
-def wait_pidfd(pidfd: int, timeout: float) -> None:
-    p = select.poll()
-    p.register(pidfd, select.POLLIN)
-    if not p.poll(timeout * 1e3):
-        raise FloorError(f"process did not exit within {timeout}s")
-
-
-def wait_exact(proc: subprocess.Popen[bytes], timeout: float) -> int:
-    """Wait for ``proc`` to exit, without the sleep-polling of ``Popen.wait(timeout)`` (its
-    backoff reaches 50 ms steps, which would inflate every floor step): a pidfd is polled,
-    then the child is reaped."""
-    pidfd = os.pidfd_open(proc.pid)
-    try:
-        wait_pidfd(pidfd, timeout)
-    except FloorError:
-        proc.kill()
-        proc.wait()
-        raise
-    finally:
-        os.close(pidfd)
-    return proc.wait()
-
-
-def read_line(fd: int, timeout: float) -> bytes:
-    """The first line written to pipe ``fd`` (less if it is closed first)."""
-    data = b""
-    p = select.poll()
-    p.register(fd, select.POLLIN)
-    deadline = time.monotonic() + timeout
-    while not data.endswith(b"\n"):
-        if not p.poll(max(0.0, deadline - time.monotonic()) * 1e3):
-            raise FloorError(f"nothing on the sync pipe within {timeout}s")
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def file_tail(f: IO[bytes]) -> str:
-    f.seek(0)
-    return f.read().decode(errors="replace").strip()[-2000:]
-
-
-def reap(pid: int) -> None:
-    """Reap ``pid`` if it is our child (re-parented to us as subreaper); else let it be."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
-
-
-@dataclass
-class Floor:
-    """One runtime binary driven directly (``raw``) or through conmon, as cri-async does."""
-
-    backend: str
-    binary: str
-    conmon: str
-    root: Path  # --root of the runtime
-    bundles: Path
-    rootfs: Path
-    caps: list[str]
-
-    def __post_init__(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.bundles.mkdir(parents=True, exist_ok=True)
-        (self.bundles / "exits").mkdir(exist_ok=True)
-        (self.bundles / "s").mkdir(exist_ok=True)
-
-    def _bundle(self, cid: str, args: Sequence[str] = ("true",)) -> Path:
-        b = self.bundles / cid
-        b.mkdir()
-        spec = floor_spec(self.rootfs, cid, self.caps, args)
-        (b / "config.json").write_text(json.dumps(spec))
-        return b
-
-    def _run(self, *args: str) -> None:
-        argv = [self.binary, f"--root={self.root}", *args]
-        # stderr to a file (thread-safe: one per call), never a pipe.
-        with tempfile.TemporaryFile(prefix="floor-") as errf:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errf
-            )
-            rc = wait_exact(proc, CMD_TIMEOUT)
-            if rc != 0:
-                raise FloorError(f"{' '.join(argv)} exited {rc}: {file_tail(errf)}")
-
-    def raw_once(self, cid: str) -> dict[str, float]:
-        bundle = self._bundle(cid)
-        pidfile = bundle / "pid"
-        try:
-            t0 = time.perf_counter()
-            self._run("create", "--bundle", str(bundle), "--pid-file", str(pidfile), cid)
-            t1 = time.perf_counter()
-            pid = int(pidfile.read_text())
-            pidfd = os.pidfd_open(pid)
-            try:
-                self._run("start", cid)
-                t2 = time.perf_counter()
-                wait_pidfd(pidfd, CMD_TIMEOUT)
-                reap(pid)
-            finally:
-                os.close(pidfd)
-            t3 = time.perf_counter()
-            self._run("delete", cid)
-            t4 = time.perf_counter()
-        except BaseException:
-            self.force_delete(cid)
-            raise
-        finally:
-            shutil.rmtree(bundle, ignore_errors=True)
-        return {"create": t1 - t0, "start": t2 - t1, "wait": t3 - t2, "delete": t4 - t3}
-
-    def conmon_once(self, cid: str) -> dict[str, float]:
-        bundle = self._bundle(cid)
-        exits = self.bundles / "exits"
-        argv = [
-            self.conmon,
-            "-b", str(bundle),
-            "-c", cid,
-            "-u", cid,
-            "-n", cid,
-            "--exit-dir", str(exits),
-            "-l", f"k8s-file:{bundle / 'ctr.log'}",
-            "--log-level", "info",
-            "-P", str(bundle / "conmon.pid"),
-            "-p", str(bundle / "pidfile"),
-            "--persist-dir", str(bundle),
-            "-r", self.binary,
-            "--socket-dir-path", str(self.bundles / "s"),
-            "--runtime-arg", f"--root={self.root}",
-        ]  # fmt: skip
-        conmon_pid: int | None = None
-        errf = tempfile.TemporaryFile(prefix="floor-conmon-")  # noqa: SIM115 (closed below)
-        try:
-            sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
-            start_r, start_w = os.pipe2(os.O_CLOEXEC)
-            t0 = time.perf_counter()
-            try:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=errf,
-                    stderr=errf,
-                    pass_fds=(sync_w, start_r),
-                    env={
-                        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-                        "_OCI_SYNCPIPE": str(sync_w),
-                        "_OCI_STARTPIPE": str(start_r),
-                    },
-                    cwd=bundle,
-                )
-            finally:
-                os.close(sync_w)
-                os.close(start_r)
-            try:
-                os.write(start_w, b"0")
-            finally:
-                os.close(start_w)
-            try:
-                rc = wait_exact(proc, CMD_TIMEOUT)
-                if rc != 0:
-                    raise FloorError(f"conmon exited {rc}: {file_tail(errf)}")
-                line = read_line(sync_r, CMD_TIMEOUT)
-            finally:
-                os.close(sync_r)
-            msg = json.loads(line or b"{}")
-            pid = msg.get("pid")
-            if not isinstance(pid, int) or pid <= 0:
-                raise FloorError(f"conmon create failed: {msg} {file_tail(errf)}")
-            t1 = time.perf_counter()
-            conmon_pid = int((bundle / "conmon.pid").read_text())
-            pidfd = os.pidfd_open(pid)
-            try:
-                self._run("start", cid)
-                t2 = time.perf_counter()
-                wait_pidfd(pidfd, CMD_TIMEOUT)  # conmon reaps it; the exit file follows
-            finally:
-                os.close(pidfd)
-            exit_file = exits / cid
-            deadline = time.monotonic() + CMD_TIMEOUT
-            while not exit_file.exists():
-                if time.monotonic() > deadline:
-                    raise FloorError("conmon wrote no exit file")
-                time.sleep(0.0002)
-            t3 = time.perf_counter()
-            self._run("delete", cid)
-            t4 = time.perf_counter()
-        except BaseException:
-            if conmon_pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(conmon_pid, signal.SIGKILL)
-            self.force_delete(cid)
-            raise
-        finally:
-            errf.close()
-            if conmon_pid is not None:
-                reap(conmon_pid)  # it exits once the exit file is written; re-parented to us
-            (exits / cid).unlink(missing_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                (self.bundles / "s" / cid).unlink()
-            shutil.rmtree(bundle, ignore_errors=True)
-        return {"create": t1 - t0, "start": t2 - t1, "wait": t3 - t2, "delete": t4 - t3}
-
-    def up(self, cid: str) -> int:
-        """create + start of a ``sleep 1000`` container (as the concurrent pods run); returns
-        its pid for ``down``."""
-        bundle = self._bundle(cid, ("sleep", "1000"))
-        try:
-            self._run("create", "--bundle", str(bundle), "--pid-file", str(bundle / "pid"), cid)
-            self._run("start", cid)
-            return int((bundle / "pid").read_text())
-        except BaseException:
-            self.force_delete(cid)
-            shutil.rmtree(bundle, ignore_errors=True)
-            raise
-
-    def down(self, cid: str, pid: int) -> None:
-        """kill -9, wait for the exit, delete: what StopContainer + RemoveContainer do."""
-        try:
-            pidfd = os.pidfd_open(pid)
-            try:
-                self._run("kill", cid, "KILL")
-                wait_pidfd(pidfd, CMD_TIMEOUT)
-            finally:
-                os.close(pidfd)
-            reap(pid)
-            self._run("delete", cid)
-        except BaseException:
-            self.force_delete(cid)
-            raise
-        finally:
-            shutil.rmtree(self.bundles / cid, ignore_errors=True)
-
-    def force_delete(self, cid: str) -> None:
-        with contextlib.suppress(Exception):
-            self._run("delete", "--force", cid)
 
 
 # -- the server -------------------------------------------------------------------------------
@@ -580,71 +284,6 @@ async def wait_ready(server: Server) -> None:
                 client.close()
         await asyncio.sleep(0.05)
     raise RuntimeError(f"server not ready after {START_TIMEOUT}s ({last!r}):\n{server.logs()}")
-
-
-@contextlib.contextmanager
-def py_spy(
-    binary: str | None, pid: int, out: Path | None, *, idle: bool, rate: int
-) -> Iterator[None]:
-    """``py-spy record`` on the server while the body runs (no-op without ``out``)."""
-    if binary is None or out is None:
-        yield
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    argv = [binary, "record", "--pid", str(pid), "--rate", str(rate), "--nonblocking"]
-    argv += ["--format", "raw", "--output", str(out)]
-    if idle:
-        argv.append("--idle")
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    time.sleep(1.0)  # let it attach before the phase starts
-    try:
-        yield
-    finally:
-        proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-        try:
-            _, err = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-        if not out.exists():
-            print(f"py-spy wrote nothing: {err.decode(errors='replace')}", file=sys.stderr)
-
-
-LINENO = re.compile(r":\d+\)$")
-# Frames worth a line in the inclusive view: ours, the gRPC stack, and the stdlib parts
-# (process spawning, worker threads, SQLite) that our code calls into.
-OUR_FRAMES = re.compile(
-    r"\((cri_async/(?!cli\.py)|grpclib/|h2/)|subprocess|to_thread|add_child_handler|sqlite"
-)
-
-
-def profile_summary(path: Path, top: int = 15) -> list[str]:
-    """The hottest functions of a collapsed-stack file: share of samples where each is on
-    the stack (inclusive) and where it is the innermost frame (self)."""
-    total = 0
-    incl: Counter[str] = Counter()
-    self_: Counter[str] = Counter()
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not stack or not n.isdigit():
-            continue
-        count = int(n)
-        frames = [LINENO.sub(")", fr) for fr in stack.split(";")]
-        total += count
-        self_[frames[-1]] += count
-        for fr in set(frames):
-            incl[fr] += count
-    if not total:
-        return ["(no samples)"]
-    ours = Counter({fr: c for fr, c in incl.items() if OUR_FRAMES.search(fr)})
-    out = [f"{total} samples"]
-    out.append("  inclusive, cri_async / grpclib / subprocess / thread frames:")
-    out += [f"    {c / total:6.1%}  {fr}" for fr, c in ours.most_common(top)]
-    out.append("  self (innermost frame):")
-    out += [f"    {c / total:6.1%}  {fr}" for fr, c in self_.most_common(top)]
-    return out
 
 
 # -- the lifecycle ----------------------------------------------------------------------------
@@ -816,45 +455,6 @@ async def sequential(
         res.cpu["sequential"] = cpu_per_pod(before, proc_cpu(server.pid), opts.iterations)
 
 
-def floor_batch(floor: Floor, n: int, res: BackendResult) -> None:
-    """The floor of the concurrent phase: ``n`` containers created and started at once
-    straight through the runtime (one thread each), then killed and deleted at once."""
-    cids = [f"conc-{floor.backend}-{i}" for i in range(n)]
-
-    def up(cid: str) -> tuple[int, float]:
-        t0 = time.perf_counter()
-        pid = floor.up(cid)
-        return pid, time.perf_counter() - t0
-
-    def down(cid: str, pid: int) -> float:
-        t0 = time.perf_counter()
-        floor.down(cid, pid)
-        return time.perf_counter() - t0
-
-    with concurrent.futures.ThreadPoolExecutor(n) as pool:
-        t0 = time.perf_counter()
-        ups = [pool.submit(up, c) for c in cids]
-        concurrent.futures.wait(ups)
-        res.floor_up_wall = time.perf_counter() - t0
-        started = []
-        for cid, f in zip(cids, ups, strict=True):
-            if f.exception() is not None:
-                res.errors.append(f"concurrent floor start: {f.exception()!r}")
-                continue
-            pid, took = f.result()
-            started.append((cid, pid))
-            res.floor_up.append(took)
-        t0 = time.perf_counter()
-        downs = [pool.submit(down, c, p) for c, p in started]
-        concurrent.futures.wait(downs)
-        res.floor_down_wall = time.perf_counter() - t0
-        for d in downs:
-            if d.exception() is not None:
-                res.errors.append(f"concurrent floor remove: {d.exception()!r}")
-            else:
-                res.floor_down.append(d.result())
-
-
 async def concurrent_phase(
     opts: Options, server: Server, lc: Lifecycle, floor: Floor, res: BackendResult
 ) -> None:
@@ -863,7 +463,10 @@ async def concurrent_phase(
     # Each batch leaves deferred work behind (n network namespaces torn down by the kernel,
     # exiting conmons): let it settle before the next one.
     await asyncio.sleep(SETTLE)
-    await asyncio.to_thread(floor_batch, floor, n, res)
+    batch = await asyncio.to_thread(floor_batch, floor, n)
+    res.floor_up_wall, res.floor_up = batch.up_wall, batch.up
+    res.floor_down_wall, res.floor_down = batch.down_wall, batch.down
+    res.errors += [f"concurrent {e}" for e in batch.errors]
     await asyncio.sleep(SETTLE)
     out = opts.profile_dir / f"{res.backend}-concurrent.txt" if opts.profile_dir else None
     with py_spy(opts.py_spy, server.pid, out, idle=opts.profile_idle, rate=opts.profile_rate):
