@@ -70,19 +70,20 @@ class Pods:
     cli: CRIClient
     cgroup: str  # e.g. "crbench-1a2b/cri-async": each pod gets <cgroup>/pod<n>
     logs: str  # log_directory root
+    image: str = BUSYBOX_REF
+    host_network: bool = False
     counter: itertools.count[int] = field(default_factory=itertools.count)
 
     def pod_config(self, prefix: str) -> pb.PodSandboxConfig:
         n = next(self.counter)
         name = f"{prefix}-{n}"
-        cfg = pod_config(name, log_directory=f"{self.logs}/{name}")
+        cfg = pod_config(name, log_directory=f"{self.logs}/{name}", host_network=self.host_network)
         cfg.linux.cgroup_parent = f"/{self.cgroup}/pod{n}"
         return cfg
 
-    @staticmethod
-    def ctr_config(name: str = "c") -> pb.ContainerConfig:
+    def ctr_config(self, name: str = "c") -> pb.ContainerConfig:
         cmd = ["sleep", "100000"]
-        return container_config(name, BUSYBOX_REF, command=cmd, log_path=f"{name}.log")
+        return container_config(name, self.image, command=cmd, log_path=f"{name}.log")
 
     async def run_pod(self, prefix: str) -> tuple[str, pb.PodSandboxConfig, float]:
         cfg = self.pod_config(prefix)

@@ -49,6 +49,12 @@ MIRRORED = ("registry.k8s.io",)
 PAUSE_REF = "registry.k8s.io/pause:3.10"
 START_TIMEOUT = 60.0
 SHIM_SOCKETS = Path("/run/containerd/s")  # containerd 1.6 puts every shim's socket here
+CPUACCT = Path("/sys/fs/cgroup/cpuacct")
+
+
+def cpuacct_s(rel: str) -> float:
+    """CPU seconds used by every process that ever ran in cgroup ``rel`` or below."""
+    return int((CPUACCT / rel / "cpuacct.usage").read_text()) / 1e9
 
 
 def sh(*argv: str, check: bool = True) -> str:
@@ -236,6 +242,7 @@ class Daemon:
     socket: Path
     workdir: Path
     run_root: Path  # where its sockets, bundles and mounts live (== workdir for containerd)
+    cpu_cgroup: str = ""  # cpuacct cgroup the process starts in (its children inherit it)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     exited: list[int] = field(default_factory=list)  # pids of earlier processes (restarts)
@@ -266,6 +273,19 @@ class Daemon:
             f.flush()
             # Own session: a terminal's Ctrl-C reaches the bench, which then cleans up in
             # order; the daemon must still answer to remove its pods.
+            procs = None
+            if self.cpu_cgroup:
+                (CPUACCT / self.cpu_cgroup).mkdir(parents=True, exist_ok=True)
+                procs = str(CPUACCT / self.cpu_cgroup / "cgroup.procs")
+            hook = pdeathsig()
+
+            def preexec() -> None:
+                if hook is not None:
+                    hook()
+                if procs is not None:  # before exec: every child is counted from the start
+                    with open(procs, "w") as cg:
+                        cg.write(str(os.getpid()))
+
             self.proc = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,
@@ -274,7 +294,7 @@ class Daemon:
                 cwd=self.workdir,
                 env=env,
                 start_new_session=True,
-                preexec_fn=pdeathsig(),
+                preexec_fn=preexec,
             )
 
     def kill9(self) -> None:
@@ -305,12 +325,16 @@ class Daemon:
         return [p for p, cmd in processes_mentioning(f"-address {self.socket} ") if SHIM in cmd]
 
 
-def new_daemon(kind: str, workdir: Path, run_root: Path, cfg: Path, python: str) -> Daemon:
+def new_daemon(
+    kind: str, workdir: Path, run_root: Path, cfg: Path, python: str, cpu_cgroup: str = ""
+) -> Daemon:
+    """``cpu_cgroup``: the cpuacct cgroup of the daemon and its helpers (runtime commands,
+    shims, conmons), to account the CPU of the whole runtime stack."""
     if kind == CRI_ASYNC:
         argv = [python, "-m", "cri_async.cli", "serve", "--config", str(cfg)]
-        return Daemon(kind, argv, run_root / "cri.sock", workdir, run_root)
+        return Daemon(kind, argv, run_root / "cri.sock", workdir, run_root, cpu_cgroup)
     argv = ["containerd", "--config", str(cfg)]
-    return Daemon(kind, argv, workdir / "containerd.sock", workdir, workdir)
+    return Daemon(kind, argv, workdir / "containerd.sock", workdir, workdir, cpu_cgroup)
 
 
 async def status_ready(sock: Path, network: bool = True) -> bool:
@@ -423,3 +447,30 @@ def sweep(d: Daemon, cgroup: str, dirs: list[Path]) -> list[str]:
     # unless one cannot be removed because a process is still in it.
     problems += [f"{d.kind}: cgroup not removable: {e}" for e in rmdir_cgroup_tree(cgroup)]
     return problems
+
+
+# Orphans the bench reaps as a child subreaper: shims (re-parented to us once their
+# `start` process exits), conmons and containers whose daemon was killed. Never the
+# processes it waits for itself (runc commands of the floor, the daemons, the registry).
+ORPHANS = ("containerd-shim", "conmon", "sleep", "pause", "catatonit", "true", "sh")
+
+
+def reap_orphans() -> int:
+    """Reap exited children of ours that are orphans of the kinds above; how many."""
+    n = 0
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            kids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for pid in map(int, kids):
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+            if stat[stat.rindex(")") + 2] == "Z" and comm in ORPHANS:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+                    n += 1
+    return n

@@ -135,11 +135,12 @@ def _content(rng: random.Random, size: int, text: bool) -> bytes:
     return data.translate(HEX) if text else data
 
 
-def big_layer_entries(seed: int) -> list[im.Entry]:
-    """10 MiB in 20 files: 4 x 2 MiB and 16 x 128 KiB, alternately raw and hex."""
+def big_layer_entries(seed: int, small: bool = False) -> list[im.Entry]:
+    """10 MiB in 20 files: 4 x 2 MiB and 16 x 128 KiB, alternately raw and hex (``small``:
+    1 MiB in 8 files, for smoke runs)."""
     rng = random.Random(seed)
     entries: list[im.Entry] = []
-    sizes = [2 * MIB] * 4 + [128 * 1024] * 16
+    sizes = [256 * 1024] * 4 + [16 * 1024] * 4 if small else [2 * MIB] * 4 + [128 * 1024] * 16
     for i, size in enumerate(sizes):
         entries.append(
             im.File(f"opt/big/l{seed:02d}/f{i:02d}.bin", _content(rng, size, text=i % 2 == 1))
@@ -158,33 +159,26 @@ def small_files_entries(seed: int, count: int) -> list[im.Entry]:
     return entries
 
 
-def build_images(only: str | None, workers: int) -> list[BenchImage]:
+def build_images(only: str | None, workers: int, small: bool = False) -> list[BenchImage]:
+    """Images a and b; ``small``: 4 layers of 1 MiB and 1,000 files (smoke runs)."""
     out: list[BenchImage] = []
+    n_layers, n_files = (4, 1_000) if small else (20, 10_000)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # zlib releases the GIL
         if only in (None, "a"):
-            layers = list(pool.map(lambda s: im.layer(big_layer_entries(s)), range(20)))
+            entries = pool.map(lambda s: im.layer(big_layer_entries(s, small)), range(n_layers))
+            layers = list(entries)
             built = im.build_image(layers)
-            out.append(
-                BenchImage(
-                    "a",
-                    "a: 200 MiB / 20 layers",
-                    "bench/big",
-                    built,
-                    files=20 * 20,
-                    uncompressed=sum(len(lay.tar) for lay in layers),
-                )
-            )
+            size = sum(len(lay.tar) for lay in layers)
+            name = f"a: {size / MIB:.0f} MiB / {n_layers} layers"
+            files = n_layers * (8 if small else 20)
+            out.append(BenchImage("a", name, "bench/big", built, files=files, uncompressed=size))
         if only in (None, "b"):
-            lay = im.layer(small_files_entries(1000, 10_000))
+            lay = im.layer(small_files_entries(1000, n_files))
             built = im.build_image([lay])
+            name = f"b: {n_files:,} small files"
             out.append(
                 BenchImage(
-                    "b",
-                    "b: 10,000 small files",
-                    "bench/small",
-                    built,
-                    files=10_000,
-                    uncompressed=len(lay.tar),
+                    "b", name, "bench/small", built, files=n_files, uncompressed=len(lay.tar)
                 )
             )
     return out
