@@ -431,6 +431,13 @@ class Floor:
         finally:
             shutil.rmtree(self.bundles / cid, ignore_errors=True)
 
+    def exec(self, cid: str, *args: str) -> float:
+        """``runtime exec`` of ``args`` in a running container, waited for (the ExecSync
+        floor); seconds."""
+        t0 = time.perf_counter()
+        self._run("exec", cid, *args)
+        return time.perf_counter() - t0
+
     def force_delete(self, cid: str) -> None:
         with contextlib.suppress(Exception):
             self._run("delete", "--force", cid)

@@ -68,15 +68,15 @@ async def rpc_basics(pods: Pods, s: Samples, rt: str, n: int, objects: int) -> N
 
 
 async def lifecycle(
-    pods: Pods, floor: Floor, s: Samples, rt: str, rounds: int, warmup: int
+    pods: dict[str, Pods], floor: Floor, s: Samples, rounds: int, warmup: int
 ) -> None:
-    """Pod + container lifecycle rounds, each RPC timed, with a floor round in turn (the
-    order alternates, so neither always follows the deferred work the other leaves)."""
-    cpu0 = None
+    """Pod + container lifecycle rounds, each RPC timed: one round per runtime and one of the
+    floor in turn, the order rotating every round, so that drift in the machine's load hits
+    every series alike and none always follows the deferred work another leaves."""
 
-    async def ours(i: int) -> None:
-        pod, cids, t = await pods.up("lc")
-        t |= await pods.down(pod, cids)
+    async def ours(rt: str, i: int) -> None:
+        pod, cids, t = await pods[rt].up("lc")
+        t |= await pods[rt].down(pod, cids)
         if i >= warmup:
             for k in LIFECYCLE_STEPS:
                 s.add(rt, f"lifecycle.{k}", t[k])
@@ -85,20 +85,17 @@ async def lifecycle(
             s.add(rt, "lifecycle.total", sum(t[k] for k in LIFECYCLE_STEPS))
 
     async def floor_round(i: int) -> None:
-        t = await asyncio.to_thread(floor.raw_once, f"lc-{rt[:3]}-{i}")
+        t = await asyncio.to_thread(floor.raw_once, f"lc-{i}")
         if i >= warmup:
             for k in FLOOR_STEPS:
                 s.add(FLOOR, f"floor.{k}", t[k])
             s.add(FLOOR, "lifecycle.total", sum(t.values()))
 
+    kinds = [*pods, FLOOR]
     for i in range(warmup + rounds):
-        if i == warmup:
-            cpu0 = time.process_time()
-        first, second = (ours, floor_round) if i % 2 else (floor_round, ours)
-        await first(i)
-        await second(i)
-    if cpu0 is not None:
-        s.add("bench", f"bench_cpu_s.lifecycle.{rt}", time.process_time() - cpu0)
+        shift = i % len(kinds)
+        for kind in kinds[shift:] + kinds[:shift]:
+            await (floor_round(i) if kind == FLOOR else ours(kind, i))
 
 
 async def scratch(pods: Pods, floor: Floor, s: Samples, rt: str, rounds: int) -> None:
@@ -159,8 +156,9 @@ async def concurrent(pods: Pods, floor: Floor, s: Samples, rt: str, n: int, pid:
     s.add(rt, "cpu_per_pod.down", (cpu2 - cpu1).self_s / max(n, 1))
 
 
-async def exec_idle(pods: Pods, s: Samples, rt: str, n: int) -> None:
-    """``ExecSync true`` on an idle container, ``n`` times one after the other."""
+async def exec_idle(pods: Pods, floor: Floor, s: Samples, rt: str, n: int) -> None:
+    """``ExecSync true`` on an idle container, ``n`` times one after the other; then the
+    floor: ``runc exec <id> true`` as often in a container started straight by runc."""
     pod, cids, _ = await pods.up("exec")
     try:
         for _ in range(3):  # warm-up
@@ -172,3 +170,10 @@ async def exec_idle(pods: Pods, s: Samples, rt: str, n: int) -> None:
             s.add(rt, "exec.idle", t)
     finally:
         await pods.down(pod, cids)
+    cid = f"exec-{rt[:3]}"
+    pid = await asyncio.to_thread(floor.up, cid)
+    try:
+        for _ in range(n):
+            s.add(FLOOR, "exec.idle", await asyncio.to_thread(floor.exec, cid, "true"))
+    finally:
+        await asyncio.to_thread(floor.down, cid, pid)

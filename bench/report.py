@@ -79,7 +79,7 @@ def rows(
             Row("daemon CPU per pod, starting them", "cpu_per_pod.up", ("med",)),
         ]),
         ("4. ExecSync, and a kubelet-like load (ms, CPU %)", [
-            Row("ExecSync true, idle", "exec.idle", ("p50", "p99")),
+            Row("ExecSync true, idle (floor: runc exec)", "exec.idle", ("p50", "p99")),
             Row("under load: ExecSync true", "load.exec", ("p50", "p99")),
             Row("under load: Version", "load.version", ("p50", "p99")),
             Row("under load: PodSandboxStatus", "load.pod_status", ("p50", "p99")),

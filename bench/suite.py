@@ -48,6 +48,7 @@ import daemons as dm  # noqa: E402
 import kubeload  # noqa: E402
 import phases  # noqa: E402
 import pull  # noqa: E402
+import pullimages  # noqa: E402
 import report  # noqa: E402
 from benchhost import (  # noqa: E402
     Floor,
@@ -113,13 +114,21 @@ class Ctx:
     def cgroup(self) -> str:
         return f"crbench-{self.tag}"
 
-    def run_root(self, kind: str) -> Path:
-        return Path(f"/run/crb-{self.tag}-{kind[:1]}")  # short: conmon's socket paths
+    @staticmethod
+    def letter(kind: str) -> str:
+        return {dm.CRI_ASYNC: "a", dm.CONTAINERD: "d"}.get(kind, "f")
 
-    def profile(self, pid: int, kind: str, phase: str) -> contextlib.AbstractContextManager[None]:
+    def run_root(self, kind: str) -> Path:
+        return Path(f"/run/crb-{self.tag}-{self.letter(kind)}")  # short: conmon's socket paths
+
+    def profile(
+        self, ds: dict[str, dm.Daemon], phase: str
+    ) -> contextlib.AbstractContextManager[None]:
+        """py-spy on cri-async (if it is among ``ds``) while the body runs."""
+        d = ds.get(dm.CRI_ASYNC)
         out = self.profile_dir / f"{phase}.txt" if self.profile_dir else None
-        binary = self.py_spy if kind == dm.CRI_ASYNC else None
-        return py_spy(binary, pid, out, idle=False, rate=250)
+        binary = self.py_spy if d is not None else None
+        return py_spy(binary, d.pid if d else 0, out, idle=False, rate=250)
 
 
 def log(msg: str) -> None:
@@ -139,7 +148,7 @@ async def daemon(ctx: Ctx, kind: str, *, fake: bool = False) -> AsyncIterator[dm
     try:
         if not fake:
             [subnet] = dm.free_subnets(1)
-            net = dm.Net(f"crb{ctx.tag}{kind[:1]}", subnet, wd / "cni")
+            net = dm.Net(f"crb{ctx.tag}{ctx.letter(kind)}", subnet, wd / "cni")
             net.create()
         if kind == dm.CRI_ASYNC:
             extra = {"backend": "fake", "images": "fake"} if fake else {}
@@ -182,48 +191,58 @@ async def stop_daemon(
         ctx.problems += net.sweep()
 
 
-async def run_runtime(ctx: Ctx, kind: str) -> None:
+async def run_runtimes(ctx: Ctx) -> None:
+    """Both daemons side by side; each phase runs on one runtime, then on the other (the
+    lifecycle rounds alternate), so that drift in the machine's load hits both alike."""
     m, s = ctx.mode, ctx.s
-    async with daemon(ctx, kind) as d:
-        cli = CRIClient(d.socket)
-        try:
-            await cli.pull(BUSYBOX_REF)
-            if kind == dm.CONTAINERD:
-                await cli.pull(dm.PAUSE_REF)  # kubelet's nodes have it; not part of a pod
+    async with contextlib.AsyncExitStack() as stack:
+        ds = {k: await stack.enter_async_context(daemon(ctx, k)) for k in ctx.runtimes}
+        clis = {
+            k: stack.enter_context(contextlib.closing(CRIClient(d.socket))) for k, d in ds.items()
+        }
+        pods = {
+            k: Pods(clis[k], f"{ctx.cgroup}/{k}", str(d.workdir / "logs")) for k, d in ds.items()
+        }
+        for k, d in ds.items():
+            await clis[k].pull(BUSYBOX_REF)
+            if k == dm.CONTAINERD:
+                await clis[k].pull(dm.PAUSE_REF)  # kubelet's nodes have it; not part of a pod
             memory(d, s, "idle")
-            pods = Pods(cli, f"{ctx.cgroup}/{kind}", str(d.workdir / "logs"))
-            fl = Floor(
-                "runc", shutil.which("runc") or "runc", "conmon", d.run_root / "fr",
-                d.run_root / "fb", ctx.rootfs, host_capabilities(), f"{ctx.cgroup}/floor",
-            )  # fmt: skip
-            log(f"{kind}: ready (pid {d.pid}); Version and lists")
-            await phases.rpc_basics(pods, s, kind, m.calls, 0)
-            log(f"{kind}: lifecycle, {m.rounds} rounds + floor")
-            with ctx.profile(d.pid, kind, "lifecycle"):
-                await phases.lifecycle(pods, fl, s, kind, m.rounds, m.warmup)
-            log(f"{kind}: from scratch, ExecSync idle")
-            await phases.scratch(pods, fl, s, kind, m.scratch)
-            await phases.exec_idle(pods, s, kind, m.execs)
-            log(f"{kind}: kubelet-like load, {m.load_s:.0f} s")
-            with ctx.profile(d.pid, kind, "load"):
-                await kubeload.kubelet_load(pods, s, kind, d.pid, m.load_s, f"{ctx.cgroup}/{kind}")
-            log(f"{kind}: {m.concurrent} pods at once (+ floor)")
-            with ctx.profile(d.pid, kind, "concurrent"):
-                await phases.concurrent(pods, fl, s, kind, m.concurrent, d.pid)
-            log(f"{kind}: {m.pods} pods for memory and restart")
-            await pods.many_up("mem", m.pods)
+            log(f"{k}: ready (pid {d.pid}); Version and lists")
+            await phases.rpc_basics(pods[k], s, k, m.calls, 0)
+        fl = Floor(
+            "runc", shutil.which("runc") or "runc", "conmon", ctx.tmp / "floor" / "root",
+            ctx.tmp / "floor" / "b", ctx.rootfs, host_capabilities(), f"{ctx.cgroup}/floor",
+        )  # fmt: skip
+        log(f"lifecycle: {m.rounds} rounds of each runtime and the floor, in turn")
+        with ctx.profile(ds, "lifecycle"):
+            await phases.lifecycle(pods, fl, s, m.rounds, m.warmup)
+        for k in ds:
+            log(f"{k}: from scratch, ExecSync idle")
+            await phases.scratch(pods[k], fl, s, k, m.scratch)
+            await phases.exec_idle(pods[k], fl, s, k, m.execs)
+        for k, d in ds.items():
+            log(f"{k}: kubelet-like load, {m.load_s:.0f} s")
+            with ctx.profile({k: d}, "load"):
+                await kubeload.kubelet_load(pods[k], s, k, d.pid, m.load_s, f"{ctx.cgroup}/{k}")
+        for k, d in ds.items():
+            log(f"{k}: {m.concurrent} pods at once (+ floor)")
+            with ctx.profile({k: d}, "concurrent"):
+                await phases.concurrent(pods[k], fl, s, k, m.concurrent, d.pid)
+        for k, d in ds.items():
+            log(f"{k}: {m.pods} pods, memory, kill -9 and restart")
+            await pods[k].many_up("mem", m.pods)
             memory(d, s, "pods")
             peak = peak_rss(d.pid)
-            cli.close()
-            cli = await restart(d, s, m.pods, m.pods)
-            pods.cli = cli
+            clis[k].close()
+            clis[k] = pods[k].cli = stack.enter_context(
+                contextlib.closing(await restart(d, s, m.pods, m.pods))
+            )
             memory(d, s, "restarted")
-            log(f"{kind}: growing to {m.objects} pods for the lists")
-            await pods.many_up("list", m.objects - m.pods)
-            await phases.rpc_basics(pods, s, kind, m.calls, m.objects)
-            s.add(kind, "mem.peak", max(peak, peak_rss(d.pid)))
-        finally:
-            cli.close()
+            log(f"{k}: growing to {m.objects} pods for the lists")
+            await pods[k].many_up("list", m.objects - m.pods)
+            await phases.rpc_basics(pods[k], s, k, m.calls, m.objects)
+            s.add(k, "mem.peak", max(peak, peak_rss(d.pid)))
 
 
 async def run_fake(ctx: Ctx) -> None:
@@ -245,7 +264,7 @@ async def run_fake(ctx: Ctx) -> None:
 
 async def run_pulls(ctx: Ctx, reg: LocalRegistry) -> list[Path]:
     """Cold pulls through pull.py: a fresh daemon and store per pull, interleaved."""
-    images = pull.build_images(None, os.cpu_count() or 2, small=ctx.mode.pull_small)
+    images = pullimages.build_images(None, os.cpu_count() or 2, small=ctx.mode.pull_small)
     for image in images:
         pull.im.push(reg, image.repo, image.built, tag="latest")
     ctrd = shutil.which("containerd") if dm.CONTAINERD in ctx.runtimes else None
@@ -303,6 +322,13 @@ def final_check(ctx: Ctx) -> list[str]:
         for ln in links.splitlines()
         if f"crb{ctx.tag}" in ln
     ]
+    if procs := dm.cgroup_pids(ctx.cgroup):
+        out.append(f"processes left in /{ctx.cgroup}: {sorted(procs)}")
+        dm.kill_all(procs)
+    for root in dm.runc_roots(ctx.tmp / "floor"):
+        for cid in dm.sh("runc", f"--root={root}", "list", "-q", check=False).split():
+            out.append(f"floor container left: {cid}")
+            dm.sh("runc", f"--root={root}", "delete", "--force", cid, check=False)
     out += [f"mount left: {mp}" for mp in mounts_under(ctx.tmp)]
     if cgroup_dirs(ctx.cgroup):
         left = rmdir_cgroup_tree(ctx.cgroup)
@@ -363,8 +389,7 @@ async def run(args: argparse.Namespace) -> int:
             await asyncio.to_thread(unpack_rootfs, busybox, ctx.rootfs)
             shims_before = dm.shim_sockets()
             try:
-                for kind in args.runtimes:
-                    await run_runtime(ctx, kind)
+                await run_runtimes(ctx)
                 if not args.no_fake:
                     log("fake backend: lists")
                     await run_fake(ctx)
