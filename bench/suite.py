@@ -107,6 +107,7 @@ class Ctx:
     runtimes: list[str]
     py_spy: str | None
     profile_dir: Path | None
+    keep_logs: Path | None = None
     s: phases.Samples = field(default_factory=phases.Samples)
     problems: list[str] = field(default_factory=list)
 
@@ -163,6 +164,12 @@ async def daemon(ctx: Ctx, kind: str, *, fake: bool = False) -> AsyncIterator[dm
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a 2nd Ctrl-C must not cut cleanup
         try:
             await stop_daemon(ctx, d, kind, net, [wd, run_root])
+            if ctx.keep_logs is not None and d is not None:
+                ctx.keep_logs.mkdir(parents=True, exist_ok=True)
+                shutil.copy(
+                    d.log,
+                    ctx.keep_logs / d.log.name.replace(".log", f"{'-fake' if fake else ''}.log"),
+                )
         finally:
             signal.signal(signal.SIGINT, old)
         with contextlib.suppress(OSError):
@@ -374,7 +381,7 @@ async def run(args: argparse.Namespace) -> int:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     ctx = Ctx(mode, tmp, tag, tmp / "certs.d", tmp / "rootfs", sys.executable,
               args.runtimes, find_py_spy(args.py_spy_bin) if args.py_spy else None,
-              args.py_spy)  # fmt: skip
+              args.py_spy, args.keep_logs)  # fmt: skip
     if args.py_spy and ctx.py_spy is None:
         raise SystemExit("--py-spy: py-spy not found (pip install py-spy, or --py-spy-bin)")
     log(f"mode {mode.name}; temp {tmp}; tag {tag}; load average {info['loadavg_start']}")
@@ -444,6 +451,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-pull", action="store_true", help="skip the cold pulls")
     p.add_argument("--py-spy", type=Path, metavar="DIR", help="profile cri-async per phase")
     p.add_argument("--py-spy-bin", help="the py-spy binary (default: on PATH or in this venv)")
+    p.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy the daemons' logs here")
     a = p.parse_args(argv)
     a.runtimes = [r for r in a.runtimes.split(",") if r]
     if bad := [r for r in a.runtimes if r not in dm.RUNTIMES]:
