@@ -84,6 +84,7 @@ class Net:
     name: str  # also the bridge's name (<= 15 chars)
     subnet: ipaddress.IPv4Network
     dir: Path
+    doc: dict[str, object] = field(default_factory=dict)  # the conflist, once created
 
     @property
     def conf_dir(self) -> Path:
@@ -115,6 +116,7 @@ class Net:
                 {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
             ],
         }
+        self.doc = doc
         self.conf_dir.mkdir(parents=True)
         (self.conf_dir / "10-bench.conflist").write_text(json.dumps(doc, indent=1) + "\n")
         sh("ip", "link", "add", self.name, "type", "bridge")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,11 +69,20 @@ async def rpc_basics(pods: Pods, s: Samples, rt: str, n: int, objects: int) -> N
 
 
 async def lifecycle(
-    pods: dict[str, Pods], floor: Floor, s: Samples, rounds: int, warmup: int
+    pods: dict[str, Pods],
+    floor: Floor,
+    s: Samples,
+    rounds: int,
+    warmup: int,
+    network: Callable[[int], dict[str, float]] | None = None,
 ) -> None:
     """Pod + container lifecycle rounds, each RPC timed: one round per runtime and one of the
     floor in turn, the order rotating every round, so that drift in the machine's load hits
-    every series alike and none always follows the deferred work another leaves."""
+    every series alike and none always follows the deferred work another leaves.
+
+    ``network(i)``: the pod network's own floor (namespaces pinned, the CNI plugins' ADD and
+    DEL run straight, unpinned; seconds per step), run in the floor's round: the floor of
+    the pod RPCs, and with runc's that of the whole lifecycle (``lifecycle.total_net``)."""
 
     async def ours(rt: str, i: int) -> None:
         pod, cids, t = await pods[rt].up("lc")
@@ -83,13 +93,22 @@ async def lifecycle(
             s.add(rt, "lifecycle.pod", sum(t[k] for k in POD_STEPS))
             s.add(rt, "lifecycle.container", sum(t[k] for k in CONTAINER_STEPS))
             s.add(rt, "lifecycle.total", sum(t[k] for k in LIFECYCLE_STEPS))
+            if network is not None:
+                s.add(rt, "lifecycle.total_net", sum(t[k] for k in LIFECYCLE_STEPS))
 
     async def floor_round(i: int) -> None:
         t = await asyncio.to_thread(floor.raw_once, f"lc-{i}")
+        net = await asyncio.to_thread(network, i) if network is not None else {}
         if i >= warmup:
             for k in FLOOR_STEPS:
                 s.add(FLOOR, f"floor.{k}", t[k])
             s.add(FLOOR, "lifecycle.total", sum(t.values()))
+            if network is not None:
+                for k, v in net.items():
+                    s.add(FLOOR, f"floor.net.{k}", v)
+                s.add(FLOOR, "lifecycle.container", sum(t.values()))
+                s.add(FLOOR, "lifecycle.pod", sum(net.values()))
+                s.add(FLOOR, "lifecycle.total_net", sum(t.values()) + sum(net.values()))
 
     kinds = [*pods, FLOOR]
     for i in range(warmup + rounds):

@@ -11,9 +11,9 @@ with cri-async, containerd, the ratio and the raw runc floor, then the issue's f
 reach; writes every sample, the machine and the versions to a JSON file under
 ``bench/results/``.
 
-Modes: ``full`` (the numbers to quote; ~10 min on 2 cores), ``quick`` (fewer rounds, a
-shorter load, one pull each; ~4 min), ``smoke`` (a few rounds, tiny images; ~1 min: proves
-the harness runs, ``make test`` runs it). This machine may be shared: the load average and
+Modes: ``full`` (the numbers to quote; 6-7 min on 2 cores), ``quick`` (fewer rounds, a
+shorter load, one pull each; ~3.5 min), ``smoke`` (a few rounds, tiny images; 30-40 s:
+proves the harness runs, ``make test`` runs it). This machine may be shared: the load average and
 the system's CPU use are recorded before and after; compare within one run.
 
 Ctrl-C (or SIGTERM) stops the run and cleans up all the same: pods, daemons, monitors,
@@ -35,7 +35,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ import phases  # noqa: E402
 import pull  # noqa: E402
 import pullimages  # noqa: E402
 import report  # noqa: E402
+import stats_network  # noqa: E402
 from benchhost import (  # noqa: E402
     Floor,
     cgroup_dirs,
@@ -64,6 +65,7 @@ from criops import BUSYBOX_REF, Pods, push_images  # noqa: E402
 from memrestart import memory, peak_rss, restart  # noqa: E402
 from profiling import find_py_spy, profile_summary, py_spy  # noqa: E402
 
+from cri_async import linux  # noqa: E402
 from cri_async.client import CRIClient  # noqa: E402
 from cri_async.monitor.reaper import become_subreaper  # noqa: E402
 from tests.support.registry import LocalRegistry  # noqa: E402
@@ -221,9 +223,10 @@ async def run_runtimes(ctx: Ctx) -> None:
             "runc", shutil.which("runc") or "runc", "conmon", ctx.tmp / "floor" / "root",
             ctx.tmp / "floor" / "b", ctx.rootfs, host_capabilities(), f"{ctx.cgroup}/floor",
         )  # fmt: skip
+        network = floor_network(ctx, stack)
         log(f"lifecycle: {m.rounds} rounds of each runtime and the floor, in turn")
         with ctx.profile(ds, "lifecycle"):
-            await phases.lifecycle(pods, fl, s, m.rounds, m.warmup)
+            await phases.lifecycle(pods, fl, s, m.rounds, m.warmup, network)
         for k in ds:
             log(f"{k}: from scratch, ExecSync idle")
             await phases.scratch(pods[k], fl, s, k, m.scratch)
@@ -250,6 +253,21 @@ async def run_runtimes(ctx: Ctx) -> None:
             await pods[k].many_up("list", m.objects - m.pods)
             await phases.rpc_basics(pods[k], s, k, m.calls, m.objects)
             s.add(k, "mem.peak", max(peak, peak_rss(d.pid)))
+
+
+def floor_network(ctx: Ctx, stack: contextlib.AsyncExitStack) -> Callable[[int], dict[str, float]]:
+    """The pod network's floor: a bridge of its own with the same conflist; per call,
+    net/ipc/uts pinned as cri-async pins them, the plugins' ADD and DEL exec'd straight
+    (``stats_network.RawCNI``), unpinned. Removed when ``stack`` closes."""
+    [subnet] = dm.free_subnets(1)
+    net = dm.Net(f"crb{ctx.tag}n", subnet, ctx.tmp / "floornet")
+    stack.callback(lambda: ctx.problems.extend(net.sweep()))
+    net.create()
+    pins = ctx.tmp / "pins"
+    stack.callback(linux.umount, str(pins))
+    stats_network.make_private_dir(pins)
+    raw = stats_network.RawCNI(net.doc, dm.PLUGIN_DIR)
+    return lambda i: raw.once(pins, f"lcn{i}", f"lcn-{i}", {}, subnet)
 
 
 async def run_fake(ctx: Ctx) -> None:
