@@ -61,9 +61,13 @@ test: lint unit
 proto: setup
 	$(BIN)/python scripts/gen_proto.py
 
-bench: setup
-	$(BIN)/pip install -q -e '.[dev,bench]'
-	$(BIN)/python bench/proto_codecs.py --loop-latency
+# cri-async against containerd on this machine, one table (bench/suite.py; bench/README.md).
+# BENCH_MODE=full|quick|smoke; PROFILE=DIR also records py-spy profiles of cri-async there.
+BENCH_MODE ?= full
+PROFILE ?=
+bench: setup test-deps
+	$(if $(PROFILE),$(BIN)/pip install -q -e '.[dev,profile]')
+	$(BIN)/python bench/suite.py --mode $(BENCH_MODE) $(if $(PROFILE),--py-spy $(PROFILE))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

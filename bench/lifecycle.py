@@ -74,29 +74,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import contextlib
 import ctypes
-import importlib.metadata
-import io
 import json
-import math
 import os
-import platform
-import re
-import select
 import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Awaitable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -104,402 +95,47 @@ if str(ROOT) not in sys.path:
 
 from benchhost import (  # noqa: E402
     CPU,
+    FLOOR_CGROUP,
+    Floor,
     cgroup_dirs,
-    cmd_version,
+    floor_batch,
+    host_capabilities,
     mounts_under,
-    pct,
     pdeathsig,
     proc_cpu,
     processes_mentioning,
+    reap,
     rmdir_cgroup_tree,
+    unpack_rootfs,
 )
+from lifecycle_results import (  # noqa: E402
+    STEPS,
+    BackendResult,
+    print_backend,
+    print_summary,
+    to_json,
+    versions,
+)
+from profiling import profile_summary, py_spy  # noqa: E402
 
 from cri_async.api.runtime.v1 import api_pb2 as pb  # noqa: E402
 from cri_async.client import CRIClient, container_config, pod_config  # noqa: E402
 from cri_async.monitor.reaper import become_subreaper  # noqa: E402
-from cri_async.oci.defaults import (  # noqa: E402
-    DEFAULT_CAPABILITIES,
-    DEFAULT_MASKED_PATHS,
-    DEFAULT_PATH_ENV,
-    DEFAULT_READONLY_PATHS,
-    capabilities_from_mask,
-    default_mounts,
-)
 from tests.support import images as im  # noqa: E402
 from tests.support.registry import LocalRegistry  # noqa: E402
 
 T = TypeVar("T")
 
 BACKENDS = ("runc", "crun")
-STEPS = (
-    ("run_pod", "RunPodSandbox"),
-    ("create", "CreateContainer"),
-    ("start", "StartContainer"),
-    ("stop", "StopContainer (t=0)"),
-    ("remove", "RemoveContainer"),
-    ("stop_pod", "StopPodSandbox"),
-    ("remove_pod", "RemovePodSandbox"),
-)
-FLOOR_STEPS = ("create", "start", "wait", "delete")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-FLOOR_CGROUP = "crb-floor"
 SERVER_CGROUP = "cri-async"  # cri_async.pods.host.DEFAULT_CGROUP_PARENT
 IMAGE_REPO = "bench/busybox"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 30.0
 RPC_TIMEOUT = 60.0
 PHASE_TIMEOUT = 600.0
-CMD_TIMEOUT = 30.0
 SETTLE = 2.0  # seconds of quiet before each concurrent batch
 VERSION_CALLS = 200  # the gRPC round trip alone: what each of the 7 RPCs pays at least
-
-
-# -- statistics --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Dist:
-    """p50/p95/min/max of one series, in ms."""
-
-    n: int
-    p50: float
-    p95: float
-    min: float
-    max: float
-
-    @classmethod
-    def of(cls, seconds: Sequence[float]) -> Dist:
-        ms = [x * 1e3 for x in seconds]
-        if not ms:
-            return cls(0, math.nan, math.nan, math.nan, math.nan)
-        return cls(len(ms), pct(ms, 50), pct(ms, 95), min(ms), max(ms))
-
-
-# -- processes and host state ------------------------------------------------------------------
-
-
-def versions(python: str) -> dict[str, str]:
-    try:
-        ours = importlib.metadata.version("cri-async")
-    except importlib.metadata.PackageNotFoundError:
-        ours = "?"
-    commit = cmd_version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
-    git_status = ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"]
-    try:
-        changed = subprocess.run(git_status, capture_output=True, text=True, timeout=10).stdout
-        tree = f"{len(changed.splitlines())} tracked files modified" if changed else "clean"
-    except (OSError, subprocess.TimeoutExpired):
-        tree = "?"
-    # What the server will import (PYTHONPATH is passed on: e.g. an exported commit).
-    where = "import cri_async; print(cri_async.__file__)"
-    source = subprocess.run(
-        [python, "-c", where], capture_output=True, text=True, cwd="/", timeout=30
-    ).stdout.strip()
-    cpu = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cri-async": f"{ours} (git {commit}, working tree {tree})",
-        "server": f"imports {source or '?'}",
-        "python": f"{cmd_version([python, '--version'])} ({python})",
-        "runc": cmd_version(["runc", "--version"]),
-        "crun": cmd_version(["crun", "--version"]),
-        "conmon": cmd_version(["conmon", "--version"]),
-        "kernel": platform.release(),
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu,
-        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
-
-
-# -- the raw floor ----------------------------------------------------------------------------
-
-
-def host_capabilities() -> list[str]:
-    status = Path("/proc/self/status").read_text()
-    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("CapBnd:"))
-    have = capabilities_from_mask(mask)
-    return [c for c in DEFAULT_CAPABILITIES if c in have]
-
-
-def floor_spec(
-    rootfs: Path, cid: str, caps: list[str], args: Sequence[str] = ("true",)
-) -> dict[str, Any]:
-    return {
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": False,
-            "user": {"uid": 0, "gid": 0},
-            "args": list(args),
-            "env": [DEFAULT_PATH_ENV],
-            "cwd": "/",
-            "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
-            "noNewPrivileges": False,
-        },
-        "root": {"path": str(rootfs), "readonly": True},
-        "hostname": "floor",
-        "mounts": default_mounts(),
-        "linux": {
-            "cgroupsPath": f"/{FLOOR_CGROUP}/{cid}",
-            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
-            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
-            "maskedPaths": list(DEFAULT_MASKED_PATHS),
-            "readonlyPaths": list(DEFAULT_READONLY_PATHS),
-        },
-    }
-
-
-def unpack_rootfs(image: im.BuiltImage, dest: Path) -> None:
-    """The image's layers, in order, into ``dest`` (our own image: no whiteouts)."""
-    dest.mkdir(parents=True)
-    for layer in image.layers:
-        with tarfile.open(fileobj=io.BytesIO(layer.tar)) as tar:
-            tar.extractall(dest, filter="fully_trusted")
-
-
-class FloorError(RuntimeError):
-    pass
-
-
-def wait_pidfd(pidfd: int, timeout: float) -> None:
-    p = select.poll()
-    p.register(pidfd, select.POLLIN)
-    if not p.poll(timeout * 1e3):
-        raise FloorError(f"process did not exit within {timeout}s")
-
-
-def wait_exact(proc: subprocess.Popen[bytes], timeout: float) -> int:
-    """Wait for ``proc`` to exit, without the sleep-polling of ``Popen.wait(timeout)`` (its
-    backoff reaches 50 ms steps, which would inflate every floor step): a pidfd is polled,
-    then the child is reaped."""
-    pidfd = os.pidfd_open(proc.pid)
-    try:
-        wait_pidfd(pidfd, timeout)
-    except FloorError:
-        proc.kill()
-        proc.wait()
-        raise
-    finally:
-        os.close(pidfd)
-    return proc.wait()
-
-
-def read_line(fd: int, timeout: float) -> bytes:
-    """The first line written to pipe ``fd`` (less if it is closed first)."""
-    data = b""
-    p = select.poll()
-    p.register(fd, select.POLLIN)
-    deadline = time.monotonic() + timeout
-    while not data.endswith(b"\n"):
-        if not p.poll(max(0.0, deadline - time.monotonic()) * 1e3):
-            raise FloorError(f"nothing on the sync pipe within {timeout}s")
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def file_tail(f: IO[bytes]) -> str:
-    f.seek(0)
-    return f.read().decode(errors="replace").strip()[-2000:]
-
-
-def reap(pid: int) -> None:
-    """Reap ``pid`` if it is our child (re-parented to us as subreaper); else let it be."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
-
-
-@dataclass
-class Floor:
-    """One runtime binary driven directly (``raw``) or through conmon, as cri-async does."""
-
-    backend: str
-    binary: str
-    conmon: str
-    root: Path  # --root of the runtime
-    bundles: Path
-    rootfs: Path
-    caps: list[str]
-
-    def __post_init__(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.bundles.mkdir(parents=True, exist_ok=True)
-        (self.bundles / "exits").mkdir(exist_ok=True)
-        (self.bundles / "s").mkdir(exist_ok=True)
-
-    def _bundle(self, cid: str, args: Sequence[str] = ("true",)) -> Path:
-        b = self.bundles / cid
-        b.mkdir()
-        spec = floor_spec(self.rootfs, cid, self.caps, args)
-        (b / "config.json").write_text(json.dumps(spec))
-        return b
-
-    def _run(self, *args: str) -> None:
-        argv = [self.binary, f"--root={self.root}", *args]
-        # stderr to a file (thread-safe: one per call), never a pipe.
-        with tempfile.TemporaryFile(prefix="floor-") as errf:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errf
-            )
-            rc = wait_exact(proc, CMD_TIMEOUT)
-            if rc != 0:
-                raise FloorError(f"{' '.join(argv)} exited {rc}: {file_tail(errf)}")
-
-    def raw_once(self, cid: str) -> dict[str, float]:
-        bundle = self._bundle(cid)
-        pidfile = bundle / "pid"
-        try:
-            t0 = time.perf_counter()
-            self._run("create", "--bundle", str(bundle), "--pid-file", str(pidfile), cid)
-            t1 = time.perf_counter()
-            pid = int(pidfile.read_text())
-            pidfd = os.pidfd_open(pid)
-            try:
-                self._run("start", cid)
-                t2 = time.perf_counter()
-                wait_pidfd(pidfd, CMD_TIMEOUT)
-                reap(pid)
-            finally:
-                os.close(pidfd)
-            t3 = time.perf_counter()
-            self._run("delete", cid)
-            t4 = time.perf_counter()
-        except BaseException:
-            self.force_delete(cid)
-            raise
-        finally:
-            shutil.rmtree(bundle, ignore_errors=True)
-        return {"create": t1 - t0, "start": t2 - t1, "wait": t3 - t2, "delete": t4 - t3}
-
-    def conmon_once(self, cid: str) -> dict[str, float]:
-        bundle = self._bundle(cid)
-        exits = self.bundles / "exits"
-        argv = [
-            self.conmon,
-            "-b", str(bundle),
-            "-c", cid,
-            "-u", cid,
-            "-n", cid,
-            "--exit-dir", str(exits),
-            "-l", f"k8s-file:{bundle / 'ctr.log'}",
-            "--log-level", "info",
-            "-P", str(bundle / "conmon.pid"),
-            "-p", str(bundle / "pidfile"),
-            "--persist-dir", str(bundle),
-            "-r", self.binary,
-            "--socket-dir-path", str(self.bundles / "s"),
-            "--runtime-arg", f"--root={self.root}",
-        ]  # fmt: skip
-        conmon_pid: int | None = None
-        errf = tempfile.TemporaryFile(prefix="floor-conmon-")  # noqa: SIM115 (closed below)
-        try:
-            sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
-            start_r, start_w = os.pipe2(os.O_CLOEXEC)
-            t0 = time.perf_counter()
-            try:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=errf,
-                    stderr=errf,
-                    pass_fds=(sync_w, start_r),
-                    env={
-                        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-                        "_OCI_SYNCPIPE": str(sync_w),
-                        "_OCI_STARTPIPE": str(start_r),
-                    },
-                    cwd=bundle,
-                )
-            finally:
-                os.close(sync_w)
-                os.close(start_r)
-            try:
-                os.write(start_w, b"0")
-            finally:
-                os.close(start_w)
-            try:
-                rc = wait_exact(proc, CMD_TIMEOUT)
-                if rc != 0:
-                    raise FloorError(f"conmon exited {rc}: {file_tail(errf)}")
-                line = read_line(sync_r, CMD_TIMEOUT)
-            finally:
-                os.close(sync_r)
-            msg = json.loads(line or b"{}")
-            pid = msg.get("pid")
-            if not isinstance(pid, int) or pid <= 0:
-                raise FloorError(f"conmon create failed: {msg} {file_tail(errf)}")
-            t1 = time.perf_counter()
-            conmon_pid = int((bundle / "conmon.pid").read_text())
-            pidfd = os.pidfd_open(pid)
-            try:
-                self._run("start", cid)
-                t2 = time.perf_counter()
-                wait_pidfd(pidfd, CMD_TIMEOUT)  # conmon reaps it; the exit file follows
-            finally:
-                os.close(pidfd)
-            exit_file = exits / cid
-            deadline = time.monotonic() + CMD_TIMEOUT
-            while not exit_file.exists():
-                if time.monotonic() > deadline:
-                    raise FloorError("conmon wrote no exit file")
-                time.sleep(0.0002)
-            t3 = time.perf_counter()
-            self._run("delete", cid)
-            t4 = time.perf_counter()
-        except BaseException:
-            if conmon_pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(conmon_pid, signal.SIGKILL)
-            self.force_delete(cid)
-            raise
-        finally:
-            errf.close()
-            if conmon_pid is not None:
-                reap(conmon_pid)  # it exits once the exit file is written; re-parented to us
-            (exits / cid).unlink(missing_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                (self.bundles / "s" / cid).unlink()
-            shutil.rmtree(bundle, ignore_errors=True)
-        return {"create": t1 - t0, "start": t2 - t1, "wait": t3 - t2, "delete": t4 - t3}
-
-    def up(self, cid: str) -> int:
-        """create + start of a ``sleep 1000`` container (as the concurrent pods run); returns
-        its pid for ``down``."""
-        bundle = self._bundle(cid, ("sleep", "1000"))
-        try:
-            self._run("create", "--bundle", str(bundle), "--pid-file", str(bundle / "pid"), cid)
-            self._run("start", cid)
-            return int((bundle / "pid").read_text())
-        except BaseException:
-            self.force_delete(cid)
-            shutil.rmtree(bundle, ignore_errors=True)
-            raise
-
-    def down(self, cid: str, pid: int) -> None:
-        """kill -9, wait for the exit, delete: what StopContainer + RemoveContainer do."""
-        try:
-            pidfd = os.pidfd_open(pid)
-            try:
-                self._run("kill", cid, "KILL")
-                wait_pidfd(pidfd, CMD_TIMEOUT)
-            finally:
-                os.close(pidfd)
-            reap(pid)
-            self._run("delete", cid)
-        except BaseException:
-            self.force_delete(cid)
-            raise
-        finally:
-            shutil.rmtree(self.bundles / cid, ignore_errors=True)
-
-    def force_delete(self, cid: str) -> None:
-        with contextlib.suppress(Exception):
-            self._run("delete", "--force", cid)
 
 
 # -- the server -------------------------------------------------------------------------------
@@ -582,71 +218,6 @@ async def wait_ready(server: Server) -> None:
     raise RuntimeError(f"server not ready after {START_TIMEOUT}s ({last!r}):\n{server.logs()}")
 
 
-@contextlib.contextmanager
-def py_spy(
-    binary: str | None, pid: int, out: Path | None, *, idle: bool, rate: int
-) -> Iterator[None]:
-    """``py-spy record`` on the server while the body runs (no-op without ``out``)."""
-    if binary is None or out is None:
-        yield
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    argv = [binary, "record", "--pid", str(pid), "--rate", str(rate), "--nonblocking"]
-    argv += ["--format", "raw", "--output", str(out)]
-    if idle:
-        argv.append("--idle")
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    time.sleep(1.0)  # let it attach before the phase starts
-    try:
-        yield
-    finally:
-        proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-        try:
-            _, err = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-        if not out.exists():
-            print(f"py-spy wrote nothing: {err.decode(errors='replace')}", file=sys.stderr)
-
-
-LINENO = re.compile(r":\d+\)$")
-# Frames worth a line in the inclusive view: ours, the gRPC stack, and the stdlib parts
-# (process spawning, worker threads, SQLite) that our code calls into.
-OUR_FRAMES = re.compile(
-    r"\((cri_async/(?!cli\.py)|grpclib/|h2/)|subprocess|to_thread|add_child_handler|sqlite"
-)
-
-
-def profile_summary(path: Path, top: int = 15) -> list[str]:
-    """The hottest functions of a collapsed-stack file: share of samples where each is on
-    the stack (inclusive) and where it is the innermost frame (self)."""
-    total = 0
-    incl: Counter[str] = Counter()
-    self_: Counter[str] = Counter()
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not stack or not n.isdigit():
-            continue
-        count = int(n)
-        frames = [LINENO.sub(")", fr) for fr in stack.split(";")]
-        total += count
-        self_[frames[-1]] += count
-        for fr in set(frames):
-            incl[fr] += count
-    if not total:
-        return ["(no samples)"]
-    ours = Counter({fr: c for fr, c in incl.items() if OUR_FRAMES.search(fr)})
-    out = [f"{total} samples"]
-    out.append("  inclusive, cri_async / grpclib / subprocess / thread frames:")
-    out += [f"    {c / total:6.1%}  {fr}" for fr, c in ours.most_common(top)]
-    out.append("  self (innermost frame):")
-    out += [f"    {c / total:6.1%}  {fr}" for fr, c in self_.most_common(top)]
-    return out
-
-
 # -- the lifecycle ----------------------------------------------------------------------------
 
 
@@ -703,66 +274,6 @@ class Lifecycle:
 
 
 @dataclass
-class BackendResult:
-    backend: str
-    iterations: int
-    steps: dict[str, list[float]] = field(default_factory=dict)
-    floor: dict[str, list[float]] = field(default_factory=dict)
-    conmon_floor: dict[str, list[float]] = field(default_factory=dict)
-    concurrent: int = 0
-    up_wall: float = math.nan
-    up_per_pod: list[float] = field(default_factory=list)
-    down_wall: float = math.nan
-    down_per_pod: list[float] = field(default_factory=list)
-    floor_up_wall: float = math.nan
-    floor_up: list[float] = field(default_factory=list)
-    floor_down_wall: float = math.nan
-    floor_down: list[float] = field(default_factory=list)
-    cpu: dict[str, dict[str, float]] = field(default_factory=dict)
-    version_rpc: list[float] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    def floor_total(self, conmon: bool = False) -> list[float]:
-        f = self.conmon_floor if conmon else self.floor
-        if not f:
-            return []
-        return [sum(v) for v in zip(*(f[s] for s in FLOOR_STEPS), strict=True)]
-
-    def summary(self) -> dict[str, Any]:
-        total = Dist.of(self.steps.get("total", []))
-        floor = Dist.of(self.floor_total())
-        cfloor = Dist.of(self.floor_total(conmon=True))
-        return {
-            "steps": {k: vars(Dist.of(self.steps.get(k, []))) for k, _ in STEPS},
-            "total": vars(total),
-            "floor": vars(floor),
-            "floor_steps": {k: vars(Dist.of(self.floor.get(k, []))) for k in FLOOR_STEPS},
-            "conmon_floor": vars(cfloor),
-            "conmon_floor_steps": {
-                k: vars(Dist.of(self.conmon_floor.get(k, []))) for k in FLOOR_STEPS
-            },
-            "overhead_ms": {"p50": total.p50 - floor.p50, "p95": total.p95 - floor.p95},
-            "overhead_over_conmon_floor_ms": {
-                "p50": total.p50 - cfloor.p50,
-                "p95": total.p95 - cfloor.p95,
-            },
-            "concurrent": {
-                "pods": self.concurrent,
-                "up_wall_ms": self.up_wall * 1e3,
-                "up_per_pod": vars(Dist.of(self.up_per_pod)),
-                "down_wall_ms": self.down_wall * 1e3,
-                "down_per_pod": vars(Dist.of(self.down_per_pod)),
-                "floor_up_wall_ms": self.floor_up_wall * 1e3,
-                "floor_up_per_container": vars(Dist.of(self.floor_up)),
-                "floor_down_wall_ms": self.floor_down_wall * 1e3,
-                "floor_down_per_container": vars(Dist.of(self.floor_down)),
-            },
-            "server_cpu_ms_per_pod": self.cpu,
-            "version_rpc": vars(Dist.of(self.version_rpc)),
-        }
-
-
-@dataclass
 class Options:
     iterations: int
     warmup: int
@@ -816,45 +327,6 @@ async def sequential(
         res.cpu["sequential"] = cpu_per_pod(before, proc_cpu(server.pid), opts.iterations)
 
 
-def floor_batch(floor: Floor, n: int, res: BackendResult) -> None:
-    """The floor of the concurrent phase: ``n`` containers created and started at once
-    straight through the runtime (one thread each), then killed and deleted at once."""
-    cids = [f"conc-{floor.backend}-{i}" for i in range(n)]
-
-    def up(cid: str) -> tuple[int, float]:
-        t0 = time.perf_counter()
-        pid = floor.up(cid)
-        return pid, time.perf_counter() - t0
-
-    def down(cid: str, pid: int) -> float:
-        t0 = time.perf_counter()
-        floor.down(cid, pid)
-        return time.perf_counter() - t0
-
-    with concurrent.futures.ThreadPoolExecutor(n) as pool:
-        t0 = time.perf_counter()
-        ups = [pool.submit(up, c) for c in cids]
-        concurrent.futures.wait(ups)
-        res.floor_up_wall = time.perf_counter() - t0
-        started = []
-        for cid, f in zip(cids, ups, strict=True):
-            if f.exception() is not None:
-                res.errors.append(f"concurrent floor start: {f.exception()!r}")
-                continue
-            pid, took = f.result()
-            started.append((cid, pid))
-            res.floor_up.append(took)
-        t0 = time.perf_counter()
-        downs = [pool.submit(down, c, p) for c, p in started]
-        concurrent.futures.wait(downs)
-        res.floor_down_wall = time.perf_counter() - t0
-        for d in downs:
-            if d.exception() is not None:
-                res.errors.append(f"concurrent floor remove: {d.exception()!r}")
-            else:
-                res.floor_down.append(d.result())
-
-
 async def concurrent_phase(
     opts: Options, server: Server, lc: Lifecycle, floor: Floor, res: BackendResult
 ) -> None:
@@ -863,7 +335,10 @@ async def concurrent_phase(
     # Each batch leaves deferred work behind (n network namespaces torn down by the kernel,
     # exiting conmons): let it settle before the next one.
     await asyncio.sleep(SETTLE)
-    await asyncio.to_thread(floor_batch, floor, n, res)
+    batch = await asyncio.to_thread(floor_batch, floor, n)
+    res.floor_up_wall, res.floor_up = batch.up_wall, batch.up
+    res.floor_down_wall, res.floor_down = batch.down_wall, batch.down
+    res.errors += [f"concurrent {e}" for e in batch.errors]
     await asyncio.sleep(SETTLE)
     out = opts.profile_dir / f"{res.backend}-concurrent.txt" if opts.profile_dir else None
     with py_spy(opts.py_spy, server.pid, out, idle=opts.profile_idle, rate=opts.profile_rate):
@@ -1001,105 +476,6 @@ async def run_backend(
     return res
 
 
-# -- report -----------------------------------------------------------------------------------
-
-
-def fmt(d: Dist) -> str:
-    return f"{d.p50:8.1f} {d.p95:8.1f} {d.min:8.1f} {d.max:8.1f}"
-
-
-def print_backend(res: BackendResult, conmon_floor: bool) -> None:
-    print(f"\n== {res.backend}: {res.iterations} sequential rounds (ms) ==")
-    print(f"{'':34}{'p50':>8} {'p95':>8} {'min':>8} {'max':>8}")
-    for k, label in STEPS:
-        print(f"  {label:32}{fmt(Dist.of(res.steps.get(k, [])))}")
-    total = Dist.of(res.steps.get("total", []))
-    print(f"  {'total':32}{fmt(total)}")
-    floor = Dist.of(res.floor_total())
-    print(f"  {'floor: ' + res.backend + ' create..delete':32}{fmt(floor)}")
-    print("    " + "  ".join(f"{k} {Dist.of(res.floor.get(k, [])).p50:.1f}" for k in FLOOR_STEPS))
-    if conmon_floor:
-        cf = Dist.of(res.floor_total(conmon=True))
-        print(f"  {'floor via conmon':32}{fmt(cf)}")
-        print(
-            "    "
-            + "  ".join(f"{k} {Dist.of(res.conmon_floor.get(k, [])).p50:.1f}" for k in FLOOR_STEPS)
-        )
-    over = f"{total.p50 - floor.p50:8.1f} {total.p95 - floor.p95:8.1f}"
-    print(f"  {'overhead = total - floor':32}{over}")
-    print(f"  {'Version RPC (gRPC round trip)':32}{fmt(Dist.of(res.version_rpc))}")
-    if res.concurrent:
-        up, down = Dist.of(res.up_per_pod), Dist.of(res.down_per_pod)
-        print(
-            f"  concurrent {res.concurrent} pods up:   wall {res.up_wall * 1e3:7.0f}   "
-            f"per pod p50 {up.p50:7.1f} p95 {up.p95:7.1f}  (n={up.n})"
-        )
-        print(
-            f"  concurrent {res.concurrent} pods down: wall {res.down_wall * 1e3:7.0f}   "
-            f"per pod p50 {down.p50:7.1f} p95 {down.p95:7.1f}  (n={down.n})"
-        )
-        fup, fdown = Dist.of(res.floor_up), Dist.of(res.floor_down)
-        print(
-            f"  floor, {res.concurrent} containers up:   wall {res.floor_up_wall * 1e3:7.0f}   "
-            f"per ctr p50 {fup.p50:7.1f} p95 {fup.p95:7.1f}  (create+start, n={fup.n})"
-        )
-        print(
-            f"  floor, {res.concurrent} containers down: wall {res.floor_down_wall * 1e3:7.0f}   "
-            f"per ctr p50 {fdown.p50:7.1f} p95 {fdown.p95:7.1f}  (kill+wait+delete)"
-        )
-    for phase, c in res.cpu.items():
-        extra = ", ".join(f"{k} {v:.1f}" for k, v in c.items())
-        print(f"  server CPU per pod, {phase}: {extra} ms")
-    for e in res.errors:
-        print(f"  ! {e}")
-
-
-def print_summary(results: Sequence[BackendResult]) -> None:
-    if not results:
-        return
-    print("\n== summary (ms, p50 / p95) ==")
-    head = f"{'':36}" + "".join(f"{r.backend:>20}" for r in results)
-    print(head)
-    print("-" * len(head))
-
-    def row(label: str, cells: Sequence[str]) -> None:
-        print(f"{label:36}" + "".join(f"{c:>20}" for c in cells))
-
-    def pp(d: Dist) -> str:
-        return f"{d.p50:.1f} / {d.p95:.1f}"
-
-    for k, label in STEPS:
-        row(label, [pp(Dist.of(r.steps.get(k, []))) for r in results])
-    row("total", [pp(Dist.of(r.steps.get("total", []))) for r in results])
-    row("floor (runtime create..delete)", [pp(Dist.of(r.floor_total())) for r in results])
-    if any(r.conmon_floor for r in results):
-        row("floor via conmon", [pp(Dist.of(r.floor_total(conmon=True))) for r in results])
-    cells = []
-    for r in results:
-        t, f = Dist.of(r.steps.get("total", [])), Dist.of(r.floor_total())
-        cells.append(f"{t.p50 - f.p50:.1f} / {t.p95 - f.p95:.1f}")
-    row("overhead = total - floor", cells)
-    cells = []
-    for r in results:
-        t, f = Dist.of(r.steps.get("total", [])), Dist.of(r.floor_total())
-        cells.append(f"{t.p50 / f.p50:.1f}x / {t.p95 / f.p95:.1f}x")
-    row("total / floor", cells)
-    row("Version RPC (gRPC round trip)", [pp(Dist.of(r.version_rpc)) for r in results])
-    if not any(r.concurrent for r in results):
-        return
-    row(
-        f"concurrent {results[0].concurrent} up: wall",
-        [f"{r.up_wall * 1e3:.0f}" for r in results],
-    )
-    row("  per pod", [pp(Dist.of(r.up_per_pod)) for r in results])
-    row("  floor: wall", [f"{r.floor_up_wall * 1e3:.0f}" for r in results])
-    row("  floor: per container", [pp(Dist.of(r.floor_up)) for r in results])
-    row("concurrent down: wall", [f"{r.down_wall * 1e3:.0f}" for r in results])
-    row("  per pod", [pp(Dist.of(r.down_per_pod)) for r in results])
-    row("  floor: wall", [f"{r.floor_down_wall * 1e3:.0f}" for r in results])
-    row("  floor: per container", [pp(Dist.of(r.floor_down)) for r in results])
-
-
 # -- main -------------------------------------------------------------------------------------
 
 
@@ -1151,29 +527,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if len(os.fsencode(str(a.run_root))) > 40:
         p.error("--run-root must be short (conmon attach socket paths must fit 108 bytes)")
     return a
-
-
-def to_json(res: BackendResult) -> dict[str, Any]:
-    return {
-        "backend": res.backend,
-        "iterations": res.iterations,
-        "summary": res.summary(),
-        "samples_s": {
-            "steps": res.steps,
-            "floor": res.floor,
-            "conmon_floor": res.conmon_floor,
-            "concurrent_up_per_pod": res.up_per_pod,
-            "concurrent_down_per_pod": res.down_per_pod,
-            "concurrent_up_wall": res.up_wall,
-            "concurrent_down_wall": res.down_wall,
-            "concurrent_floor_up_per_container": res.floor_up,
-            "concurrent_floor_down_per_container": res.floor_down,
-            "concurrent_floor_up_wall": res.floor_up_wall,
-            "concurrent_floor_down_wall": res.floor_down_wall,
-            "version_rpc": res.version_rpc,
-        },
-        "errors": res.errors,
-    }
 
 
 async def run(args: argparse.Namespace) -> int:

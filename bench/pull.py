@@ -1,12 +1,8 @@
 """Cold pull + unpack from a local registry: cri-async against containerd's CRI plugin.
 
-What it measures. Two images are built once in memory and pushed to one local CNCF registry
-(``docker-registry``, see ``tests/support/registry.py``):
-
-* ``a``, "big": 20 gzip layers of 10 MiB each (200 MiB uncompressed, ~400 files). Half of the
-  files are raw pseudo-random bytes (incompressible; deflate stores them), the other half
-  pseudo-random hex text (about 2:1 under gzip, so inflate really decodes Huffman codes);
-* ``b``, "small files": one gzip layer of 10,000 files of 1-4 KiB in 100 nested directories.
+What it measures. Two images (``pullimages.py``: ``a``, 20 layers x 10 MiB; ``b``, 10,000
+small files) are built once in memory and pushed to one local CNCF registry
+(``docker-registry``, see ``tests/support/registry.py``).
 
 Then, ``--runs`` times, and interleaved so drift hits every row alike, each runtime pulls each
 image into a cold store: a fresh server process with an empty state directory per pull, so
@@ -25,11 +21,11 @@ threads) and the thread count: diagnostics, in the JSON too. After each pull (un
 image id is checked against the config digest and the regular files under the runtime's
 snapshot directory are counted: a row only counts if the image was really unpacked.
 
-The containerd baseline (Debian's ``containerd``: ``apt-get install -y containerd``) runs
-per pull as ``containerd --config <tmp>/config.toml`` with root, state, sockets and the
-``opt`` plugin under a temp dir, unused snapshotters disabled, the CRI plugin on the overlayfs
-snapshotter (the same kind of unpack work: one directory per layer) and a ``certs.d`` hosts
-file that sends the local registry over plain HTTP. Both runtimes run with their defaults
+Both daemons are configured as in the suite (``daemons.py``), without a pod network:
+containerd (Debian's 1.6) with its CRI plugin on the overlayfs snapshotter (the same kind of
+unpack work: one directory per layer), cri-async on its fake runtime backend (pulls need no
+OCI runtime); both read a ``hosts.toml`` that sends the local registry over plain HTTP and
+run with their defaults
 otherwise (3 concurrent layer downloads each; both fsync downloaded blobs, neither fsyncs
 unpacked files). Without a ``containerd`` binary, or with ``--no-containerd``, its rows say
 "not available" and no ratio is printed.
@@ -69,23 +65,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import contextlib
-import ctypes
 import importlib.metadata
 import json
 import os
 import platform
-import random
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,100 +85,19 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchhost import pdeathsig  # noqa: E402
+import daemons as dm  # noqa: E402
+from benchhost import cmd_version, mounts_under  # noqa: E402
+from daemons import CONTAINERD, CRI_ASYNC  # noqa: E402
+from profiling import find_py_spy, py_spy  # noqa: E402
+from pullimages import MIB, BenchImage, build_images  # noqa: E402
 
+from cri_async import linux  # noqa: E402
 from cri_async.client import CRIClient  # noqa: E402
 from tests.support import images as im  # noqa: E402
 from tests.support.registry import LocalRegistry  # noqa: E402
 
-MIB = 1 << 20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-HEX = bytes(b"0123456789abcdef"[i & 15] for i in range(256))
-CONTAINERD = "containerd"
-CRI_ASYNC = "cri-async"
-START_TIMEOUT = 30.0
 PULL_TIMEOUT = 600.0
-
-
-# -- images ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BenchImage:
-    key: str  # "a" | "b"
-    name: str
-    repo: str
-    built: im.BuiltImage = field(repr=False)
-    files: int
-    uncompressed: int
-
-    @property
-    def layers(self) -> int:
-        return len(self.built.layers)
-
-    @property
-    def compressed(self) -> int:
-        return sum(lay.size for lay in self.built.layers)
-
-
-def _content(rng: random.Random, size: int, text: bool) -> bytes:
-    data = rng.randbytes(size)
-    return data.translate(HEX) if text else data
-
-
-def big_layer_entries(seed: int) -> list[im.Entry]:
-    """10 MiB in 20 files: 4 x 2 MiB and 16 x 128 KiB, alternately raw and hex."""
-    rng = random.Random(seed)
-    entries: list[im.Entry] = []
-    sizes = [2 * MIB] * 4 + [128 * 1024] * 16
-    for i, size in enumerate(sizes):
-        entries.append(
-            im.File(f"opt/big/l{seed:02d}/f{i:02d}.bin", _content(rng, size, text=i % 2 == 1))
-        )
-    return entries
-
-
-def small_files_entries(seed: int, count: int) -> list[im.Entry]:
-    """``count`` files of 1-4 KiB of hex text, 100 per directory, two levels deep."""
-    rng = random.Random(seed)
-    entries: list[im.Entry] = []
-    for i in range(count):
-        d, f = divmod(i, 100)
-        path = f"usr/share/pkg{d // 10:02d}/sub{d % 10}/file{f:03d}.txt"
-        entries.append(im.File(path, _content(rng, rng.randint(1024, 4096), text=True)))
-    return entries
-
-
-def build_images(only: str | None, workers: int) -> list[BenchImage]:
-    out: list[BenchImage] = []
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # zlib releases the GIL
-        if only in (None, "a"):
-            layers = list(pool.map(lambda s: im.layer(big_layer_entries(s)), range(20)))
-            built = im.build_image(layers)
-            out.append(
-                BenchImage(
-                    "a",
-                    "a: 200 MiB / 20 layers",
-                    "bench/big",
-                    built,
-                    files=20 * 20,
-                    uncompressed=sum(len(lay.tar) for lay in layers),
-                )
-            )
-        if only in (None, "b"):
-            lay = im.layer(small_files_entries(1000, 10_000))
-            built = im.build_image([lay])
-            out.append(
-                BenchImage(
-                    "b",
-                    "b: 10,000 small files",
-                    "bench/small",
-                    built,
-                    files=10_000,
-                    uncompressed=len(lay.tar),
-                )
-            )
-    return out
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -211,13 +121,9 @@ class Usage:
         )
 
 
-def _stat_fields(path: Path) -> list[str]:
-    stat = path.read_text()
-    return stat[stat.rindex(")") + 2 :].split()  # [0] is field 3 of proc(5), "state"
-
-
 def proc_usage(pid: int) -> Usage:
-    f = _stat_fields(Path(f"/proc/{pid}/stat"))
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    f = stat[stat.rindex(")") + 2 :].split()  # [0] is field 3 of proc(5), "state"
     # proc(5) fields: minflt=10, cminflt=12, utime=14, stime=15, cutime=16, cstime=17
     ut, st, cut, cst = (int(x) for x in f[11:15])
     ctx = 0
@@ -236,151 +142,41 @@ def proc_status_int(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
-def mounts_under(path: Path) -> list[str]:
-    prefix = str(path).rstrip("/") + "/"
-    out = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        mp = line.split()[4].replace("\\040", " ")
-        if mp == str(path) or mp.startswith(prefix):
-            out.append(mp)
-    return out
-
-
 def remove_tree(path: Path) -> None:
     """rmtree, after detaching anything still mounted below ``path`` (never crosses one)."""
-    left = mounts_under(path)
-    if left:
-        libc = ctypes.CDLL(None, use_errno=True)
-        for mp in sorted(left, key=len, reverse=True):
-            libc.umount2(mp.encode(), 2)  # MNT_DETACH
-        left = mounts_under(path)
-        if left:
-            print(f"warning: not removing {path}: still mounted: {left}", file=sys.stderr)
-            return
+    for mp in sorted(mounts_under(path), key=len, reverse=True):
+        linux.umount(mp)
+    if left := mounts_under(path):
+        print(f"warning: not removing {path}: still mounted: {left}", file=sys.stderr)
+        return
     shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass
 class Server:
-    runtime: str
-    proc: subprocess.Popen[bytes]
-    socket: Path
-    log: Path
-    snapshots: Path
+    daemon: dm.Daemon
+    snapshots: Path  # where the unpacked layers go (files are counted there)
 
     @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def logs(self, tail: int = 40) -> str:
-        try:
-            lines = self.log.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(lines[-tail:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+    def runtime(self) -> str:
+        return self.daemon.kind
 
 
-def spawn(runtime: str, argv: Sequence[str], workdir: Path, **paths: Path) -> Server:
-    log = workdir / "server.log"
-    with log.open("wb") as f:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            cwd=workdir,
-            preexec_fn=pdeathsig(),
-        )
-    return Server(runtime, proc, paths["socket"], log, paths["snapshots"])
-
-
-def start_cri_async(workdir: Path, python: str) -> Server:
-    sock = workdir / "cri-async.sock"
-    state = workdir / "state"
-    cfg = workdir / "config.toml"
-    cfg.write_text(
-        f'[server]\nsocket = "{sock}"\n'
-        '[log]\nlevel = "warning"\n'
-        f'[state]\nroot = "{state}"\nrun_root = "{workdir / "run"}"\n'
-        '[images]\nbackend = "registry"\n'
-        # Pulls need no OCI runtime: the fake backend keeps runc/conmon out of the picture.
-        '[runtimes.""]\nbackend = "fake"\n'
-    )
-    argv = [python, "-m", "cri_async.cli", "serve", "--config", str(cfg)]
-    return spawn(CRI_ASYNC, argv, workdir, socket=sock, snapshots=state / "snapshots")
-
-
-def start_containerd(workdir: Path, binary: str, registry_host: str) -> Server:
-    sock = workdir / "containerd.sock"
-    root = workdir / "root"
-    hosts = workdir / "certs.d" / registry_host
-    hosts.mkdir(parents=True)
-    url = f"http://{registry_host}"
-    (hosts / "hosts.toml").write_text(
-        f'server = "{url}"\n\n[host."{url}"]\n  capabilities = ["pull", "resolve"]\n'
-    )
-    cri = 'plugins."io.containerd.grpc.v1.cri"'
-    disabled = [
-        "io.containerd.snapshotter.v1.btrfs",
-        "io.containerd.snapshotter.v1.zfs",
-        "io.containerd.snapshotter.v1.aufs",
-        "io.containerd.snapshotter.v1.devmapper",
-        "io.containerd.internal.v1.tracing",
-        "io.containerd.tracing.processor.v1.otlp",
-    ]
-    cfg = workdir / "config.toml"
-    cfg.write_text(
-        "version = 2\n"
-        f'root = "{root}"\n'
-        f'state = "{workdir / "state"}"\n'
-        f"disabled_plugins = {json.dumps(disabled)}\n"
-        f'[grpc]\n  address = "{sock}"\n'
-        f'[ttrpc]\n  address = "{sock}.ttrpc"\n'
-        '[debug]\n  address = ""\n  level = "warn"\n'
-        '[metrics]\n  address = ""\n'
-        f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{workdir / "opt"}"\n'
-        f"[{cri}]\n"
-        '  stream_server_address = "127.0.0.1"\n  stream_server_port = "0"\n'
-        f'[{cri}.containerd]\n  snapshotter = "overlayfs"\n'
-        f'[{cri}.cni]\n  bin_dir = "{workdir / "cni/bin"}"\n'
-        f'  conf_dir = "{workdir / "cni/net.d"}"\n'
-        f'[{cri}.registry]\n  config_path = "{workdir / "certs.d"}"\n'
-    )
-    argv = [binary, "--config", str(cfg)]
-    snaps = root / "io.containerd.snapshotter.v1.overlayfs" / "snapshots"
-    return spawn(CONTAINERD, argv, workdir, socket=sock, snapshots=snaps)
-
-
-async def wait_ready(server: Server) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise RuntimeError(
-                f"{server.runtime} exited with {server.proc.returncode}:\n{server.logs()}"
-            )
-        if server.socket.exists():
-            client = CRIClient(server.socket)
-            try:
-                await asyncio.wait_for(client.version(), 2)
-                return
-            except Exception as e:  # not serving yet
-                last = e
-            finally:
-                client.close()
-        await asyncio.sleep(0.05)
-    raise RuntimeError(
-        f"{server.runtime} not ready after {START_TIMEOUT}s ({last!r}):\n{server.logs()}"
-    )
+def start(runtime: str, workdir: Path, python: str, registry_host: str) -> Server:
+    """A fresh daemon on an empty store, configured as the suite's (``daemons.py``); no pod
+    network. cri-async runs the fake runtime backend: pulls need no OCI runtime."""
+    certs_d = workdir / "certs.d"
+    dm.write_hosts(certs_d, registry_host)
+    run = workdir / "run"
+    if runtime == CRI_ASYNC:
+        cfg = dm.cri_async_config(workdir, run, certs_d, None, backend="fake", log_level="warning")
+        snaps = workdir / "state" / "snapshots"
+    else:
+        cfg = dm.containerd_config(workdir, certs_d, None, log_level="warn")
+        snaps = workdir / "root" / "io.containerd.snapshotter.v1.overlayfs" / "snapshots"
+    d = dm.new_daemon(runtime, workdir, run, cfg, python)
+    d.spawn()
+    return Server(d, snaps)
 
 
 # -- measurement -----------------------------------------------------------------------------
@@ -418,45 +214,19 @@ def count_files(root: Path) -> tuple[int, int]:
     return files, size
 
 
-@contextlib.contextmanager
-def py_spy(pid: int, binary: str | None, out: Path | None) -> Iterator[None]:
-    """``py-spy record`` on ``pid`` while the body runs (no-op without ``out``): collapsed
-    stacks per thread, idle stacks left out, so the file shows where the CPU went."""
-    if out is None or binary is None:
-        yield
-        return
-    argv = [binary, "record", "--pid", str(pid), "--rate", "200", "--threads"]
-    argv += ["--format", "raw", "--output", str(out)]
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    time.sleep(1.0)  # attach before the RPC starts (nothing else runs on our loop)
-    try:
-        yield
-    finally:
-        proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-        try:
-            _, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-        if not out.exists():
-            print(f"py-spy wrote nothing: {err.decode(errors='replace')}", file=sys.stderr)
-
-
 async def pull_once(
     server: Server, image: BenchImage, ref: str, run: int, env: Env | None = None
 ) -> Sample:
-    await wait_ready(server)
-    pid = server.pid
+    await dm.wait_ready(server.daemon, network=False, interval=0.05)
+    pid = server.daemon.pid
     rss_idle = proc_status_int(pid, "VmRSS") / 1024
-    client = CRIClient(server.socket)
+    client = CRIClient(server.daemon.socket)
     profile = None
     if env is not None and env.profile_dir is not None and server.runtime == CRI_ASYNC:
         env.profile_dir.mkdir(parents=True, exist_ok=True)
         profile = env.profile_dir / f"{server.runtime}-{image.key}-run{run + 1}.txt"
     try:
-        with py_spy(pid, env.py_spy if env else None, profile):
+        with py_spy(env.py_spy if env else None, pid, profile, idle=False, rate=200):
             before = proc_usage(pid)
             t0 = time.perf_counter()
             image_id = await asyncio.wait_for(client.pull(ref), PULL_TIMEOUT)
@@ -507,23 +277,20 @@ async def measure(
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-pull-{runtime}-", dir=env.tmp))
     server: Server | None = None
     try:
-        if runtime == CRI_ASYNC:
-            server = start_cri_async(workdir, env.python)
-        else:
-            assert env.containerd is not None
-            server = start_containerd(workdir, env.containerd, reg.host)
+        server = start(runtime, workdir, env.python, reg.host)
         try:
             return await pull_once(server, image, reg.ref(image.repo), run, env)
         except BaseException:
-            print(f"--- {runtime} log (tail) ---\n{server.logs()}", file=sys.stderr)
+            print(f"--- {runtime} log (tail) ---\n{server.daemon.logs()}", file=sys.stderr)
             raise
     finally:
         if server is not None:
-            server.stop()
+            server.daemon.stop()
             if env.keep_logs is not None:
                 env.keep_logs.mkdir(parents=True, exist_ok=True)
                 with contextlib.suppress(OSError):
-                    shutil.copy(server.log, env.keep_logs / f"{runtime}-{image.key}-{run}.log")
+                    dest = env.keep_logs / f"{runtime}-{image.key}-{run}.log"
+                    shutil.copy(server.daemon.log, dest)
         # Removed at the end, not now: on an ext4 without a journal, inodes freed in the
         # last ~30 s are skipped one by one (reading each from disk) when a new inode is
         # allocated, which made the next pull's file creation several times slower.
@@ -531,14 +298,6 @@ async def measure(
 
 
 # -- report ----------------------------------------------------------------------------------
-
-
-def _cmd_version(argv: Sequence[str]) -> str:
-    try:
-        out = subprocess.run(list(argv), capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"unknown ({e})"
-    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else "?"
 
 
 def loadavg() -> str:
@@ -557,13 +316,13 @@ def machine_info(containerd: str | None) -> dict[str, str]:
         version = importlib.metadata.version("cri-async")
     except importlib.metadata.PackageNotFoundError:
         version = "?"
-    commit = _cmd_version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    commit = cmd_version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
     return {
         "python": sys.version.split()[0],
         "zlib": zlib.ZLIB_RUNTIME_VERSION,
         "cri-async": f"{version} (git {commit}, working tree as is)",
-        "containerd": _cmd_version([containerd, "--version"]) if containerd else "not available",
-        "registry": _cmd_version(["docker-registry", "--version"]),
+        "containerd": cmd_version([containerd, "--version"]) if containerd else "not available",
+        "registry": cmd_version(["docker-registry", "--version"]),
         "nproc": str(os.cpu_count()),
         "cpu": cpu,
         "kernel": platform.release(),
@@ -699,9 +458,7 @@ async def run(args: argparse.Namespace) -> int:
     env = Env(sys.executable, containerd, args.tmp, args.keep_logs)
     if args.py_spy is not None:
         env.profile_dir = args.py_spy
-        env.py_spy = shutil.which("py-spy") or shutil.which(
-            "py-spy", path=str(Path(sys.executable).parent)
-        )
+        env.py_spy = find_py_spy()
         if env.py_spy is None:
             print("py-spy not found (pip install py-spy); not profiling", file=sys.stderr)
     info = machine_info(containerd)
