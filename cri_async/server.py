@@ -25,7 +25,7 @@ from cri_async.core.model import ContainerState, NodeNetwork
 from cri_async.core.runtime import Runtime
 from cri_async.metrics import StateSources
 from cri_async.monitor.hostprep import prepare_host
-from cri_async.monitor.reaper import Reaper, become_subreaper
+from cri_async.monitor.reaper import Reaper, become_subreaper, use_pidfd_child_watcher
 from cri_async.network.cni import CNI
 from cri_async.network.pins import NamespacePinner
 from cri_async.services.admin import AdminService
@@ -177,6 +177,7 @@ class Server:
     async def start(self) -> None:
         if self.reaper is not None:
             await asyncio.to_thread(self._prepare_host)
+            use_pidfd_child_watcher()
             self.reaper.start()
         await self.store.open()
         try:

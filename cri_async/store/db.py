@@ -42,6 +42,8 @@ class SQLiteStore:
         self._exec = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cri-state")
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._pending: list[tuple[list[Op], asyncio.Future[None]]] = []
+        self._committing = False
 
     async def _run(self, fn: Callable[[], T], *, opening: bool = False) -> T:
         if self._conn is None and not opening:
@@ -88,6 +90,8 @@ class SQLiteStore:
                 os.close(self._lock_fd)
                 self._lock_fd = None
 
+        if self._pending and not self._committing:
+            self._flush()  # queued ahead of the close on the writer thread
         if self._conn is not None:
             await asyncio.get_running_loop().run_in_executor(self._exec, _close)
         self._exec.shutdown(wait=True)
@@ -101,27 +105,88 @@ class SQLiteStore:
         return await self._run(_load)
 
     async def apply(self, ops: Iterable[Op]) -> None:
-        """Apply the operations atomically (one transaction, one fsync)."""
+        """Apply the operations atomically; returns once they are committed.
 
-        def _apply() -> None:
-            conn = self._conn
-            assert conn is not None
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for op in ops:
-                    if isinstance(op, Put):
-                        conn.execute(
-                            "INSERT OR REPLACE INTO objects VALUES (?, ?, ?)",
-                            (op.kind, op.id, op.data),
-                        )
-                    else:
-                        conn.execute("DELETE FROM objects WHERE kind=? AND id=?", (op.kind, op.id))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        Group commit: a batch goes to the writer thread at once when it is idle; the
+        batches that arrive while it commits are committed together next, one transaction
+        and one fsync for all, each under its own savepoint so a failing one fails alone."""
+        if self._conn is None:
+            raise Unavailable("state database is closed")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._pending.append((list(ops), done))
+        if not self._committing:
+            self._flush()
+        await done
 
-        await self._run(_apply)
+    def _flush(self) -> None:
+        """Hand the batches gathered so far to the writer thread as one group."""
+        group, self._pending = self._pending, []
+        if not group:
+            return
+        self._committing = True
+        job = asyncio.get_running_loop().run_in_executor(
+            self._exec, self._commit_group, [ops for ops, _ in group]
+        )
+
+        def settle(job: asyncio.Future[list[BaseException | None]]) -> None:
+            self._committing = False
+            if self._pending and self._conn is not None:
+                self._flush()
+            if job.cancelled() or job.exception() is not None:
+                err = job.exception() if not job.cancelled() else Unavailable("commit cancelled")
+                outcomes: list[BaseException | None] = [err] * len(group)
+            else:
+                outcomes = job.result()
+            for (_, fut), outcome in zip(group, outcomes, strict=True):
+                if fut.done():
+                    continue
+                if outcome is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(outcome)
+
+        job.add_done_callback(settle)
+
+    def _commit_group(self, group: list[list[Op]]) -> list[BaseException | None]:
+        """In the writer thread: one transaction for the group; per batch, None or what
+        made it fail (then only that batch is rolled back)."""
+        conn = self._conn
+        if conn is None:
+            raise Unavailable("state database is closed")
+        outcomes: list[BaseException | None] = []
+        alone = len(group) == 1  # nothing to isolate it from: no savepoint
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for ops in group:
+                if alone:
+                    self._write(conn, ops)
+                    outcomes.append(None)
+                    continue
+                conn.execute("SAVEPOINT batch")
+                try:
+                    self._write(conn, ops)
+                except Exception as e:
+                    conn.execute("ROLLBACK TO batch")
+                    outcomes.append(e)
+                else:
+                    outcomes.append(None)
+                conn.execute("RELEASE batch")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return outcomes
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, ops: list[Op]) -> None:
+        for op in ops:
+            if isinstance(op, Put):
+                conn.execute(
+                    "INSERT OR REPLACE INTO objects VALUES (?, ?, ?)", (op.kind, op.id, op.data)
+                )
+            else:
+                conn.execute("DELETE FROM objects WHERE kind=? AND id=?", (op.kind, op.id))
 
     async def put(self, kind: str, id: str, data: str) -> None:
         await self.apply([Put(kind, id, data)])

@@ -1,3 +1,5 @@
+import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -44,3 +46,19 @@ async def test_closed_store_refuses_work(tmp_path: Path) -> None:
     await db.close()
     with pytest.raises(Unavailable):
         await db.load("k")
+
+
+async def test_concurrent_batches_commit_together_and_fail_alone(tmp_path: Path) -> None:
+    db = SQLiteStore(tmp_path / "state.db")
+    await db.open()
+    good = [db.put("pod", f"p{i}", f"data{i}") for i in range(50)]
+    bad = db.apply([Put("pod", "x", "kept?"), Put("pod", "y", None)])  # type: ignore[arg-type]
+    results = await asyncio.gather(*good, bad, return_exceptions=True)
+    assert results[:50] == [None] * 50
+    assert isinstance(results[50], sqlite3.IntegrityError)
+    await db.close()
+    again = SQLiteStore(tmp_path / "state.db")
+    await again.open()
+    rows = dict(await again.load("pod"))
+    assert rows == {f"p{i}": f"data{i}" for i in range(50)}  # the failed batch left nothing
+    await again.close()
