@@ -91,14 +91,15 @@ class Server:
         self.reaper = Reaper() if self.real else None
         node = NodeNetwork()
         self.pinner = NamespacePinner(Path(config.state.run_root) / "ns")
-        self.backends = BackendFactory(
+        factory = BackendFactory(
             config,
             self.images,
             pinner=self.pinner,
             cni=self.cni,
             node=node,
             reaper=self.reaper,
-        ).build()
+        )
+        self.backends = factory.build()
         self.runtime = Runtime(
             self.store,
             self.backends,
@@ -108,7 +109,7 @@ class Server:
             limits=Limits(cleanup_timeout=config.runtime.cleanup_timeout),
             event_queue=config.runtime.event_queue_size,
             info={"version": __version__, "socket": str(self.socket_path)},
-            stats=StatsCache() if self.real else None,
+            stats=StatsCache(remote=factory.shim_stats()) if self.real else None,
             network_status=self.cni.status if self.cni is not None else None,
             node=node,
         )
