@@ -320,12 +320,14 @@ class TaskSet:
             await self.shutdown(shim)
 
     async def stop(self, client: ShimClient, cid: str) -> None:
-        """SIGKILL a task that still runs and wait (bounded) for it."""
+        """SIGKILL a task that still runs and wait (bounded) for it. A created one too:
+        its runtime's init holds the stdio pipes, and the shim's Delete waits 2 s for
+        them to close."""
         try:
             state = await client.state(cid)
         except NotFoundError:
             return
-        if state.status in (TaskStatus.STOPPED, TaskStatus.CREATED):
+        if state.status is TaskStatus.STOPPED:
             return
         with contextlib.suppress(NotFoundError):
             await client.kill(cid, signals.SIGKILL, all=True)
