@@ -154,7 +154,8 @@ async def _run(cli: CRIClient, pod: str, pcfg: pb.PodSandboxConfig, cfg: pb.Cont
 async def test_kill9_restart_through_the_shim(busybox_ref: str, tmp_path: Path) -> None:
     """kill -9 of cri-async: the shims keep the containers; the restarted server loads
     them, reads on from their FIFOs (output written meanwhile reaches the log), records the
-    exit that happened while it was down, execs and stops through the same shims."""
+    exit that happened while it was down, starts a container created before, execs and
+    stops through the same shims; a clean restart after that too."""
     require("shimv2")
     run_root = _run_root("k")
     p = Proc(
@@ -187,7 +188,10 @@ async def test_kill9_restart_through_the_shim(busybox_ref: str, tmp_path: Path) 
             pcfg,
             container_config("short", busybox_ref, command=["sh", "-c", "sleep 1; exit 4"]),
         )
-        for cid in (long, short):
+        later = await cli.create_container(
+            pod, container_config("later", busybox_ref, command=["sleep", "1000"]), pcfg
+        )
+        for cid in (long, short, later):
             await seen.container(cli, cid)
         before = await wait_log(logs / "long.log", {Stream.STDOUT: b"tick3\n"})
         short_pid = int((_handler_root(run_root) / "containers" / short / "init.pid").read_text())
@@ -206,6 +210,17 @@ async def test_kill9_restart_through_the_shim(busybox_ref: str, tmp_path: Path) 
         assert (r.exit_code, r.stdout) == (0, b"still here\n")
         st = await cli.container_status(short)
         assert (st.state, st.exit_code, st.reason) == (pb.CONTAINER_EXITED, 4, "Error")
+        await cli.start_container(later)  # created before the kill, started after
+        assert (await cli.exec_sync(later, ["true"], timeout=10)).exit_code == 0
+        # A clean restart (SIGTERM) lets go of the shims the same way.
+        cli.close()
+        assert p.terminate() == 0
+        cli = await p.start()
+        assert (await cli.container_status(long)).state == pb.CONTAINER_RUNNING
+        tail = f"tick{len(after[Stream.STDOUT].splitlines()) + 5}\n".encode()
+        after = await wait_log(logs / "long.log", {Stream.STDOUT: tail})
+        numbers = [int(line[4:]) for line in after[Stream.STDOUT].splitlines()]
+        assert numbers == list(range(len(numbers)))
         await cli.runtime.StopContainer(pb.StopContainerRequest(container_id=long, timeout=5))
         st = await cli.container_status(long)
         assert st.state == pb.CONTAINER_EXITED and st.exit_code in (137, 143)
