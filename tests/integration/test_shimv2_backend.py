@@ -76,7 +76,15 @@ class Seen:
     def leftovers(self) -> dict[str, list[str]]:
         root = _handler_root(self.run_root)
         return {
-            "processes": [p for i in sorted(self.ids) for p in processes_mentioning(i).values()],
+            # Container processes by their ids; every shim of this server names its events
+            # socket (under the run root) on its command line.
+            "processes": sorted(
+                {
+                    p
+                    for i in [*self.ids, str(self.run_root / "shimv2")]
+                    for p in processes_mentioning(i).values()
+                }
+            ),
             "sockets": sorted(a for a in self.addresses if os.path.exists(socket_path(a))),
             "bundles": sorted(os.listdir(root / "containers"))
             if (root / "containers").is_dir()
@@ -439,3 +447,31 @@ async def test_startup_removes_orphan_tasks(
         assert not (await cli.runtime.ListPodSandbox(pb.ListPodSandboxRequest())).items
         assert f"removed orphan task {cid}" in caplog.text
         assert f"removed orphan pod sandbox {pod}" in caplog.text
+
+
+async def test_a_failed_create_leaves_nothing(busybox_ref: str, tmp_path: Path) -> None:
+    """runc refusing the container (no such executable) is FAILED_PRECONDITION, as on the
+    runc backend; its shim, bundle and rootfs mount are gone and the pod goes on."""
+    async with shim_server(tmp_path, "f") as (srv, seen):
+        cli = srv.client
+        await cli.pull(busybox_ref)
+        pcfg = pod_config("failing")
+        pod = await cli.run_pod(pcfg)
+        seen.pods.add(pod)
+        with pytest.raises(GRPCError) as err:
+            await cli.create_container(
+                pod, container_config("bad", busybox_ref, command=["nonexistent"]), pcfg
+            )
+        assert err.value.status is Status.FAILED_PRECONDITION
+        assert "executable file not found" in str(err.value.message)
+        assert not (await cli.runtime.ListContainers(pb.ListContainersRequest())).containers
+        assert seen.leftovers()["bundles"] == []
+        with pytest.raises(GRPCError) as err:
+            await cli.exec_sync(
+                await _run(
+                    cli, pod, pcfg, container_config("ok", busybox_ref, command=["sleep", "1000"])
+                ),
+                ["nonexistent"],
+                timeout=5,
+            )
+        assert err.value.status is Status.FAILED_PRECONDITION

@@ -27,7 +27,13 @@ from cri_async.core.model import Container
 from cri_async.core.ports import ExitStatus, ProcessStatus
 from cri_async.logs.logfile import LogFile
 from cri_async.stats.cgroups import CgroupStats
-from cri_async.ttrpc.errors import AlreadyExistsError, ConnectionClosed, NotFoundError, TTRPCError
+from cri_async.ttrpc.errors import (
+    AlreadyExistsError,
+    ConnectionClosed,
+    NotFoundError,
+    TTRPCError,
+    UnknownError,
+)
 
 from .bootstrap import ShimCommandError, ShimNotFound, resolve_binary
 from .events import TaskExit, TaskOOM
@@ -56,11 +62,15 @@ def lost(message: str) -> ExitStatus:
 
 
 def shim_error(e: TTRPCError, what: str) -> Exception:
-    """A shim's status as the core's error (NOT_FOUND and ALREADY_EXISTS keep theirs)."""
+    """A shim's status as the core's error: NOT_FOUND and ALREADY_EXISTS keep theirs; the
+    OCI runtime refusing the container (UNKNOWN, e.g. no such executable) is the
+    FAILED_PRECONDITION the runc backend answers for the same failure; the rest INTERNAL."""
     if isinstance(e, NotFoundError):
         return NotFound(f"{what}: {e.message}")
     if isinstance(e, AlreadyExistsError):
         return AlreadyExists(f"{what}: {e.message}")
+    if isinstance(e, UnknownError):
+        return FailedPrecondition(f"{what}: {e.message}")
     return Internal(f"{what}: {e.message}")
 
 
