@@ -88,7 +88,6 @@ class Task:
     shim: Shim
     io: ProcessIO
     output: TaskOutput
-    stdin_once: bool
     gone: bool = False
     """The shim is gone and ``shim delete`` was run: no task API call will work."""
 

@@ -165,7 +165,7 @@ class TaskSet:
                 raise FailedPrecondition(
                     f"cannot open log file {container.log_path}: {e.strerror}"
                 ) from None
-            task = Task(cid, bundle, shim, io, TaskOutput(log_file), cfg.stdin_once)
+            task = Task(cid, bundle, shim, io, TaskOutput(log_file))
             await io.start(task.output.write)
             pid = await shim.client.create(
                 cid, str(bundle), stdio=io.stdio, options=self.settings.options
@@ -224,7 +224,7 @@ class TaskSet:
         except OSError as e:
             log.warning("container %s: cannot reopen log %s: %s", cid, container.log_path, e)
             log_file = LogFile("")
-        task = Task(cid, bundle, shim, io, TaskOutput(log_file), cfg.stdin_once)
+        task = Task(cid, bundle, shim, io, TaskOutput(log_file))
         await io.start(task.output.write)
         self._tasks[cid] = task
         return task
