@@ -1,7 +1,8 @@
 """Pod and container lifecycle latency on real runtimes, beside the raw OCI-runtime floor.
 
 What it measures. A busybox image is built in memory and pushed to a local CNCF registry
-(``tests/support/registry.py``). Then, per backend (``runc``, ``crun``; both under conmon):
+(``tests/support/registry.py``). Then, per backend (``runc``, ``crun``, both under conmon;
+``shimv2``, containerd-shim-runc-v2 running runc, whose floors are runc's):
 
 * a ``cri-async serve`` **process** is started with that backend as the default handler, so
   every figure includes the real unix socket, gRPC and protobuf (client: ``CRIClient``, one
@@ -126,7 +127,10 @@ from tests.support.registry import LocalRegistry  # noqa: E402
 
 T = TypeVar("T")
 
-BACKENDS = ("runc", "crun")
+BACKENDS = ("runc", "crun", "shimv2")
+# The OCI runtime under each backend (the floor runs it directly).
+FLOOR_RUNTIME = {"runc": "runc", "crun": "crun", "shimv2": "runc"}
+SHIM_TOML = 'runtime_type = "io.containerd.runc.v2"\n'
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 SERVER_CGROUP = "cri-async"  # cri_async.pods.host.DEFAULT_CGROUP_PARENT
 IMAGE_REPO = "bench/busybox"
@@ -184,7 +188,7 @@ def start_server(
         f'[log]\nlevel = "{log_level}"\n'
         f'[state]\nroot = "{state}"\nrun_root = "{run_root}"\nsync = "normal"\n'
         '[images]\nbackend = "registry"\n'
-        f'[runtimes.""]\nbackend = "{backend}"\n'
+        f'[runtimes.""]\nbackend = "{backend}"\n' + (SHIM_TOML if backend == "shimv2" else "")
     )
     log = workdir / "server.log"
     with log.open("wb") as f:
@@ -413,10 +417,12 @@ async def run_backend(
     res = BackendResult(backend, opts.iterations)
     if opts.run_root.exists() and any(opts.run_root.iterdir()):
         raise SystemExit(f"{opts.run_root} is not empty: another run? remove it first")
-    binary = shutil.which(backend)
+    binary = shutil.which(FLOOR_RUNTIME[backend])
     conmon = shutil.which("conmon")
     if binary is None or conmon is None:
-        raise SystemExit(f"{backend} or conmon not found in PATH")
+        raise SystemExit(f"{FLOOR_RUNTIME[backend]} or conmon not found in PATH")
+    if backend == "shimv2" and shutil.which("containerd-shim-runc-v2") is None:
+        raise SystemExit("containerd-shim-runc-v2 not found in PATH (apt-get install containerd)")
     opts.run_root.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-lifecycle-{backend}-", dir=opts.tmp))
     caps = host_capabilities()
@@ -484,7 +490,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, default=50, help="sequential rounds (50)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (2)")
     p.add_argument("--concurrent", type=int, default=50, help="pods started at once (50)")
-    p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated (runc,crun)")
+    p.add_argument(
+        "--backends", default=",".join(BACKENDS), help="comma-separated (runc,crun,shimv2)"
+    )
     p.add_argument("--no-conmon-floor", action="store_true", help="skip the conmon floor")
     p.add_argument("--json", type=Path, help="write samples and summary here")
     p.add_argument(

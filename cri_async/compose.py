@@ -8,12 +8,15 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from cri_async.backends.bundles import Bundles
+from cri_async.backends.bundles import BundleLayout, Bundles
 from cri_async.backends.fake.backend import FakeBackend
 from cri_async.backends.ocicli import RuntimeCLI
 from cri_async.backends.runc import RuncBackend
 from cri_async.backends.runsc import RunscBackend
 from cri_async.backends.runschold import RunscCLI
+from cri_async.backends.shimv2.backend import ShimBackend, ShimStatsSource
+from cri_async.backends.shimv2.hub import EventHub
+from cri_async.backends.shimv2.settings import shim_settings
 from cri_async.backends.specinputs import host_facts
 from cri_async.config import Config, ConfigError
 from cri_async.core.images import ImageStore
@@ -67,6 +70,8 @@ class BackendFactory:
         self.node = node
         self.reaper = reaper
         self._host: oci.HostFacts | None = None
+        self._shims: list[ShimBackend] = []
+        self._events: EventHub | None = None
 
     @property
     def host(self) -> oci.HostFacts:
@@ -76,6 +81,12 @@ class BackendFactory:
 
     def build(self) -> dict[str, OCIRuntime]:
         return {name: self._build(name) for name in self.config.runtimes}
+
+    def shim_stats(self) -> ShimStatsSource | None:
+        """After ``build``: where the stats cache reads the containers of shim handlers
+        with ``shim_stats`` (None without any)."""
+        source = ShimStatsSource(self._shims)
+        return source if any(b.settings.shim_stats for b in self._shims) else None
 
     def _pods(self, root: Path, *, host_pidns: bool = True) -> PodHost:
         return PodHost(
@@ -119,6 +130,8 @@ class BackendFactory:
             raise ConfigError(
                 f'runtimes."{name}": the {h.backend} backend needs images.backend = "registry"'
             )
+        if h.backend == "shimv2":
+            return self._shimv2(name, root)
         binary = shutil.which(h.binary or h.backend) or h.binary or h.backend
         if h.backend == "runsc":
             runsc = RunscCLI(
@@ -152,6 +165,29 @@ class BackendFactory:
             pods=self._pods(root),
             bundles=self._bundles(root, cli, binary, self.host),
         )
+
+    def _shimv2(self, name: str, root: Path) -> ShimBackend:
+        """A containerd shim handler. All of them publish to one events endpoint."""
+        assert isinstance(self.images, OCIImageStore)  # checked by _build
+        if self._events is None:
+            self._events = EventHub(Path(self.config.state.run_root) / "shimv2" / "events.sock")
+        settings = shim_settings(self.config.runtimes[name], root)
+        backend = ShimBackend(
+            name,
+            settings=settings,
+            root=root,
+            hub=self._events,
+            # A sandboxed runtime (Kata's VM, gVisor) keeps the pod's PID namespace itself.
+            pods=self._pods(root, host_pidns=not settings.sandbox_task),
+            layout=BundleLayout(
+                root=root,
+                layers_root=Path(self.config.state.root) / "containers",
+                lowers=self.images.lower_dirs,
+                host=self.host,
+            ),
+        )
+        self._shims.append(backend)
+        return backend
 
 
 def catalog(config: Config) -> list[CatalogImage]:

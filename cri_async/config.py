@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import shutil
 import tomllib
 import types
@@ -21,9 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-BACKENDS = ("runc", "crun", "youki", "runsc", "fake")
+BACKENDS = ("runc", "crun", "youki", "runsc", "shimv2", "fake")
 OCI_BACKENDS = ("runc", "crun", "youki")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+SHIM_OPTIONS = ("auto", "runc", "runtime", "none")
+# containerd's namespace names (its identifiers package).
+_NAMESPACE = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
+# A shim runtime type: dot-separated parts, the last two naming the binary.
+_RUNTIME_TYPE = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)+")
 # The handlers a default config has, each only when its binary is found in PATH.
 KNOWN_HANDLERS = ("runc", "crun", "youki", "runsc")
 
@@ -104,7 +110,15 @@ class HandlerConfig:
     binary: str = ""  # empty: the backend's name, looked up in PATH
     platform: str = "ptrace"  # runsc only
     network: str = "host"  # runsc only: host | sandbox
-    infra_binary: str = ""  # runsc only: the pod's pause binary; empty: catatonit or busybox
+    infra_binary: str = ""  # runsc, shimv2 with sandbox_task: the pod's pause binary
+    runtime_type: str = ""  # shimv2 only: io.containerd.runc.v2, ... or a shim's path
+    shim_namespace: str = "cri-async"  # shimv2 only
+    shim_options: str = "auto"  # shimv2 only: auto | runc | runtime | none
+    config_path: str = ""  # shimv2 only: runtime options' config_path
+    options_type_url: str = ""  # shimv2 only: runtime options' type_url
+    sandbox_task: bool = False  # shimv2 only: an infra task per pod (Kata, gVisor)
+    shim_stats: bool = False  # shimv2 only: container stats from the shim's Stats
+    shim_timeout: float = 30.0  # shimv2 only: each task API call, shim start and delete
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -113,6 +127,25 @@ class HandlerConfig:
             )
         _choice("platform", self.platform, ("ptrace", "kvm", "systrap"))
         _choice("network", self.network, ("host", "sandbox"))
+        _choice("shim_options", self.shim_options, SHIM_OPTIONS)
+        _positive("shim_timeout", self.shim_timeout)
+        if not _NAMESPACE.fullmatch(self.shim_namespace) or len(self.shim_namespace) > 76:
+            raise ConfigError(
+                f"shim_namespace: {self.shim_namespace!r} is not a containerd namespace "
+                "(letters and digits, single '.', '_' or '-' between them, at most 76)"
+            )
+        if self.backend == "shimv2":
+            if not self.runtime_type:
+                raise ConfigError(
+                    'runtime_type: the shimv2 backend needs one, e.g. "io.containerd.runc.v2"'
+                )
+            if not self.runtime_type.startswith("/") and not _RUNTIME_TYPE.fullmatch(
+                self.runtime_type
+            ):
+                raise ConfigError(
+                    f"runtime_type: {self.runtime_type!r} is neither a name like "
+                    "'io.containerd.kata.v2' nor an absolute path to a shim binary"
+                )
 
 
 @dataclass(frozen=True)

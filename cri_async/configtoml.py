@@ -69,6 +69,12 @@ _RUNTIMES_DOC = """\
 # is found). Listing any [runtimes.*] table replaces that set.
 # A configured handler whose binary is missing is reported not ready by Status (with the
 # reason; `crictl info` shows it) and refused by RunPodSandbox; the server still starts.
+# A containerd shim v2 runtime is a handler too (docs/runtimes.md), e.g. Kata Containers:
+# [runtimes.kata]
+# backend = "shimv2"
+# runtime_type = "io.containerd.kata.v2"
+# sandbox_task = true
+# shim_stats = true
 """
 
 _TAIL = """\
@@ -221,13 +227,38 @@ stop_signal = ""
 # What each key of a handler table means (shown above the keys of the first table).
 _HANDLER_KEYS = {
     "backend": "runc | crun | youki (real containers under conmon), runsc (gVisor: one "
-    "sandbox per pod, containers join it) or fake (simulated containers, no root needed).",
+    "sandbox per pod, containers join it), shimv2 (a containerd shim v2 runtime: Kata, "
+    "gVisor's shim, runwasi, containerd-shim-runc-v2; see runtime_type) or fake (simulated "
+    "containers, no root needed).",
     "root": "The backend's state directory; empty means <state.run_root>/<backend>/<handler>.",
-    "binary": "The OCI runtime binary; empty means the backend's name, found in PATH.",
+    "binary": "The OCI runtime binary; empty means the backend's name, found in PATH. shimv2 "
+    "with runc options: the runtime the shim runs (binary_name, e.g. crun); empty: runc.",
     "platform": "runsc only: ptrace (kvm hangs on this kind of VM).",
     "network": "runsc only: host (gVisor uses the pod netns' kernel stack) or sandbox "
     "(gVisor's netstack).",
-    "infra_binary": "runsc only: the pod's pause process (empty: catatonit, else busybox-static).",
+    "infra_binary": "runsc, and shimv2 with sandbox_task: the pod's pause process (empty: "
+    "catatonit, else busybox-static).",
+    "runtime_type": "shimv2 only: the shim, as containerd names it (io.containerd.runc.v2, "
+    "io.containerd.kata.v2, io.containerd.runsc.v1, io.containerd.wasmtime.v1...: "
+    "containerd-shim-<name>-<version> found in PATH) or the absolute path of a shim binary.",
+    "shim_namespace": "shimv2 only: the containerd namespace the shims are told (part of "
+    "their socket names and of runc's state path).",
+    "shim_options": "shimv2 only: the options given to the shim's start and Create. auto: "
+    "runc for a runc shim (io.containerd.runc.*), runtime when config_path or "
+    "options_type_url is set, else none. runc: containerd.runc.v1.Options with its root "
+    "under this handler's root and binary_name = binary. runtime: runtimeoptions.v1.Options "
+    "(config_path, options_type_url).",
+    "config_path": "shimv2 only: runtime options' config_path (Kata: its configuration.toml; "
+    "gVisor's shim: its runsc.toml).",
+    "options_type_url": "shimv2 only: runtime options' type_url (gVisor's shim: "
+    "io.containerd.runsc.v1.options).",
+    "sandbox_task": "shimv2 only: start each pod's infra task (the pause binary, annotated "
+    "container-type=sandbox) before its containers, as Kata and gVisor's shim need; runc's "
+    "shim does not.",
+    "shim_stats": "shimv2 only: read container stats through the shim's Stats call, for "
+    "shims whose containers the host's cgroups do not describe (Kata's VM).",
+    "shim_timeout": "shimv2 only: seconds for each task API call and for the shim's start "
+    "and delete commands.",
 }
 
 
@@ -235,7 +266,10 @@ def _handler_toml(name: str, h: HandlerConfig, documented: bool) -> str:
     lines = [f"[runtimes.{name}]" if name else '[runtimes.""]']
     for f in dataclasses.fields(HandlerConfig):
         if documented:
-            lines += [f"# {line}" for line in textwrap.wrap(_HANDLER_KEYS[f.name], 88)]
+            lines += [
+                f"# {line}"
+                for line in textwrap.wrap(_HANDLER_KEYS[f.name], 88, break_on_hyphens=False)
+            ]
         lines.append(f"{f.name} = {_toml_value(getattr(h, f.name))}")
     return "\n".join(lines) + "\n\n"
 

@@ -125,6 +125,8 @@ INSTALL_HINT = {
     "youki": "install youki from its releases (Debian 12 has no package), "
     "or remove the handler from the config",
     "conmon": "apt-get install conmon",
+    "shimv2": "put the shim named by runtime_type on PATH (containerd-shim-runc-v2: "
+    "apt-get install containerd)",
 }
 CNI_PLUGINS_HINT = "apt-get install containernetworking-plugins  # into /usr/lib/cni"
 CNI_DEFAULT_HINT = "cri-async config --cni-default > /etc/cni/net.d/10-cri-async.conflist"

@@ -14,7 +14,8 @@ import stat
 import subprocess
 from pathlib import Path
 
-from cri_async.config import Config
+from cri_async.backends.shimv2.bootstrap import binary_name
+from cri_async.config import Config, HandlerConfig
 from cri_async.hostcheck import (
     CNIFacts,
     DirFacts,
@@ -31,13 +32,13 @@ from cri_async.registry.hosts import HostsConfigError, load_hosts_toml
 VERSION_TIMEOUT = 10.0
 
 
-def program(name: str) -> Program:
+def program(name: str, flag: str = "--version") -> Program:
     path = shutil.which(name)
     if path is None:
         return Program(name, None)
     try:
         out = subprocess.run(
-            [path, "--version"],
+            [path, flag],
             capture_output=True,
             text=True,
             timeout=VERSION_TIMEOUT,
@@ -46,10 +47,26 @@ def program(name: str) -> Program:
     except (OSError, subprocess.TimeoutExpired) as e:
         return Program(name, path, error=f"--version failed: {e}")
     text = out.stdout or out.stderr
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # The line naming the version (a shim's -v prints its name on a line of its own).
+    first = next((line for line in lines if "version" in line.lower()), lines[0] if lines else "")
     if out.returncode != 0:
-        return Program(name, path, error=f"--version exited {out.returncode}: {first}")
+        return Program(name, path, error=f"{flag} exited {out.returncode}: {first}")
     return Program(name, path, version=first)
+
+
+def handler_program(h: HandlerConfig) -> Program | None:
+    """What a handler runs, checked (None for the fake backend): a shim v2 handler's shim
+    binary (``-v``), else the OCI runtime (``--version``)."""
+    if h.backend == "fake":
+        return None
+    if h.backend == "shimv2":
+        try:
+            shim = h.runtime_type if os.path.isabs(h.runtime_type) else binary_name(h.runtime_type)
+        except ValueError:
+            return Program(h.runtime_type, None)
+        return program(shim, "-v")
+    return program(h.binary or h.backend)
 
 
 def _read(path: Path) -> str:
@@ -146,12 +163,7 @@ def socket_state(path: Path) -> SocketState:
 
 def gather(config: Config, *, proc: Path = Path("/proc")) -> Facts:
     handlers = tuple(
-        Handler(
-            name,
-            h.backend,
-            None if h.backend == "fake" else program(h.binary or h.backend),
-        )
-        for name, h in config.runtimes.items()
+        Handler(name, h.backend, handler_program(h)) for name, h in config.runtimes.items()
     )
     real = any(h.program is not None for h in handlers)
     sock = Path(config.server.socket)

@@ -92,7 +92,7 @@ class Server:
         self.reaper = Reaper() if self.real else None
         node = NodeNetwork()
         self.pinner = NamespacePinner(Path(config.state.run_root) / "ns")
-        self.backends = BackendFactory(
+        factory = BackendFactory(
             config,
             self.images,
             pinner=self.pinner,
@@ -100,7 +100,8 @@ class Server:
             node=node,
             reaper=self.reaper,
             observer=self.observer,
-        ).build()
+        )
+        self.backends = factory.build()
         self.runtime = Runtime(
             self.store,
             self.backends,
@@ -110,7 +111,7 @@ class Server:
             limits=Limits(cleanup_timeout=config.runtime.cleanup_timeout),
             event_queue=config.runtime.event_queue_size,
             info={"version": __version__, "socket": str(self.socket_path)},
-            stats=StatsCache() if self.real else None,
+            stats=StatsCache(remote=factory.shim_stats()) if self.real else None,
             network_status=self.cni.status if self.cni is not None else None,
             node=node,
             checkpoint_unsupported=criu.unsupported_reason,

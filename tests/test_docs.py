@@ -26,3 +26,13 @@ def test_embedding_example_runs(tmp_path: Path) -> None:
 async def test_plugin_fixtures(cri_server: CRIServer, cri_client: CRIClient) -> None:
     assert cri_server.socket_path.is_socket()
     assert (await cri_client.version()).runtime_api_version == "v1"
+
+
+def test_runtime_handler_examples_are_valid_config() -> None:
+    from cri_async import config
+
+    blocks = re.findall(r"```toml\n(.*?)```", (ROOT / "docs/runtimes.md").read_text(), re.S)
+    assert blocks
+    for block in blocks:
+        cfg = config.parse('[runtimes.""]\nbackend = "runc"\n' + block)
+        assert any(h.backend == "shimv2" for h in cfg.runtimes.values())

@@ -1,8 +1,9 @@
 """A handler's containers on disk and under conmon: the overlay root filesystem, the bundle
-with its generated config.json, and the conmon that runs the runtime's ``create`` and then
-supervises the process (logs, exit file, attach socket), so containers outlive a restart of
-cri-async. Shared by the runc-family and runsc backends, which differ in how they start,
-stop and reach a container, not in how they lay one out.
+with its generated config.json (:class:`BundleLayout`), and the conmon that runs the
+runtime's ``create`` and then supervises the process (logs, exit file, attach socket), so
+containers outlive a restart of cri-async (:class:`Bundles`). The runc-family and runsc
+backends use both: they differ in how they start, stop and reach a container, not in how
+they lay one out. The shim v2 backend uses the layout alone (its shims supervise).
 
 Layout: bundles ``<root>/containers/<id>``, exit files ``<root>/exits``, conmon sockets
 ``<socket_dir>`` (short and shared by all handlers: attach paths must fit sun_path),
@@ -52,8 +53,8 @@ def exit_status(info: ExitInfo) -> ExitStatus:
     )
 
 
-class Bundles:
-    """One handler's container bundles (see the module's notes)."""
+class BundleLayout:
+    """One handler's container bundles on disk: rootfs, config.json, writable layer."""
 
     def __init__(
         self,
@@ -61,13 +62,11 @@ class Bundles:
         root: Path,
         layers_root: Path,
         lowers: Callable[[str], list[str] | None],
-        conmon: Conmon,
         host: oci.HostFacts,
     ) -> None:
         self.root = root
         self.layers_root = layers_root
         self._lowers = lowers
-        self.conmon = conmon
         self.host = host
 
     # -- paths -----------------------------------------------------------------------
@@ -77,13 +76,8 @@ class Bundles:
     def layer_dir(self, cid: str) -> Path:
         return self.layers_root / cid
 
-    @property
-    def exits(self) -> Path:
-        return self.root / "exits"
-
     def make_dirs(self) -> None:
-        for d in (self.root / "containers", self.exits, Path(self.conmon.socket_dir)):
-            d.mkdir(parents=True, exist_ok=True)
+        (self.root / "containers").mkdir(parents=True, exist_ok=True)
 
     def known(self) -> set[str]:
         """Container ids that have a bundle (for startup reconciliation)."""
@@ -187,6 +181,53 @@ class Bundles:
         for target in POD_FILE_TARGETS:
             rootfs.make_mount_target(rootfs_dir, target, directory=False)
 
+    async def process_spec(self, container: Container, cmd: Sequence[str]) -> dict[str, Any]:
+        """An exec's process: the container's own (user, env, cwd, capabilities) running
+        ``cmd``."""
+        text = await asyncio.to_thread((self.bundle(container.id) / "config.json").read_text)
+        process = dict(json.loads(text)["process"], args=list(cmd))
+        process.pop("consoleSize", None)
+        return process
+
+    # -- remove ------------------------------------------------------------------------
+    async def remove(self, cid: str) -> None:
+        """Unmount the rootfs, remove the bundle and the writable layer. Idempotent; the
+        runtime's own state is the caller's."""
+        bundle = self.bundle(cid)
+        await rootfs.unmount(bundle / "rootfs")
+
+        def clean() -> None:
+            shutil.rmtree(bundle, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(self.layer_dir(cid))
+
+        await asyncio.to_thread(clean)
+
+
+class Bundles(BundleLayout):
+    """A handler's bundles whose containers run under conmon (see the module's notes)."""
+
+    def __init__(
+        self,
+        *,
+        root: Path,
+        layers_root: Path,
+        lowers: Callable[[str], list[str] | None],
+        conmon: Conmon,
+        host: oci.HostFacts,
+    ) -> None:
+        super().__init__(root=root, layers_root=layers_root, lowers=lowers, host=host)
+        self.conmon = conmon
+
+    @property
+    def exits(self) -> Path:
+        return self.root / "exits"
+
+    def make_dirs(self) -> None:
+        super().make_dirs()
+        for d in (self.exits, Path(self.conmon.socket_dir)):
+            d.mkdir(parents=True, exist_ok=True)
+
     async def supervise(self, container: Container, bundle: Path) -> int:
         """Run conmon, which runs the runtime's ``create``; the container's pid."""
         cfg = container.config
@@ -210,14 +251,6 @@ class Bundles:
 
     async def wait(self, cid: str) -> ExitStatus:
         return exit_status(await self.conmon.wait_exit(cid, self.bundle(cid), self.exits))
-
-    async def process_spec(self, container: Container, cmd: Sequence[str]) -> dict[str, Any]:
-        """An exec's process: the container's own (user, env, cwd, capabilities) running
-        ``cmd``."""
-        text = await asyncio.to_thread((self.bundle(container.id) / "config.json").read_text)
-        process = dict(json.loads(text)["process"], args=list(cmd))
-        process.pop("consoleSize", None)
-        return process
 
     async def exec_sync(
         self,
@@ -250,17 +283,7 @@ class Bundles:
         except ConmonError as e:
             raise FailedPrecondition(str(e)) from None
 
-    # -- remove ------------------------------------------------------------------------
     async def remove(self, cid: str) -> None:
-        """Unmount the rootfs, remove the bundle, the writable layer and conmon's files
-        outside the bundle. Idempotent; the runtime's own state is the caller's."""
-        bundle = self.bundle(cid)
-        await rootfs.unmount(bundle / "rootfs")
-
-        def clean() -> None:
-            self.conmon.remove(cid, self.exits)
-            shutil.rmtree(bundle, ignore_errors=True)
-            with contextlib.suppress(FileNotFoundError):
-                shutil.rmtree(self.layer_dir(cid))
-
-        await asyncio.to_thread(clean)
+        """The layout's removal plus conmon's files outside the bundle. Idempotent."""
+        await super().remove(cid)
+        await asyncio.to_thread(self.conmon.remove, cid, self.exits)

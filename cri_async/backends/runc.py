@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 
 from cri_async.backends.bundles import Bundles, exit_status
-from cri_async.backends.ocicli import RuntimeCLI, RuntimeCLIError
+from cri_async.backends.ocicli import RuntimeCLI, RuntimeCLIError, handler_features
 from cri_async.core.errors import FailedPrecondition, Unimplemented
 from cri_async.core.model import Container, Image, Resources, Sandbox
 from cri_async.core.ports import (
@@ -73,10 +73,7 @@ class RuncBackend:
             self.bundles.make_dirs()
             self.pods.root.mkdir(parents=True, exist_ok=True)
             feats = await self.cli.features() if self.kind == "runc" else None
-            rro = bool(feats and "rro" in (feats.get("mountOptions") or []))
-            linux_ns = (feats or {}).get("linux") or {}
-            userns = "user" in (linux_ns.get("namespaces") or [])
-            self._features = (stamp, HandlerFeatures(rro, userns))
+            self._features = (stamp, handler_features(feats))
         return BackendStatus(
             True,
             features=self._features[1],

@@ -79,10 +79,10 @@ from typing import Any
 from cri_async import cgroupfs, files, proc, waits
 from cri_async.backends import runschold
 from cri_async.backends.bundles import Bundles, exit_status
+from cri_async.backends.infra import find_infra_binary, infra_spec, install_rootfs
 from cri_async.backends.ocicli import RuntimeCLIError
 from cri_async.backends.runscspec import (
     HOLD_FLAG,
-    INFRA_DIRS,
     INTERNAL_PID,
     NETWORK_MODES,
     START_LOG,
@@ -90,8 +90,6 @@ from cri_async.backends.runscspec import (
     WAIT_LOG,
     adjust_container_spec,
     cmdline_has,
-    find_infra_binary,
-    infra_spec,
     start_log_message,
     wrapper_script,
 )
@@ -200,21 +198,7 @@ class RunscBackend:
         script = wrapper_script(self.cli.binary, self.cli.global_args())
         if files.read_text(self.wrapper) != script or not os.access(self.wrapper, os.X_OK):
             files.write_atomic(self.wrapper, script.encode(), mode=0o755, durable=False)
-        rootfs = self.infra_rootfs
-        for name in INFRA_DIRS:
-            (rootfs / name).mkdir(parents=True, exist_ok=True)
-        target = rootfs / os.path.basename(infra)
-        src = os.stat(infra)
-        try:
-            cur = target.stat()
-            same = cur.st_size == src.st_size and int(cur.st_mtime) == int(src.st_mtime)
-        except FileNotFoundError:
-            same = False
-        if not same:
-            tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
-            shutil.copy2(infra, tmp)
-            tmp.chmod(0o755)
-            tmp.replace(target)
+        install_rootfs(self.infra_rootfs, infra)
 
     # -- pods ------------------------------------------------------------------------
     async def create_sandbox(self, sandbox: Sandbox) -> Sandbox:

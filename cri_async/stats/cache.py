@@ -3,7 +3,9 @@
 A refresher task reads every tracked cgroup (and each pod's ``/proc/net/dev`` inside its
 netns) in **one** ``asyncio.to_thread`` call per refresh, then swaps the new samples in on
 the event loop. ``get``/``get_pod`` are plain dictionary lookups: they never wait for a
-refresh, a slow file or a container operation. The cache keeps the previous CPU reading of
+refresh, a slow file or a container operation. Containers a ``RemoteSource`` owns (a VM's,
+whose numbers only its runtime's shim has) are read from it on the event loop just
+before, concurrently and each within a deadline. The cache keeps the previous CPU reading of
 each cgroup so ``usage_nano_cores`` is Δ usage_core_nano_seconds / Δ monotonic time between
 the last two samples (``None`` on the first sample or after a counter reset).
 
@@ -45,6 +47,7 @@ log = logging.getLogger("cri_async.stats")
 
 DEFAULT_INTERVAL = 5.0
 DEFAULT_FS_INTERVAL = 60.0
+REMOTE_TIMEOUT = 5.0
 NS_PER_S = 1_000_000_000
 
 _S = TypeVar("_S", ContainerSample, PodSample)
@@ -54,6 +57,15 @@ class CgroupSource(Protocol):
     """What the cache needs from :class:`CgroupReader` (tests inject fakes)."""
 
     def read(self, cgroups_path: str) -> CgroupStats | None: ...
+
+
+class RemoteSource(Protocol):
+    """Containers whose numbers the host's cgroups do not hold (a VM's, read through its
+    runtime's shim): read on the event loop, each within ``REMOTE_TIMEOUT``."""
+
+    def owns(self, container_id: str) -> bool: ...
+
+    async def read(self, container_id: str) -> CgroupStats | None: ...
 
 
 # -- pure conversions: a cgroup reading to CRI-shaped stats ----------------------------------
@@ -220,6 +232,7 @@ class StatsCache:
         self,
         reader: CgroupSource | None = None,
         *,
+        remote: RemoteSource | None = None,
         interval: float = DEFAULT_INTERVAL,
         fs_interval: float = DEFAULT_FS_INTERVAL,
         netdev_reader: Callable[[str], str] = read_netdev_in_netns,
@@ -227,6 +240,7 @@ class StatsCache:
         time_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self._reader = reader
+        self._remote = remote
         self.interval = interval
         self.fs_interval = fs_interval
         self._netdev_reader = netdev_reader
@@ -359,8 +373,25 @@ class StatsCache:
         ]
         if not cjobs and not pjobs:
             return
-        creads, preads = await asyncio.to_thread(self._collect, cjobs, pjobs)
+        remote = await self._read_remote([j.id for j in cjobs])
+        creads, preads = await asyncio.to_thread(self._collect, cjobs, pjobs, remote)
         self._apply(cjobs, creads, pjobs, preads)
+
+    async def _read_remote(self, ids: list[str]) -> dict[str, CgroupStats | None]:
+        """The remote source's readings of the containers it owns, concurrently."""
+        source = self._remote
+        if source is None:
+            return {}
+        owned = [cid for cid in ids if source.owns(cid)]
+
+        async def one(cid: str) -> CgroupStats | None:
+            try:
+                return await asyncio.wait_for(source.read(cid), REMOTE_TIMEOUT)
+            except Exception as e:
+                log.warning("reading stats of %s: %r", cid, e)
+                return None
+
+        return dict(zip(owned, await asyncio.gather(*map(one, owned)), strict=True))
 
     # Worker thread: blocking reads only; no shared state but the mount point memo.
 
@@ -374,12 +405,16 @@ class StatsCache:
             return None
 
     def _collect(
-        self, cjobs: list[_ContainerJob], pjobs: list[_PodJob]
+        self,
+        cjobs: list[_ContainerJob],
+        pjobs: list[_PodJob],
+        remote: dict[str, CgroupStats | None],
     ) -> tuple[list[_Reading], list[_Reading]]:
         creads = []
         for j in cjobs:
             mono, wall = self._monotonic_ns(), self._time_ns()
-            r = _Reading(mono, wall, self._read_cgroup(j.cgroups_path))
+            cgroup = remote[j.id] if j.id in remote else self._read_cgroup(j.cgroups_path)
+            r = _Reading(mono, wall, cgroup)
             if j.writable_layer:
                 r = replace(r, fs=self._fs(j.writable_layer, wall), fs_done=True)
             creads.append(r)

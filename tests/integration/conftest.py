@@ -25,7 +25,8 @@ from tests.support.registry import (  # noqa: F401  (fixtures)
     token_registry,
 )
 
-RUNTIMES = ["runc", "crun"]
+RUNTIMES = ["runc", "crun", "shimv2"]
+SHIM_RUNC = "io.containerd.runc.v2"
 
 
 @pytest_asyncio.fixture
@@ -81,10 +82,22 @@ async def wait_log(
 
 
 def require(binary: str) -> None:
-    """What a test on a real runtime needs: root, the runtime and conmon."""
+    """What a test on a real runtime needs: root, the runtime and conmon (``shimv2``:
+    containerd's runc shim and runc)."""
     need_root()
+    if binary == "shimv2":
+        need_binary("containerd-shim-runc-v2", "Debian's containerd, installed by `make test`")
+        need_binary("runc", "installed by `make test`", sbin=True)
+        return
     need_binary(binary, "installed by `make test`")
     need_binary("conmon", "installed by `make test`")
+
+
+def handler_config(kind: str, **kw: object) -> HandlerConfig:
+    """A handler on ``kind``: a runtime under conmon, or ``shimv2`` (containerd's runc shim)."""
+    if kind == "shimv2":
+        return HandlerConfig(backend="shimv2", runtime_type=SHIM_RUNC, **kw)  # type: ignore[arg-type]
+    return HandlerConfig(backend=kind, **kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +113,7 @@ async def rsrv(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     require(kind)
     cfg = dataclasses.replace(
         Config(),
-        runtimes={"": HandlerConfig(backend=kind)},
+        runtimes={"": handler_config(kind)},
         images=ImagesConfig(backend="registry"),
     )
     srv = CRIServer(tmp_path, config=cfg)

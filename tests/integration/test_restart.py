@@ -34,6 +34,7 @@ class Proc:
         images_backend: str = "fake",
         runtime: str = "fake",
         run_root: Path | None = None,
+        handler_toml: str = "",
     ) -> None:
         self.root = root
         self.sock = Path(f"/tmp/cri-{os.getpid()}-{id(self)}.sock")
@@ -42,7 +43,7 @@ class Proc:
             f'[server]\nsocket = "{self.sock}"\n'
             f'[state]\nroot = "{root}/state"\nrun_root = "{run_root or root / "run"}"\n'
             f'[log]\nlevel = "debug"\n[images]\nbackend = "{images_backend}"\n'
-            f'[runtimes.""]\nbackend = "{runtime}"\n'
+            f'[runtimes.""]\nbackend = "{runtime}"\n{handler_toml}'
             f'[network]\nconf_dirs = ["{root}/cni"]\n'
         )
         self.proc: subprocess.Popen[bytes] | None = None

@@ -25,8 +25,9 @@ from grpclib import GRPCError, Status
 
 from cri_async import linux
 from cri_async.api.runtime.v1 import api_pb2 as pb
+from cri_async.backends.infra import find_infra_binary
 from cri_async.backends.runsc import RunscBackend
-from cri_async.backends.runscspec import adjust_container_spec, find_infra_binary, wrapper_script
+from cri_async.backends.runscspec import adjust_container_spec, wrapper_script
 from cri_async.client import container_config, pod_config
 from cri_async.config import Config, HandlerConfig, ImagesConfig, StateConfig
 from cri_async.logs.crilog import Stream, join_records, parse_lines

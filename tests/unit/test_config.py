@@ -39,6 +39,18 @@ def test_every_key_is_documented_in_the_default_toml() -> None:
         ("[images]\npinned = 'pause'", "images.pinned: expected a list"),
         ("[server\n", "invalid TOML"),
         ("[runtime]\nevent_queue_size = true", "runtime.event_queue_size: expected int"),
+        ('[runtimes.k]\nbackend = "shimv2"', 'runtimes."k".runtime_type: the shimv2 backend'),
+        (
+            '[runtimes.k]\nbackend = "shimv2"\nruntime_type = "kata"',
+            "runtimes.\"k\".runtime_type: 'kata' is neither",
+        ),
+        (
+            '[runtimes.k]\nbackend = "shimv2"\nruntime_type = "a/b.v2"',
+            'runtimes."k".runtime_type',
+        ),
+        ('[runtimes.k]\nshim_namespace = "k8s..io"', 'runtimes."k".shim_namespace'),
+        ('[runtimes.k]\nshim_options = "json"', 'runtimes."k".shim_options'),
+        ("[runtimes.k]\nshim_timeout = 0", 'runtimes."k".shim_timeout: must be positive'),
     ],
 )
 def test_bad_config_names_the_key(text: str, message: str) -> None:
@@ -62,3 +74,21 @@ def test_handlers_and_roots(tmp_path: Path) -> None:
 def test_unreadable_config() -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         config.load("/nonexistent/cri-async.toml")
+
+
+def test_shimv2_handler() -> None:
+    cfg = config.parse(
+        '[state]\nrun_root = "/run/x"\n[runtimes.""]\nbackend = "runc"\n'
+        '[runtimes.kata]\nbackend = "shimv2"\nruntime_type = "io.containerd.kata.v2"\n'
+        "sandbox_task = true\nshim_stats = true\n"
+        '[runtimes.own]\nbackend = "shimv2"\nruntime_type = "/opt/bin/containerd-shim-x-v1"\n'
+    )
+    kata = cfg.runtimes["kata"]
+    assert (kata.runtime_type, kata.sandbox_task, kata.shim_stats) == (
+        "io.containerd.kata.v2",
+        True,
+        True,
+    )
+    assert (kata.shim_namespace, kata.shim_options, kata.shim_timeout) == ("cri-async", "auto", 30)
+    assert str(cfg.handler_root("kata")) == "/run/x/shimv2/kata"
+    assert cfg.runtimes["own"].runtime_type == "/opt/bin/containerd-shim-x-v1"

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from cri_async.backends.fake.process import FakeProcess, LogFile
+from cri_async.backends.fake.process import FakeProcess
 from cri_async.backends.fake.script import NotFound, Timeline, simulate
 from cri_async.core.errors import DeadlineExceeded, Internal, Unimplemented
 from cri_async.core.model import Container, Image, NamespaceMode, NetworkStatus, Resources, Sandbox
@@ -32,6 +32,7 @@ from cri_async.core.ports import (
 from cri_async.core.sandboxes import pod_hostname
 from cri_async.core.streams import Session, Stdio
 from cri_async.logs.crilog import OutputCapture, Stream
+from cri_async.logs.logfile import LogFile
 
 ExecHook = Callable[[Container, Sequence[str]], Awaitable[ExecResult]]
 

@@ -4,52 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import signal as signals
 import time
 from collections.abc import Callable
 
 from cri_async.backends.fake.script import Timeline, exit_code_for_signal
 from cri_async.core.ports import ExitStatus
-from cri_async.logs.crilog import LineSplitter, Stream, encode_record
+from cri_async.logs.crilog import Stream
 
 # Signals whose default action is not to terminate the process.
 _HARMLESS = frozenset(
     {signals.SIGCHLD, signals.SIGCONT, signals.SIGURG, signals.SIGWINCH, signals.SIGSTOP}
 )
-
-
-class LogFile:
-    """Appends CRI-format records to a container log; reopenable for log rotation."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._splitters = {s: LineSplitter(s) for s in Stream}
-        if path:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-        self._file = open(path, "ab", buffering=0) if path else None  # noqa: SIM115
-
-    def write(self, stream: Stream, data: bytes) -> None:
-        if self._file is not None:
-            recs = self._splitters[stream].feed(data, time.time_ns())
-            self._file.write(b"".join(encode_record(r) for r in recs))
-
-    def flush(self) -> None:
-        if self._file is not None:
-            now = time.time_ns()
-            for s in self._splitters.values():
-                self._file.write(b"".join(encode_record(r) for r in s.flush(now)))
-
-    def reopen(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115
-
-    def close(self) -> None:
-        if self._file is not None:
-            self.flush()
-            self._file.close()
-            self._file = None
 
 
 class FakeProcess:

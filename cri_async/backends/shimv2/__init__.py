@@ -10,6 +10,14 @@ The pieces a backend composes, bottom up:
 * ``events``: :class:`EventServer`, the TTRPC_ADDRESS endpoint shims publish to;
 * ``stdio``: :class:`ProcessIO`, a process's stdio FIFOs.
 
+and the backend built on them (a RuntimeClass handler, ``backend = "shimv2"``):
+
+* ``settings``: a handler's settings from its config table (options for the shim);
+* ``hub``: :class:`EventHub`, the one events endpoint of all shim handlers;
+* ``tasks``/``taskset``: a container's task in memory, and the tasks of a handler;
+* ``sessions``: ExecSync, streaming exec and attach;
+* ``backend``: :class:`ShimBackend`, the OCIRuntime port.
+
 See docs/shimv2.md.
 """
 
@@ -24,6 +32,7 @@ from .records import (
     TaskState,
     TaskStatus,
     runc_options,
+    runtime_options,
 )
 from .shim import Shim, ShimGone, ShimManager
 from .stdio import ProcessIO

