@@ -65,6 +65,13 @@ class ContainerManager:
         validate.key_values(config.labels, config.annotations, "container config")
         if config.stop_signal:
             stop_signal_number(config.stop_signal)
+        sec = config.security
+        validate.group_has_user(
+            sec.run_as_group,
+            sec.run_as_user,
+            sec.run_as_username,
+            "container linux.security_context",
+        )
         sandbox = ctx.sandboxes.get(validate.require(sandbox_id, "pod_sandbox_id"))
         if sandbox.state is not SandboxState.READY:
             raise FailedPrecondition(
@@ -211,7 +218,11 @@ class ContainerManager:
 
     # -- stop ----------------------------------------------------------------------
     async def stop(self, container_id: str, timeout: float) -> None:
-        c = self.ctx.containers.get(container_id)
+        """Stop a running container. An unknown id is already stopped: kubelet retries
+        stops of containers a previous attempt (or a crash) already removed."""
+        c = self.ctx.containers.find(validate.require(container_id, "container_id"))
+        if c is None:
+            return
         await self._stop(c, timeout)
 
     async def _stop(self, c: Container, timeout: float) -> None:

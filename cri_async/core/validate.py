@@ -63,3 +63,12 @@ def hostname(value: str, what: str) -> str:
                 "letters, digits and inner hyphens, each 1-63 characters"
             )
     return value
+
+
+def group_has_user(group: int | None, user: int | None, username: str, what: str) -> None:
+    """A primary group alone names no user to give it to (containerd and CRI-O refuse it
+    too): run_as_group needs run_as_user or run_as_username."""
+    if group is not None and user is None and not username:
+        raise InvalidArgument(
+            f"{what}.run_as_group {group} is set without run_as_user or run_as_username"
+        )

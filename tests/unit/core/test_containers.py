@@ -81,6 +81,11 @@ async def test_absolute_log_paths_are_kept_and_users_come_from_image_or_config(r
         ({"stop_signal": "SIGNOPE"}, InvalidArgument, "unknown stop signal 'SIGNOPE'"),
         ({"labels": {"": "x"}}, InvalidArgument, "empty key"),
         ({"image": ImageSpec(image="alpine")}, NotFound, "image 'alpine' not found; pull it"),
+        (
+            {"security": ContainerSecurity(run_as_group=1002)},
+            InvalidArgument,
+            "security_context.run_as_group 1002 is set without run_as_user",
+        ),
     ],
 )
 async def test_bad_creates_change_nothing(
@@ -285,8 +290,12 @@ async def test_stopping_what_does_not_run_is_a_no_op(rig: Rig) -> None:
         await rig.runtime.containers.stop(cid, 10)
     assert rig.backend.kills == [] and rig.events == []
     assert rig.runtime.containers.status(created).state is ContainerState.CREATED
+    # An unknown container is already stopped: kubelet retries stops (critest Idempotence).
+    await rig.runtime.containers.stop("nope", 10)
+    with pytest.raises(InvalidArgument, match="container_id must not be empty"):
+        await rig.runtime.containers.stop("", 10)
     with pytest.raises(NotFound, match="container 'nope' not found"):
-        await rig.runtime.containers.stop("nope", 10)
+        rig.runtime.containers.status("nope")
 
 
 @pytest.mark.xfail(

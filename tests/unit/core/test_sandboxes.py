@@ -22,6 +22,7 @@ from cri_async.core.model import (
     PodMetadata,
     Resources,
     SandboxConfig,
+    SandboxSecurity,
     SandboxState,
 )
 from cri_async.core.sandboxes import _with_overhead, pod_hostname
@@ -62,6 +63,10 @@ def test_a_pod_without_a_hostname_gets_the_nodes() -> None:
         (SandboxConfig(PodMetadata("p", "", "ns")), "metadata.uid must not be empty"),
         (SandboxConfig(PodMetadata("p", "u", "ns"), hostname="-bad"), "not a valid host name"),
         (SandboxConfig(PodMetadata("p", "u", "ns"), annotations={"": "x"}), "empty key"),
+        (
+            SandboxConfig(PodMetadata("p", "u", "ns"), security=SandboxSecurity(run_as_group=5)),
+            "security_context.run_as_group 5 is set without run_as_user",
+        ),
     ],
 )
 async def test_bad_runs_change_nothing(rig: Rig, config: SandboxConfig, message: str) -> None:
@@ -128,8 +133,9 @@ async def test_stop_kills_the_containers_and_marks_the_pod_not_ready(rig: Rig) -
     assert await rig.seen(2) == [(run, STOPPED), (pod, STOPPED)]
     stopped = rig.events[1]
     assert stopped.sandbox is not None and stopped.sandbox.state is SandboxState.NOTREADY
+    await rig.runtime.sandboxes.stop("nope")  # unknown: already stopped (kubelet retries)
     with pytest.raises(NotFound, match="pod sandbox 'nope' not found"):
-        await rig.runtime.sandboxes.stop("nope")
+        rig.runtime.sandboxes.status("nope")
 
 
 async def test_remove_takes_containers_then_the_pod_and_frees_the_name(rig: Rig) -> None:
