@@ -195,7 +195,7 @@ class Bundles:
                 container.id,
                 cfg.metadata.name,
                 bundle,
-                container.log_path or str(bundle / "ctr.log"),
+                self.log_path(container),
                 tty=cfg.tty,
                 stdin=cfg.stdin,
                 stdin_once=cfg.stdin_once,
@@ -244,9 +244,14 @@ class Bundles:
             raise DeadlineExceeded(f"command {cmd!r} timed out after {timeout:g}s")
         return ExecResult(done.exit_code, done.stdout, done.stderr)
 
-    async def reopen_log(self, cid: str) -> None:
+    def log_path(self, container: Container) -> str:
+        """Where conmon writes the container's CRI log."""
+        return container.log_path or str(self.bundle(container.id) / "ctr.log")
+
+    async def reopen_log(self, container: Container) -> None:
+        """Have conmon reopen the log; returns once the new file exists."""
         try:
-            await self.conmon.reopen_log(self.bundle(cid))
+            await self.conmon.reopen_log(self.bundle(container.id), self.log_path(container))
         except ConmonError as e:
             raise FailedPrecondition(str(e)) from None
 

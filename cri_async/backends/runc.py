@@ -165,7 +165,7 @@ class RuncBackend:
             raise FailedPrecondition(f"cannot update container resources: {e}") from None
 
     async def reopen_log(self, container: Container) -> None:
-        await self.bundles.reopen_log(container.id)
+        await self.bundles.reopen_log(container)
 
     # -- streaming (Exec/Attach/PortForward) ----------------------------------------------
     async def exec_session(self, container: Container, cmd: Sequence[str], stdio: Stdio) -> Session:

@@ -459,7 +459,7 @@ class RunscBackend:
         log.debug("runsc container %s: wrote %s", container.id, ", ".join(written))
 
     async def reopen_log(self, container: Container) -> None:
-        await self.bundles.reopen_log(container.id)
+        await self.bundles.reopen_log(container)
 
     # -- streaming (Exec/Attach/PortForward) ----------------------------------------------
     async def exec_session(self, container: Container, cmd: Sequence[str], stdio: Stdio) -> Session:

@@ -247,6 +247,7 @@ async def test_logs_reopen_and_checkpoint_unimplemented(
     await wait_log(log, {Stream.STDOUT: b"tick\n"})
     log.rename(log.with_suffix(".1"))
     await cli.runtime.ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=cid))
+    assert log.exists()  # created before the RPC returns, as kubelet's rotation expects
     await wait_log(log, {Stream.STDOUT: b"tick\n"})  # the new file gets the next lines
     with pytest.raises(GRPCError) as err:
         await cli.runtime.CheckpointContainer(pb.CheckpointContainerRequest(container_id=cid))
