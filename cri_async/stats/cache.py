@@ -37,7 +37,8 @@ from cri_async.core.stats import (
     SwapStats,
 )
 
-from .cgroups import CgroupReader, CgroupStats
+from .cgroups import CgroupReader
+from .cgroupstats import CgroupStats
 from .fsusage import dir_usage, mountpoint_of
 from .network import parse_netdev, read_netdev_in_netns
 

@@ -14,7 +14,7 @@ import pytest
 
 from cri_async.core.stats import MemoryStats, SwapStats
 from cri_async.stats.cache import CpuMark, StatsCache, nano_cores
-from cri_async.stats.cgroups import CgroupStats, stats_from_v2
+from cri_async.stats.cgroupstats import CgroupStats, stats_from_v2
 from tests.support.poll import until
 
 from .support import FIXTURES, fixture_files

@@ -21,7 +21,7 @@ from cri_async.core.stats import (
     ProcessStats,
 )
 from cri_async.stats.cache import cpu_stats, io_stats, memory_stats, process_stats, swap_stats
-from cri_async.stats.cgroups import stats_from_v2
+from cri_async.stats.cgroupstats import stats_from_v2
 from cri_async.stats.network import parse_netdev
 
 from .support import FIXTURES, fixture_files
