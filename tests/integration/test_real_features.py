@@ -263,6 +263,11 @@ async def test_stats_and_metrics(rsrv: CRIServer, busybox_ref: str) -> None:
         "busy", busybox_ref, command=["sh", "-c", "while :; do :; done"], labels={"k": "v"}
     )
     cid = await run(cli, pod, pcfg, busy)
+    # Read on demand: a container started a moment ago already has its numbers (critest's
+    # "listing container stats" asks right after StartContainer).
+    now = (await cli.runtime.ContainerStats(pb.ContainerStatsRequest(container_id=cid))).stats
+    assert now.cpu.timestamp > 0 and now.memory.timestamp > 0
+    assert now.cpu.usage_core_nano_seconds.value > 0
     writer = ["sh", "-c", "dd if=/dev/zero of=/blob bs=1024 count=512 2>/dev/null; sleep 99"]
     idle = await run(cli, pod, pcfg, container_config("idle", busybox_ref, command=writer))
 
