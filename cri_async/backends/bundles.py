@@ -24,7 +24,7 @@ from typing import Any
 from cri_async import rootfs
 from cri_async.backends import specinputs
 from cri_async.core.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
-from cri_async.core.model import Container, Image, Sandbox
+from cri_async.core.model import Container, ContainerUser, Image, Sandbox
 from cri_async.core.ports import ExecResult, ExitStatus
 from cri_async.monitor.conmon import Conmon, ConmonError, ExitInfo
 from cri_async.oci import spec as oci
@@ -42,6 +42,12 @@ class Prepared:
     user: ResolvedUser
     spec: dict[str, Any]
     backend_info: dict[str, str]
+
+    @property
+    def container_user(self) -> ContainerUser:
+        """The identity of the container's first process, as ContainerStatus reports it:
+        uid, primary gid and every group it holds (the primary one included)."""
+        return ContainerUser(self.user.uid, self.user.gid, self.user.additional_gids)
 
 
 def exit_status(info: ExitInfo) -> ExitStatus:

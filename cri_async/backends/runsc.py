@@ -348,7 +348,7 @@ class RunscBackend:
         except BaseException:
             await self.delete_container(container)
             raise
-        return container.evolve(pid=pid, backend_info=ready.backend_info)
+        return container.evolve(pid=pid, backend_info=ready.backend_info, user=ready.container_user)
 
     async def start_container(self, container: Container) -> int:
         bundle = self.bundles.bundle(container.id)

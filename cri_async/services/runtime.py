@@ -75,7 +75,9 @@ class RuntimeService(Service, api_grpc.RuntimeServiceBase):
                 )
                 for name, h in st.handlers.items()
             ],
-            features=pb.RuntimeFeatures(),
+            features=pb.RuntimeFeatures(
+                supplemental_groups_policy=st.features.supplemental_groups_policy
+            ),
         )
 
     @unary

@@ -5,6 +5,7 @@ import asyncio
 import json
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,9 @@ from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.client import CRIClient, container_config, pod_config
 from cri_async.logs.crilog import Stream
 from cri_async.testing import CRIServer
+from tests.support import images as im
 from tests.support.poll import until
+from tests.support.registry import LocalRegistry
 from tests.support.procs import catches, processes_mentioning
 
 from .conftest import wait_exit, wait_log
@@ -401,3 +404,42 @@ async def test_runtime_default_seccomp_denies_what_unconfined_allows(
     assert b"rc=0" not in r.stdout
     r = await sh(cli, ids["unconfined"], "unshare -U true; echo rc=$?")
     assert r.stdout.strip().endswith(b"rc=0")
+
+
+@pytest.fixture(scope="module")
+def grouped_ref() -> Iterator[str]:
+    """busybox whose default user (uid 1000) is a member of group 50000 in /etc/group (as
+    critest's test-image-predefined-group)."""
+    passwd = im.PASSWD + "default-user:x:1000:1000::/home/default-user:/bin/sh\n"
+    group = im.GROUP + "default-user:x:1000:\ngroup-defined-in-image:x:50000:default-user\n"
+    users = im.layer([im.File("etc/passwd", passwd.encode()), im.File("etc/group", group.encode())])
+    with LocalRegistry() as reg:
+        im.push(reg, "test/grouped", im.busybox_image(users, user="1000"))
+        yield reg.ref("test/grouped")
+
+
+@pytest.mark.parametrize(
+    ("policy", "groups"),
+    [(pb.Merge, [1000, 1234, 50000]), (pb.Strict, [1000, 1234])],
+)
+async def test_supplemental_groups_policy(
+    rsrv: CRIServer, grouped_ref: str, policy: int, groups: list[int]
+) -> None:
+    """Merge adds the image's /etc/group memberships of the user, Strict only what the
+    request names; ContainerStatus.user reports what the process got."""
+    cli = rsrv.client
+    status = await cli.runtime.Status(pb.StatusRequest())
+    assert status.features.supplemental_groups_policy
+    await cli.pull(grouped_ref)
+    pcfg = pod_config("groups")
+    pod = await cli.run_pod(pcfg)
+    cfg = container_config("c", grouped_ref, command=["sleep", "1000"])
+    sc = cfg.linux.security_context
+    sc.run_as_user.value = 1000
+    sc.supplemental_groups.append(1234)
+    sc.supplemental_groups_policy = policy  # type: ignore[assignment]
+    cid = await run(cli, pod, pcfg, cfg)
+    r = await sh(cli, cid, "id -u; id -g; id -G")
+    assert r.stdout.decode().split("\n")[:3] == ["1000", "1000", " ".join(map(str, groups))]
+    user = (await cli.container_status(cid)).user.linux
+    assert (user.uid, user.gid, sorted(user.supplemental_groups)) == (1000, 1000, groups)
