@@ -17,8 +17,8 @@ from cri_async.logs.crilog import Stream
 from cri_async.testing import CRIServer
 from tests.support import images as im
 from tests.support.poll import until
-from tests.support.registry import LocalRegistry
 from tests.support.procs import catches, processes_mentioning
+from tests.support.registry import LocalRegistry
 
 from .conftest import wait_exit, wait_log
 
