@@ -28,7 +28,7 @@ from cri_async.core.model import Container, ContainerUser, Image, Sandbox
 from cri_async.core.ports import ExecResult, ExitStatus
 from cri_async.monitor.conmon import Conmon, ConmonError, ExitInfo
 from cri_async.oci import spec as oci
-from cri_async.oci.errors import SpecError
+from cri_async.oci.errors import SpecError, SpecUnsupported
 from cri_async.oci.user import ResolvedUser
 
 POD_FILE_TARGETS = ("/etc/hosts", "/etc/resolv.conf", "/etc/hostname")
@@ -176,6 +176,8 @@ class Bundles:
                 devices=specinputs.device_nodes(cfg.devices),
                 host_devices=specinputs.host_devices() if cfg.security.privileged else (),
             )
+        except SpecUnsupported as e:
+            raise FailedPrecondition(f"container {name!r}: {e}") from None
         except SpecError as e:
             raise InvalidArgument(f"container {name!r}: {e}") from None
         if container.log_path:

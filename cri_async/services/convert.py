@@ -107,6 +107,40 @@ def _profile(has: bool, p: pb.SecurityProfile) -> m.SecurityProfile | None:
     return m.SecurityProfile(_enum(_PROFILE, p.profile_type, "profile_type"), p.localhost_ref)
 
 
+_LEGACY_PROFILES = {
+    "runtime/default": m.ProfileType.RUNTIME_DEFAULT,
+    "docker/default": m.ProfileType.RUNTIME_DEFAULT,
+    "unconfined": m.ProfileType.UNCONFINED,
+}
+LOCALHOST_PREFIX = "localhost/"
+
+
+def legacy_profile(path: str, field: str) -> m.SecurityProfile | None:
+    """A deprecated ``seccomp_profile_path``/``apparmor_profile`` string as a profile
+    (containerd's reading): "" is unset, ``localhost/<ref>`` names a profile on the node
+    (a seccomp JSON file's path, an AppArmor profile's name)."""
+    if not path:
+        return None
+    kind = _LEGACY_PROFILES.get(path)
+    if kind is not None:
+        return m.SecurityProfile(kind)
+    ref = path.removeprefix(LOCALHOST_PREFIX)
+    if ref == path or not ref:
+        raise InvalidArgument(
+            f"{field} {path!r} is not a profile: use 'runtime/default', 'docker/default', "
+            "'unconfined' or 'localhost/<profile>'"
+        )
+    return m.SecurityProfile(m.ProfileType.LOCALHOST, ref)
+
+
+def _chosen_profile(
+    has: bool, p: pb.SecurityProfile, legacy: str, field: str
+) -> m.SecurityProfile | None:
+    """The profile field when set (it supersedes the deprecated one, which is then not
+    looked at, as in containerd), else the deprecated path string."""
+    return _profile(True, p) if has else legacy_profile(legacy, field)
+
+
 def _selinux(has: bool, s: pb.SELinuxOption) -> m.SELinuxOptions | None:
     return m.SELinuxOptions(s.user, s.role, s.type, s.level) if has else None
 
@@ -176,7 +210,12 @@ def sandbox_config(c: pb.PodSandboxConfig) -> m.SandboxConfig:
             supplemental_groups=tuple(sc.supplemental_groups),
             supplemental_groups_policy=_enum(_SGP, sc.supplemental_groups_policy, "policy"),
             privileged=sc.privileged,
-            seccomp=_profile(sc.HasField("seccomp"), sc.seccomp),
+            seccomp=_chosen_profile(
+                sc.HasField("seccomp"),
+                sc.seccomp,
+                sc.seccomp_profile_path,
+                "pod sandbox linux.security_context.seccomp_profile_path",
+            ),
             apparmor=_profile(sc.HasField("apparmor"), sc.apparmor),
         ),
         sysctls=dict(lx.sysctls),
@@ -246,8 +285,18 @@ def container_config(c: pb.ContainerConfig) -> m.ContainerConfig:
             no_new_privs=sc.no_new_privs,
             masked_paths=tuple(sc.masked_paths),
             readonly_paths=tuple(sc.readonly_paths),
-            seccomp=_profile(sc.HasField("seccomp"), sc.seccomp),
-            apparmor=_profile(sc.HasField("apparmor"), sc.apparmor),
+            seccomp=_chosen_profile(
+                sc.HasField("seccomp"),
+                sc.seccomp,
+                sc.seccomp_profile_path,
+                "container linux.security_context.seccomp_profile_path",
+            ),
+            apparmor=_chosen_profile(
+                sc.HasField("apparmor"),
+                sc.apparmor,
+                sc.apparmor_profile,
+                "container linux.security_context.apparmor_profile",
+            ),
         ),
         stop_signal=signal_name(c.stop_signal),
     )
