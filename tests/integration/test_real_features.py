@@ -537,8 +537,8 @@ async def test_devices(rsrv: CRIServer, busybox_ref: str, tmp_path: Path) -> Non
     rules = Path("/sys/fs/cgroup/devices") / f"cri-async/pod-{pod[:16]}/{cid}/devices.list"
     if rules.exists():  # cgroup v1: the rules are readable as text
         assert {"c 240:1 rw", "c 240:2 r"} <= set(rules.read_text().splitlines())
+    missing = container_config("m", busybox_ref, command=["sleep", "1000"])
+    missing.devices.append(pb.Device(container_path="/dev/x", host_path=str(tmp_path / "no")))
     with pytest.raises(GRPCError) as err:
-        missing = container_config("m", busybox_ref, command=["sleep", "1000"])
-        missing.devices.append(pb.Device(container_path="/dev/x", host_path=str(tmp_path / "no")))
         await cli.create_container(pod, missing, pcfg)
     assert err.value.status is Status.INVALID_ARGUMENT and "was not found" in err.value.message

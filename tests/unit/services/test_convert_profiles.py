@@ -73,5 +73,5 @@ def test_bad_deprecated_strings_name_their_field() -> None:
         ProfileType.RUNTIME_DEFAULT
     )
     pcfg.linux.security_context.seccomp_profile_path = "x.json"
-    with pytest.raises(InvalidArgument, match="pod sandbox linux.security_context.seccomp"):
+    with pytest.raises(InvalidArgument, match=r"pod sandbox linux\.security_context\.seccomp"):
         convert.sandbox_config(pcfg)
