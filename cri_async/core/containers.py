@@ -22,6 +22,7 @@ from cri_async.core.model import (
     NamespaceMode,
     Phase,
     Resources,
+    Sandbox,
     SandboxState,
 )
 from cri_async.core.ports import ExecResult, ExitStatus, StartError
@@ -73,6 +74,7 @@ class ContainerManager:
             "container linux.security_context",
         )
         sandbox = ctx.sandboxes.get(validate.require(sandbox_id, "pod_sandbox_id"))
+        _check_user_namespace(sandbox, config)
         if sandbox.state is not SandboxState.READY:
             raise FailedPrecondition(
                 f"pod sandbox {sandbox.id} is not ready; cannot create container "
@@ -318,6 +320,19 @@ class ContainerManager:
         if c.state is not ContainerState.RUNNING:
             raise FailedPrecondition(f"container {c.id} is not running")
         await self.ctx.backend_for(self.ctx.sandboxes.get(c.sandbox_id)).reopen_log(c)
+
+
+def _check_user_namespace(sandbox: Sandbox, config: ContainerConfig) -> None:
+    """A container's user namespace options, if given, are its pod's (containers of a pod
+    share the pod's user namespace)."""
+    what = "container linux.security_context.namespace_options.userns_options"
+    own = validate.user_namespace(config.security.namespaces.userns, what)
+    pod = sandbox.config.security.namespaces.userns
+    pod_mode = pod.mode if pod is not None else NamespaceMode.NODE
+    if config.security.namespaces.userns is not None and (
+        own != pod if own is not None else pod_mode is not NamespaceMode.NODE
+    ):
+        raise InvalidArgument(f"{what} differ from the pod sandbox's")
 
 
 def _user(config: ContainerConfig, image_uid: int | None) -> ContainerUser | None:

@@ -47,11 +47,21 @@ class SandboxManager:
         validate.group_has_user(
             sec.run_as_group, sec.run_as_user, "", "pod sandbox linux.security_context"
         )
+        userns = validate.user_namespace(
+            sec.namespaces.userns,
+            "pod sandbox linux.security_context.namespace_options.userns_options",
+        )
         backend = ctx.backend(handler)
         status = await backend.probe()
         if not status.ready:
             raise FailedPrecondition(
                 f"runtime handler {handler!r} is not ready: {status.reason}: {status.message}"
+            )
+        if userns is not None and not status.features.user_namespaces:
+            raise FailedPrecondition(
+                f"runtime handler {handler!r} cannot run pods in a user namespace "
+                "(namespace_options.userns_options.mode POD); its Status features say "
+                "user_namespaces: false"
             )
         key = sandbox_key(config)
         display = f"{m.name}_{m.namespace}_{m.uid}_{m.attempt}"
