@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 
 from cri_async.backends.bundles import Bundles, exit_status
+from cri_async.backends.features import runtime_features
 from cri_async.backends.ocicli import RuntimeCLI, RuntimeCLIError
 from cri_async.core.errors import FailedPrecondition, Unimplemented
 from cri_async.core.model import Container, Image, Resources, Sandbox
@@ -73,10 +74,11 @@ class RuncBackend:
             self.bundles.make_dirs()
             self.pods.root.mkdir(parents=True, exist_ok=True)
             feats = await self.cli.features() if self.kind == "runc" else None
-            rro = bool(feats and "rro" in (feats.get("mountOptions") or []))
-            linux_ns = (feats or {}).get("linux") or {}
-            userns = "user" in (linux_ns.get("namespaces") or [])
-            self._features = (stamp, HandlerFeatures(rro, userns))
+            version = ""
+            if self.kind != "runc":
+                with contextlib.suppress(RuntimeCLIError):
+                    version = await self.cli.version()
+            self._features = (stamp, runtime_features(self.kind, feats, version))
         return BackendStatus(
             True,
             features=self._features[1],
