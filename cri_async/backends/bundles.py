@@ -14,22 +14,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from cri_async import rootfs
-from cri_async.backends import specinputs
+from cri_async.backends import specinputs, usernsfs
 from cri_async.core.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
-from cri_async.core.model import Container, ContainerUser, Image, Sandbox
+from cri_async.core.model import Container, ContainerUser, Image, Sandbox, UserNamespace
 from cri_async.core.ports import ExecResult, ExitStatus
 from cri_async.monitor.conmon import Conmon, ConmonError, ExitInfo
 from cri_async.oci import spec as oci
 from cri_async.oci.errors import SpecError, SpecUnsupported
 from cri_async.oci.user import ResolvedUser
+
+log = logging.getLogger(__name__)
 
 POD_FILE_TARGETS = ("/etc/hosts", "/etc/resolv.conf", "/etc/hostname")
 
@@ -120,7 +123,16 @@ class Bundles:
         rootfs_dir = bundle / "rootfs"
         layer = self.layer_dir(cid)
         await asyncio.to_thread(bundle.mkdir, parents=True, exist_ok=True)
-        await rootfs.mount_overlay(rootfs_dir, lowers, layer / "fs", layer / "work")
+        try:
+            userns = usernsfs.container_userns(sandbox, container, pod)
+        except SpecError as e:
+            raise InvalidArgument(f"container {container.metadata.name!r}: {e}") from None
+        except LookupError as e:
+            raise FailedPrecondition(str(e)) from None
+        idmap = usernsfs.rootfs_idmap(userns, pod, bundle) if userns is not None else None
+        await rootfs.mount_overlay(rootfs_dir, lowers, layer / "fs", layer / "work", idmap)
+        if idmap is not None:
+            await asyncio.to_thread(usernsfs.make_reachable, bundle, pod)
         user, spec = await asyncio.to_thread(
             self._build,
             sandbox,
@@ -130,6 +142,7 @@ class Bundles:
             pod,
             cgroups_path,
             pid_target,
+            userns,
         )
         if adjust is not None:
             adjust(spec)
@@ -152,8 +165,10 @@ class Bundles:
         pod: oci.PodPaths,
         cgroups_path: str,
         pid_target: Container | None,
+        userns: UserNamespace | None,
     ) -> tuple[ResolvedUser, dict[str, Any]]:
-        """In a thread: every host read the spec needs, then the pure spec builder."""
+        """In a thread: every host read (and mount) the spec needs, then the pure spec
+        builder."""
         cfg = container.config
         name = container.metadata.name
         user = specinputs.container_user(container, image, rootfs_dir)
@@ -162,6 +177,11 @@ class Bundles:
         except rootfs.RootfsError as e:
             raise InvalidArgument(f"container {name!r}: {e}") from None
         try:
+            if userns is not None and pod.userns:
+                staged = usernsfs.stage_volumes(
+                    self.bundle(container.id), cfg.mounts, userns, pod.userns
+                )
+                container = container.evolve(config=replace(cfg, mounts=staged))
             spec = oci.container_spec(
                 sandbox,
                 container,
@@ -211,6 +231,9 @@ class Bundles:
             )
         except ConmonError as e:
             raise FailedPrecondition(f"failed to create container: {e}") from None
+        finally:
+            # The runtime's create has made its own copies of staged volume mounts.
+            await asyncio.to_thread(usernsfs.unstage_volumes, bundle)
 
     # -- run ---------------------------------------------------------------------------
     def exit_info(self, cid: str) -> ExitInfo | None:
@@ -271,6 +294,7 @@ class Bundles:
         await rootfs.unmount(bundle / "rootfs")
 
         def clean() -> None:
+            usernsfs.unstage_volumes(bundle)  # before the rmtree: never into a volume
             self.conmon.remove(cid, self.exits)
             shutil.rmtree(bundle, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):
