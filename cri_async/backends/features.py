@@ -8,6 +8,9 @@ namespace. runc says so in ``features`` (``linux.mountExtensions.idmap.enabled``
 before 1.9; it honours the ``idmap`` mount option (with the container's own mappings) from
 1.8 on, tested with 1.8.1. The root filesystem is idmapped by cri-async itself, whatever
 the runtime.
+
+Recursive read-only mounts: runc lists ``rro`` in ``mountOptions``; crun 1.8.1 applies
+``rro`` (a submount of the bind is read-only too, tested) but has no ``features`` to say so.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 from cri_async.core.ports import HandlerFeatures
 
 CRUN_IDMAP_SINCE = (1, 8)
+CRUN_RRO_SINCE = (1, 8)
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
@@ -44,6 +48,7 @@ def runtime_features(
 ) -> HandlerFeatures:
     options = (features or {}).get("mountOptions")
     rro = isinstance(options, list) and "rro" in options
+    rro = rro or (kind == "crun" and version_tuple(version) >= CRUN_RRO_SINCE)
     return HandlerFeatures(
         recursive_read_only_mounts=rro, user_namespaces=idmapped_mounts(kind, features, version)
     )

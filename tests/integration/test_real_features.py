@@ -542,3 +542,35 @@ async def test_devices(rsrv: CRIServer, busybox_ref: str, tmp_path: Path) -> Non
     with pytest.raises(GRPCError) as err:
         await cli.create_container(pod, missing, pcfg)
     assert err.value.status is Status.INVALID_ARGUMENT and "was not found" in err.value.message
+
+
+async def test_recursive_read_only_mounts(
+    rsrv: CRIServer, busybox_ref: str, tmp_path: Path
+) -> None:
+    """Both runtimes apply "rro" (a submount of the volume is read-only too) and say so in
+    Status, so kubelet and critest use it."""
+    from cri_async import linux
+
+    cli = rsrv.client
+    status = await cli.runtime.Status(pb.StatusRequest())
+    [handler] = [h for h in status.runtime_handlers if h.name == ""]
+    assert handler.features.recursive_read_only_mounts
+    await cli.pull(busybox_ref)
+    vol = tmp_path / "vol"
+    (vol / "sub").mkdir(parents=True)
+    linux.mount("tmpfs", str(vol / "sub"), "tmpfs", 0, "size=1m")
+    try:
+        pcfg = pod_config("rro")
+        pod = await cli.run_pod(pcfg)
+        cfg = container_config("c", busybox_ref, command=["sleep", "1000"])
+        cfg.mounts.append(
+            pb.Mount(
+                container_path="/vol", host_path=str(vol), readonly=True, recursive_read_only=True
+            )
+        )
+        cid = await run(cli, pod, pcfg, cfg)
+        r = await sh(cli, cid, "touch /vol/x /vol/sub/y 2>&1; echo rc=$?")
+        assert r.stdout.count(b"Read-only file system") == 2
+        await cli.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod))
+    finally:
+        linux.umount(str(vol / "sub"))

@@ -23,7 +23,7 @@ RUNC_12 = {
     [
         ("runc", RUNC_115, "", HandlerFeatures(True, False)),  # user ns, but no idmap mounts
         ("runc", RUNC_12, "", HandlerFeatures(True, True)),
-        ("crun", None, "1.8.1", HandlerFeatures(False, True)),
+        ("crun", None, "1.8.1", HandlerFeatures(True, True)),
         ("crun", None, "1.7.2", HandlerFeatures(False, False)),
         ("crun", None, "", HandlerFeatures(False, False)),
         ("youki", None, "0.3.0", HandlerFeatures(False, False)),
