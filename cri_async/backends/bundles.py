@@ -111,8 +111,9 @@ class Bundles:
         pid_target: Container | None = None,
         adjust: Callable[[dict[str, Any]], None] | None = None,
     ) -> Prepared:
-        """Mount the rootfs, resolve the user, build and write config.json (``adjust`` may
-        change the spec first). The caller removes the container if this raises."""
+        """Mount the rootfs, resolve the user, build and write config.json (``adjust``, run
+        in a worker thread, may change the spec first). The caller removes the container if
+        this raises."""
         lowers = self._lowers(image.id)
         if not lowers:
             raise FailedPrecondition(
@@ -145,7 +146,7 @@ class Bundles:
             userns,
         )
         if adjust is not None:
-            adjust(spec)
+            await asyncio.to_thread(adjust, spec)  # it may look at the mounted rootfs
         await asyncio.to_thread((bundle / "config.json").write_text, json.dumps(spec))
         info = {
             "bundle": str(bundle),
