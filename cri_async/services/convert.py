@@ -11,6 +11,7 @@ from cri_async.core.errors import InvalidArgument
 from cri_async.core.events import ContainerEvent, EventType
 from cri_async.core.filters import Filter
 from cri_async.core.images import AuthConfig, FilesystemUsage
+from cri_async.services import legacyprofiles
 
 # -- enums ----------------------------------------------------------------------------
 
@@ -107,38 +108,16 @@ def _profile(has: bool, p: pb.SecurityProfile) -> m.SecurityProfile | None:
     return m.SecurityProfile(_enum(_PROFILE, p.profile_type, "profile_type"), p.localhost_ref)
 
 
-_LEGACY_PROFILES = {
-    "runtime/default": m.ProfileType.RUNTIME_DEFAULT,
-    "docker/default": m.ProfileType.RUNTIME_DEFAULT,
-    "unconfined": m.ProfileType.UNCONFINED,
-}
-LOCALHOST_PREFIX = "localhost/"
+_CSC = "container linux.security_context"
 
 
-def legacy_profile(path: str, field: str) -> m.SecurityProfile | None:
-    """A deprecated ``seccomp_profile_path``/``apparmor_profile`` string as a profile
-    (containerd's reading): "" is unset, ``localhost/<ref>`` names a profile on the node
-    (a seccomp JSON file's path, an AppArmor profile's name)."""
-    if not path:
-        return None
-    kind = _LEGACY_PROFILES.get(path)
-    if kind is not None:
-        return m.SecurityProfile(kind)
-    ref = path.removeprefix(LOCALHOST_PREFIX)
-    if ref == path or not ref:
-        raise InvalidArgument(
-            f"{field} {path!r} is not a profile: use 'runtime/default', 'docker/default', "
-            "'unconfined' or 'localhost/<profile>'"
-        )
-    return m.SecurityProfile(m.ProfileType.LOCALHOST, ref)
-
-
-def _chosen_profile(
-    has: bool, p: pb.SecurityProfile, legacy: str, field: str
+def _seccomp(
+    sc: pb.LinuxSandboxSecurityContext | pb.LinuxContainerSecurityContext, what: str
 ) -> m.SecurityProfile | None:
-    """The profile field when set (it supersedes the deprecated one, which is then not
-    looked at, as in containerd), else the deprecated path string."""
-    return _profile(True, p) if has else legacy_profile(legacy, field)
+    """The ``seccomp`` field, else the deprecated ``seccomp_profile_path`` it supersedes."""
+    if sc.HasField("seccomp"):
+        return _profile(True, sc.seccomp)
+    return legacyprofiles.legacy_profile(sc.seccomp_profile_path, f"{what}.seccomp_profile_path")
 
 
 def _selinux(has: bool, s: pb.SELinuxOption) -> m.SELinuxOptions | None:
@@ -210,12 +189,7 @@ def sandbox_config(c: pb.PodSandboxConfig) -> m.SandboxConfig:
             supplemental_groups=tuple(sc.supplemental_groups),
             supplemental_groups_policy=_enum(_SGP, sc.supplemental_groups_policy, "policy"),
             privileged=sc.privileged,
-            seccomp=_chosen_profile(
-                sc.HasField("seccomp"),
-                sc.seccomp,
-                sc.seccomp_profile_path,
-                "pod sandbox linux.security_context.seccomp_profile_path",
-            ),
+            seccomp=_seccomp(sc, "pod sandbox linux.security_context"),
             apparmor=_profile(sc.HasField("apparmor"), sc.apparmor),
         ),
         sysctls=dict(lx.sysctls),
@@ -285,18 +259,10 @@ def container_config(c: pb.ContainerConfig) -> m.ContainerConfig:
             no_new_privs=sc.no_new_privs,
             masked_paths=tuple(sc.masked_paths),
             readonly_paths=tuple(sc.readonly_paths),
-            seccomp=_chosen_profile(
-                sc.HasField("seccomp"),
-                sc.seccomp,
-                sc.seccomp_profile_path,
-                "container linux.security_context.seccomp_profile_path",
-            ),
-            apparmor=_chosen_profile(
-                sc.HasField("apparmor"),
-                sc.apparmor,
-                sc.apparmor_profile,
-                "container linux.security_context.apparmor_profile",
-            ),
+            seccomp=_seccomp(sc, _CSC),
+            apparmor=_profile(True, sc.apparmor)
+            if sc.HasField("apparmor")
+            else legacyprofiles.legacy_profile(sc.apparmor_profile, f"{_CSC}.apparmor_profile"),
         ),
         stop_signal=signal_name(c.stop_signal),
     )

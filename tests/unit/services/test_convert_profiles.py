@@ -9,7 +9,7 @@ from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.client import container_config, pod_config
 from cri_async.core.errors import InvalidArgument
 from cri_async.core.model import ProfileType, SecurityProfile
-from cri_async.services import convert
+from cri_async.services import convert, legacyprofiles
 
 
 @pytest.mark.parametrize(
@@ -27,13 +27,13 @@ from cri_async.services import convert
     ],
 )
 def test_legacy_profile_strings(path: str, profile: SecurityProfile | None) -> None:
-    assert convert.legacy_profile(path, "f") == profile
+    assert legacyprofiles.legacy_profile(path, "f") == profile
 
 
 @pytest.mark.parametrize("path", ["/tmp/profile.json", "localhost/", "Unconfined", "default"])
 def test_other_legacy_strings_are_invalid(path: str) -> None:
     with pytest.raises(InvalidArgument, match="seccomp_profile_path"):
-        convert.legacy_profile(path, "container linux.security_context.seccomp_profile_path")
+        legacyprofiles.legacy_profile(path, "container linux.security_context.seccomp_profile_path")
 
 
 def test_container_deprecated_fields_are_read() -> None:
