@@ -76,7 +76,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from cri_async import cgroupfs, files, proc, waits
+from cri_async import cgroupfs, files, linux, proc, waits
 from cri_async.backends import runschold, runsclimits
 from cri_async.backends.bundles import Bundles, exit_status
 from cri_async.backends.ocicli import RuntimeCLIError
@@ -182,7 +182,8 @@ class RunscBackend:
             return BackendStatus(False, "SetupFailed", f"runsc handler {self.handler!r}: {e}")
         return BackendStatus(
             True,
-            features=HandlerFeatures(recursive_read_only_mounts=False, user_namespaces=False),
+            # A read-only bind in gVisor covers what is below it too ("rro" becomes "ro").
+            features=HandlerFeatures(recursive_read_only_mounts=True, user_namespaces=False),
             info={
                 "backend": "runsc",
                 "binary": binary,
@@ -330,7 +331,11 @@ class RunscBackend:
             )
         if not sandbox.backend_info.get("infra"):
             raise FailedPrecondition(f"pod sandbox {sandbox.id} has no runsc sandbox")
-        runsclimits.check_container(container.config, host_network_stack=self.network == "host")
+        runsclimits.check_container(
+            container.config,
+            host_network_stack=self.network == "host",
+            host_mounts=await asyncio.to_thread(lambda: [m[0] for m in linux.mountinfo()]),
+        )
 
         def adjust(spec: dict[str, Any]) -> None:
             target = self.bundles.bundle(pid_target.id) if pid_target is not None else None

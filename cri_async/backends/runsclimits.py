@@ -12,6 +12,8 @@ a container's seccomp profile to processes started by ``exec`` (gVisor added bot
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from cri_async.core.errors import FailedPrecondition
 from cri_async.core.model import (
     ContainerConfig,
@@ -59,9 +61,12 @@ def check_sandbox(config: SandboxConfig) -> None:
         )
 
 
-def check_container(config: ContainerConfig, *, host_network_stack: bool) -> None:
+def check_container(
+    config: ContainerConfig, *, host_network_stack: bool, host_mounts: Iterable[str] = ()
+) -> None:
     """Refuse a container gVisor cannot run as asked. ``host_network_stack``: the pod uses
-    gVisor's network passthrough (the host kernel's stack in the pod's netns)."""
+    gVisor's network passthrough (the host kernel's stack in the pod's netns);
+    ``host_mounts``: the host's mount points."""
     sec = config.security
     where = "container linux.security_context"
     _host_namespaces(sec.namespaces, f"{where}.namespace_options")
@@ -88,7 +93,16 @@ def check_container(config: ContainerConfig, *, host_network_stack: bool) -> Non
                 "passthrough the container cannot administer interfaces, routes, bridges or "
                 "firewall rules (gVisor does not pass them to the host)"
             )
+    points = list(host_mounts)
     for m in config.mounts:
+        below = [p for p in points if m.host_path and p.startswith(m.host_path.rstrip("/") + "/")]
+        if m.readonly and not m.recursive_read_only and below:
+            raise FailedPrecondition(
+                f"mount at {m.container_path!r}: a read-only mount that leaves the mounts "
+                f"below its host path ({below[0]}) writable is not supported by gVisor, "
+                "whose read-only binds cover everything below them (ask for "
+                "recursive_read_only)"
+            )
         if m.propagation is Propagation.BIDIRECTIONAL:
             raise FailedPrecondition(
                 f"mount at {m.container_path!r}: propagation BIDIRECTIONAL is not supported "

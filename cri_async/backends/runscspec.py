@@ -229,6 +229,12 @@ def adjust_container_spec(
         namespaces.append({"type": "pid", "path": target_token})
     linux["namespaces"] = namespaces
     mounts = spec.setdefault("mounts", [])
+    for m in mounts:  # gVisor's read-only binds are recursive; it knows no "rro"
+        options = m.get("options") or []
+        if "rro" in options:
+            m["options"] = [o for o in options if o != "rro"] + (
+                ["ro"] if "ro" not in options else []
+            )
     rootfs = str((spec.get("root") or {}).get("path") or "")
     for path in linux.pop("maskedPaths", None) or []:
         kind = kinds.get(path)

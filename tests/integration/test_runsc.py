@@ -465,6 +465,30 @@ async def test_runsc_namespaces_hidden_paths_and_refusals(
     assert err.value.status is Status.FAILED_PRECONDITION
     assert "seccomp" in str(err.value.message)
 
+    # Recursive read-only (gVisor's only kind): the host's mounts below the volume too.
+    vol = Path(str(srv.root)) / "rro"
+    (vol / "sub").mkdir(parents=True)
+    linux.mount("tmpfs", str(vol / "sub"), "tmpfs", 0, "size=1m")
+    try:
+        status = await cli.runtime.Status(pb.StatusRequest())
+        assert [h.features.recursive_read_only_mounts for h in status.runtime_handlers] == [True]
+        rro = ctr("rro")
+        rro.mounts.append(
+            pb.Mount(
+                container_path="/v", host_path=str(vol), readonly=True, recursive_read_only=True
+            )
+        )
+        r = await sh(await run(rro), "touch /v/x /v/sub/y 2>&1; echo rc=$?")
+        assert r.stdout.count(b"Read-only file system") == 2
+        plain = ctr("plain-ro")
+        plain.mounts.append(pb.Mount(container_path="/v", host_path=str(vol), readonly=True))
+        with pytest.raises(GRPCError) as err:  # its submount would not stay writable
+            await cli.create_container(pod, plain, pcfg)
+        assert err.value.status is Status.FAILED_PRECONDITION
+        assert "recursive_read_only" in str(err.value.message)
+    finally:
+        linux.umount(str(vol / "sub"))
+
     refused_containers = {
         "privileged": lambda c: setattr(c.linux.security_context, "privileged", True),
         "add_capabilities NET_ADMIN": lambda c: (

@@ -184,3 +184,24 @@ def test_the_infra_container_holds_the_default_capabilities() -> None:
     )
     caps = spec["process"]["capabilities"]
     assert caps["bounding"] == caps["effective"] == ["CAP_CHOWN", "CAP_NET_BIND_SERVICE"]
+
+
+def test_read_only_binds_are_recursive_in_gvisor() -> None:
+    """A read-only mount with mounts below its host path would make those read-only too:
+    refused unless recursive read-only is what was asked; "rro" becomes gVisor's "ro"."""
+    ro = ContainerConfig(
+        ContainerMetadata("c"), ImageSpec("busybox"), mounts=(Mount("/v", "/data", readonly=True),)
+    )
+    check_container(ro, host_network_stack=True, host_mounts=["/", "/data", "/database"])
+    with pytest.raises(FailedPrecondition, match="recursive_read_only"):
+        check_container(ro, host_network_stack=True, host_mounts=["/", "/data/sub"])
+    rro = ContainerConfig(
+        ContainerMetadata("c"),
+        ImageSpec("busybox"),
+        mounts=(Mount("/v", "/data", readonly=True, recursive_read_only=True),),
+    )
+    check_container(rro, host_network_stack=True, host_mounts=["/data/sub"])
+    spec = _spec()
+    spec["mounts"] = [{"destination": "/v", "type": "bind", "options": ["rbind", "rro"]}]
+    adjust(spec, NamespaceMode.POD)
+    assert spec["mounts"][0]["options"] == ["rbind", "ro"]
