@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 from cri_async.backends.bundles import BundleLayout, Bundles
@@ -141,15 +140,13 @@ class BackendFactory:
                 observer=self.observer,
             )
             wrapper = root / "conmon-runtime"
-            # runsc knows no "rro" mount option.
-            facts = replace(self.host, recursive_read_only=False)
             return RunscBackend(
                 name,
                 cli=runsc,
                 conmon_binary=self.config.runtime.conmon,
                 # gVisor keeps its containers' processes in the sandbox: no host PID ns.
                 pods=self._pods(root, host_pidns=False),
-                bundles=self._bundles(root, runsc, str(wrapper), facts),
+                bundles=self._bundles(root, runsc, str(wrapper), self.host),
                 wrapper=wrapper,
                 platform=h.platform,
                 network=h.network,

@@ -56,3 +56,17 @@ def read_pid(path: Path) -> int | None:
     would signal a whole process group or every process)."""
     value = read_int(path)
     return value if value is not None and value > 0 else None
+
+
+def allow_traversal(path: Path) -> list[Path]:
+    """Give ``path`` and every ancestor the search (x) permission for everyone; the
+    directories changed. Read permission is not given: names stay private, but a process
+    whose uid is not mapped to an owner (an OCI runtime inside a pod's user namespace) can
+    walk to a path it is told, as containerd's 0711 state directories allow."""
+    changed: list[Path] = []
+    for d in (path, *path.parents):
+        mode = d.stat().st_mode
+        if not mode & 0o001:
+            os.chmod(d, (mode & 0o7777) | 0o111)
+            changed.append(d)
+    return changed

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from cri_async.network.cniconf import pick_config
 from cri_async.oci.defaults import capabilities_from_mask
-from cri_async.stats.cgroups import detect_layout, parse_mountinfo
+from cri_async.stats.cgrouplayout import detect_layout, parse_mountinfo
 
 
 class Severity(enum.Enum):

@@ -39,8 +39,23 @@ FSMOUNT_CLOEXEC = 0x1
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 AT_FDCWD = -100
 SYS_OPENAT2 = 437
+SYS_OPEN_TREE = 428
+SYS_MOUNT_SETATTR = 442
+OPEN_TREE_CLONE = 0x1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+AT_EMPTY_PATH = 0x1000
+MOUNT_ATTR_IDMAP = 0x00100000
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_IN_ROOT = 0x10
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
 
 
 class _OpenHow(ctypes.Structure):
@@ -134,6 +149,41 @@ def mount_new_api(fstype: str, target: str, options: list[tuple[str, str]]) -> N
             os.close(mnt)
     finally:
         os.close(fs)
+
+
+def idmapped_bind(source: str, target: str, userns_fd: int) -> None:
+    """Bind ``source`` onto ``target`` through the mappings of the user namespace
+    ``userns_fd``: a file owned by host id N shows there as owned by N's image in that
+    namespace's mapping (open_tree, mount_setattr(MOUNT_ATTR_IDMAP), move_mount)."""
+    tree = _syscall(
+        SYS_OPEN_TREE,
+        AT_FDCWD,
+        source.encode(),
+        ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC),
+        what=f"open_tree {source}",
+    )
+    try:
+        attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+        _syscall(
+            SYS_MOUNT_SETATTR,
+            tree,
+            b"",
+            ctypes.c_uint(AT_EMPTY_PATH),
+            ctypes.byref(attr),
+            ctypes.c_size_t(ctypes.sizeof(attr)),
+            what=f"mount_setattr idmap {source}",
+        )
+        _syscall(
+            SYS_MOVE_MOUNT,
+            tree,
+            b"",
+            AT_FDCWD,
+            target.encode(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+            what=f"move_mount {target}",
+        )
+    finally:
+        os.close(tree)
 
 
 def mountinfo() -> list[tuple[str, str, str, str]]:

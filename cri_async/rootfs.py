@@ -4,6 +4,13 @@ and reading files inside one as the container would see them.
 Legacy mount(2) silently truncates its option string at 4 KiB, so
 long lowerdir lists go through the new mount API, and every mount is checked against
 /proc/self/mountinfo afterwards.
+
+A container in a user namespace of its own gets the image's files as owned by its root:
+each lower layer is bound through an idmapped mount of the pod's user namespace, the
+overlay is made of those (overlayfs keeps private clones of its lowers, so the idmapped
+binds are detached right after), and the upper and work directories are chowned to the
+namespace's root instead (an idmapped upper makes overlay's work dir fail with EOVERFLOW and
+the mount silently read-only).
 """
 
 from __future__ import annotations
@@ -11,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import shutil
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from cri_async import linux
@@ -25,15 +34,49 @@ class RootfsError(Exception):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class Idmap:
+    """Map the image's files into a user namespace (see the module's notes)."""
+
+    userns: str  # the pinned user namespace
+    uid: int  # host ids of its root: owner of the writable layer
+    gid: int
+    stage: Path  # an empty directory for the idmapped binds of the lowers
+
+
 def overlay_options(lowers: list[str], upper: str, work: str) -> str:
     return f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}"
 
 
-def _mount_sync(target: Path, lowers: list[str], upper: Path, work: Path) -> None:
+def _mount_sync(
+    target: Path, lowers: list[str], upper: Path, work: Path, idmap: Idmap | None
+) -> None:
     for p in (target, upper, work):
         p.mkdir(parents=True, exist_ok=True)
     if not lowers:
         raise RootfsError("an image without layers has no root filesystem")
+    if idmap is None:
+        _mount_overlay(target, lowers, upper, work)
+        return
+    for p in (upper, work):
+        os.chown(p, idmap.uid, idmap.gid)
+    staged: list[str] = []
+    fd = os.open(idmap.userns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for i, lower in enumerate(lowers):
+            bind = idmap.stage / str(i)
+            bind.mkdir(parents=True, exist_ok=True)
+            linux.idmapped_bind(lower, str(bind), fd)
+            staged.append(str(bind))
+        _mount_overlay(target, staged, upper, work)
+    finally:
+        os.close(fd)
+        for path in staged:
+            linux.umount(path)
+        shutil.rmtree(idmap.stage, ignore_errors=True)
+
+
+def _mount_overlay(target: Path, lowers: list[str], upper: Path, work: Path) -> None:
     opts = overlay_options(lowers, str(upper), str(work))
     if len(opts) < LEGACY_LIMIT and not any(":" in d or "," in d for d in lowers):
         linux.mount("overlay", str(target), "overlay", 0, opts)
@@ -50,10 +93,13 @@ def _mount_sync(target: Path, lowers: list[str], upper: Path, work: Path) -> Non
         raise RootfsError(f"overlay at {target} did not mount as asked (got {found[-1:]})")
 
 
-async def mount_overlay(target: Path, lowers: list[str], upper: Path, work: Path) -> None:
-    """``lowers`` top-most first, as overlayfs wants them."""
+async def mount_overlay(
+    target: Path, lowers: list[str], upper: Path, work: Path, idmap: Idmap | None = None
+) -> None:
+    """``lowers`` top-most first, as overlayfs wants them; ``idmap`` for a container in a
+    user namespace of its own."""
     try:
-        await asyncio.to_thread(_mount_sync, target, lowers, upper, work)
+        await asyncio.to_thread(_mount_sync, target, lowers, upper, work, idmap)
     except OSError as e:
         raise RootfsError(f"cannot mount the root filesystem at {target}: {e}") from None
 

@@ -15,22 +15,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from cri_async import rootfs
-from cri_async.backends import specinputs
+from cri_async.backends import specinputs, usernsfs
 from cri_async.core.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
-from cri_async.core.model import Container, Image, Sandbox
+from cri_async.core.model import Container, ContainerUser, Image, Sandbox, UserNamespace
 from cri_async.core.ports import ExecResult, ExitStatus
 from cri_async.monitor.conmon import Conmon, ConmonError, ExitInfo
 from cri_async.oci import spec as oci
-from cri_async.oci.errors import SpecError
+from cri_async.oci.errors import SpecError, SpecUnsupported
 from cri_async.oci.user import ResolvedUser
+
+log = logging.getLogger(__name__)
 
 POD_FILE_TARGETS = ("/etc/hosts", "/etc/resolv.conf", "/etc/hostname")
 
@@ -43,6 +46,12 @@ class Prepared:
     user: ResolvedUser
     spec: dict[str, Any]
     backend_info: dict[str, str]
+
+    @property
+    def container_user(self) -> ContainerUser:
+        """The identity of the container's first process, as ContainerStatus reports it:
+        uid, primary gid and every group it holds (the primary one included)."""
+        return ContainerUser(self.user.uid, self.user.gid, self.user.additional_gids)
 
 
 def exit_status(info: ExitInfo) -> ExitStatus:
@@ -96,8 +105,9 @@ class BundleLayout:
         pid_target: Container | None = None,
         adjust: Callable[[dict[str, Any]], None] | None = None,
     ) -> Prepared:
-        """Mount the rootfs, resolve the user, build and write config.json (``adjust`` may
-        change the spec first). The caller removes the container if this raises."""
+        """Mount the rootfs, resolve the user, build and write config.json (``adjust``, run
+        in a worker thread, may change the spec first). The caller removes the container if
+        this raises."""
         lowers = self._lowers(image.id)
         if not lowers:
             raise FailedPrecondition(
@@ -108,7 +118,16 @@ class BundleLayout:
         rootfs_dir = bundle / "rootfs"
         layer = self.layer_dir(cid)
         await asyncio.to_thread(bundle.mkdir, parents=True, exist_ok=True)
-        await rootfs.mount_overlay(rootfs_dir, lowers, layer / "fs", layer / "work")
+        try:
+            userns = usernsfs.container_userns(sandbox, container, pod)
+        except SpecError as e:
+            raise InvalidArgument(f"container {container.metadata.name!r}: {e}") from None
+        except LookupError as e:
+            raise FailedPrecondition(str(e)) from None
+        idmap = usernsfs.rootfs_idmap(userns, pod, bundle) if userns is not None else None
+        await rootfs.mount_overlay(rootfs_dir, lowers, layer / "fs", layer / "work", idmap)
+        if idmap is not None:
+            await asyncio.to_thread(usernsfs.make_reachable, bundle, pod)
         user, spec = await asyncio.to_thread(
             self._build,
             sandbox,
@@ -118,9 +137,10 @@ class BundleLayout:
             pod,
             cgroups_path,
             pid_target,
+            userns,
         )
         if adjust is not None:
-            adjust(spec)
+            await asyncio.to_thread(adjust, spec)  # it may look at the mounted rootfs
         await asyncio.to_thread((bundle / "config.json").write_text, json.dumps(spec))
         info = {
             "bundle": str(bundle),
@@ -140,8 +160,10 @@ class BundleLayout:
         pod: oci.PodPaths,
         cgroups_path: str,
         pid_target: Container | None,
+        userns: UserNamespace | None,
     ) -> tuple[ResolvedUser, dict[str, Any]]:
-        """In a thread: every host read the spec needs, then the pure spec builder."""
+        """In a thread: every host read (and mount) the spec needs, then the pure spec
+        builder."""
         cfg = container.config
         name = container.metadata.name
         user = specinputs.container_user(container, image, rootfs_dir)
@@ -150,6 +172,11 @@ class BundleLayout:
         except rootfs.RootfsError as e:
             raise InvalidArgument(f"container {name!r}: {e}") from None
         try:
+            if userns is not None and pod.userns:
+                staged = usernsfs.stage_volumes(
+                    self.bundle(container.id), cfg.mounts, userns, pod.userns
+                )
+                container = container.evolve(config=replace(cfg, mounts=staged))
             spec = oci.container_spec(
                 sandbox,
                 container,
@@ -164,6 +191,8 @@ class BundleLayout:
                 devices=specinputs.device_nodes(cfg.devices),
                 host_devices=specinputs.host_devices() if cfg.security.privileged else (),
             )
+        except SpecUnsupported as e:
+            raise FailedPrecondition(f"container {name!r}: {e}") from None
         except SpecError as e:
             raise InvalidArgument(f"container {name!r}: {e}") from None
         if container.log_path:
@@ -197,6 +226,7 @@ class BundleLayout:
         await rootfs.unmount(bundle / "rootfs")
 
         def clean() -> None:
+            usernsfs.unstage_volumes(bundle)  # before the rmtree: never into a volume
             shutil.rmtree(bundle, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(self.layer_dir(cid))
@@ -236,7 +266,7 @@ class Bundles(BundleLayout):
                 container.id,
                 cfg.metadata.name,
                 bundle,
-                container.log_path or str(bundle / "ctr.log"),
+                self.log_path(container),
                 tty=cfg.tty,
                 stdin=cfg.stdin,
                 stdin_once=cfg.stdin_once,
@@ -244,6 +274,9 @@ class Bundles(BundleLayout):
             )
         except ConmonError as e:
             raise FailedPrecondition(f"failed to create container: {e}") from None
+        finally:
+            # The runtime's create has made its own copies of staged volume mounts.
+            await asyncio.to_thread(usernsfs.unstage_volumes, bundle)
 
     # -- run ---------------------------------------------------------------------------
     def exit_info(self, cid: str) -> ExitInfo | None:
@@ -277,9 +310,14 @@ class Bundles(BundleLayout):
             raise DeadlineExceeded(f"command {cmd!r} timed out after {timeout:g}s")
         return ExecResult(done.exit_code, done.stdout, done.stderr)
 
-    async def reopen_log(self, cid: str) -> None:
+    def log_path(self, container: Container) -> str:
+        """Where conmon writes the container's CRI log."""
+        return container.log_path or str(self.bundle(container.id) / "ctr.log")
+
+    async def reopen_log(self, container: Container) -> None:
+        """Have conmon reopen the log; returns once the new file exists."""
         try:
-            await self.conmon.reopen_log(self.bundle(cid))
+            await self.conmon.reopen_log(self.bundle(container.id), self.log_path(container))
         except ConmonError as e:
             raise FailedPrecondition(str(e)) from None
 

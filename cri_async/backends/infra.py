@@ -18,6 +18,7 @@ from typing import Any
 
 from cri_async.core.model import Sandbox
 from cri_async.oci import spec as oci
+from cri_async.oci.defaults import DEFAULT_CAPABILITIES
 
 __all__ = ["INFRA_DIRS", "INFRA_UID", "find_infra_binary", "infra_spec", "install_rootfs"]
 
@@ -83,9 +84,17 @@ def infra_spec(
     hostname: str,
     cgroups_path: str,
     oom_score_adj: int,
+    bounding_caps: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    """config.json of the pod's infra container (for runsc the gVisor sandbox itself); ``args`` is
-    the pause binary's argv in ``rootfs``."""
+    """config.json of the pod's infra container (for runsc the gVisor sandbox itself); ``args``
+    is the pause binary's argv in ``rootfs``.
+
+    With ``bounding_caps`` (ours) its capabilities are a container's default set within
+    them: runsc's host network passthrough gives the sandbox process the infra container's
+    capabilities on the host (``--apply-caps``), and the pod's sockets are the sandbox's, so
+    without CAP_NET_BIND_SERVICE no container of the pod could listen on port 80. Without,
+    it has none (the pause process needs none)."""
+    caps = [c for c in DEFAULT_CAPABILITIES if c in bounding_caps]
     namespaces: list[dict[str, str]] = [
         {"type": "pid"},
         {"type": "ipc"},
@@ -103,7 +112,7 @@ def infra_spec(
             "args": list(args),
             "env": ["PATH=/"],
             "cwd": "/",
-            "capabilities": {"bounding": [], "effective": [], "permitted": []},
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
             "noNewPrivileges": True,
             "oomScoreAdj": max(0, oom_score_adj),
         },

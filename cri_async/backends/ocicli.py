@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from cri_async import proc
-from cri_async.core.ports import HandlerFeatures
 from cri_async.observe import NO_OBSERVER, Observer
 from cri_async.oci.errors import runtime_message
 
@@ -44,13 +43,6 @@ def _trim(text: str) -> str:
     if len(text) > _STDERR_KEEP:
         text = "..." + text[-_STDERR_KEEP:]
     return text
-
-
-def handler_features(features: dict[str, Any] | None) -> HandlerFeatures:
-    """What a runc-compatible runtime's ``features`` JSON says a handler supports."""
-    rro = bool(features and "rro" in (features.get("mountOptions") or []))
-    linux_ns = (features or {}).get("linux") or {}
-    return HandlerFeatures(rro, "user" in (linux_ns.get("namespaces") or []))
 
 
 class RuntimeCLIError(Exception):

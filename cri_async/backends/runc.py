@@ -17,7 +17,8 @@ import time
 from collections.abc import Sequence
 
 from cri_async.backends.bundles import Bundles, exit_status
-from cri_async.backends.ocicli import RuntimeCLI, RuntimeCLIError, handler_features
+from cri_async.backends.features import runtime_features
+from cri_async.backends.ocicli import RuntimeCLI, RuntimeCLIError
 from cri_async.core.errors import FailedPrecondition, Unimplemented
 from cri_async.core.model import Container, Image, Resources, Sandbox
 from cri_async.core.ports import (
@@ -73,7 +74,11 @@ class RuncBackend:
             self.bundles.make_dirs()
             self.pods.root.mkdir(parents=True, exist_ok=True)
             feats = await self.cli.features() if self.kind == "runc" else None
-            self._features = (stamp, handler_features(feats))
+            version = ""
+            if self.kind != "runc":
+                with contextlib.suppress(RuntimeCLIError):
+                    version = await self.cli.version()
+            self._features = (stamp, runtime_features(self.kind, feats, version))
         return BackendStatus(
             True,
             features=self._features[1],
@@ -116,7 +121,7 @@ class RuncBackend:
         except BaseException:
             await self.delete_container(container)
             raise
-        return container.evolve(pid=pid, backend_info=ready.backend_info)
+        return container.evolve(pid=pid, backend_info=ready.backend_info, user=ready.container_user)
 
     async def start_container(self, container: Container) -> int:
         try:
@@ -162,7 +167,7 @@ class RuncBackend:
             raise FailedPrecondition(f"cannot update container resources: {e}") from None
 
     async def reopen_log(self, container: Container) -> None:
-        await self.bundles.reopen_log(container.id)
+        await self.bundles.reopen_log(container)
 
     # -- streaming (Exec/Attach/PortForward) ----------------------------------------------
     async def exec_session(self, container: Container, cmd: Sequence[str], stdio: Stdio) -> Session:

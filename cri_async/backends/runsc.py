@@ -42,12 +42,12 @@ The alternative, one gVisor sandbox per container, would let conmon work unchang
 costs a sandbox boot (~170 ms and a Sentry's memory) per container, and containers of a pod
 would no longer share a kernel (loopback, IPC, /dev/shm semantics differ from Kubernetes').
 
-Spec adjustments: sysctls are dropped (runsc does not apply them), capabilities
-this runsc does not know (CAP_PERFMON, CAP_BPF, CAP_CHECKPOINT_RESTORE) are removed (with
-them "all caps" fails), ``oomScoreAdj`` is at least 0, no ``rro`` mount option. The spec's
-seccomp profile is enforced because ``--oci-seccomp`` is always passed (it only acts on
-specs that carry a profile). Containers with a tty are refused: runsc wants the console
-socket at ``create`` and uses it at ``start``, after conmon has closed it.
+What gVisor cannot do (host namespaces, privileged, sysctls, ...) is refused before anything
+is made (``runsclimits``); the spec is adjusted to what runsc needs (``runscspec``: PID
+namespace modes, masked and read-only paths as mounts, oomScoreAdj >= 0). The spec's
+seccomp profile is enforced because ``--oci-seccomp`` is always passed. Containers with a
+tty are refused: runsc wants the console socket at ``create`` and uses it at ``start``,
+after conmon has closed it.
 
 Resources: there is no ``runsc update``; UpdateContainerResources writes the v1
 cgroup files of the container's ``cgroupsPath`` (which runsc creates). All of a pod's host
@@ -76,8 +76,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from cri_async import cgroupfs, files, proc, waits
-from cri_async.backends import runschold
+from cri_async import cgroupfs, files, linux, proc, waits
+from cri_async.backends import runschold, runsclimits
 from cri_async.backends.bundles import Bundles, exit_status
 from cri_async.backends.infra import find_infra_binary, infra_spec, install_rootfs
 from cri_async.backends.ocicli import RuntimeCLIError
@@ -88,7 +88,6 @@ from cri_async.backends.runscspec import (
     START_LOG,
     STOP_WAIT,
     WAIT_LOG,
-    adjust_container_spec,
     cmdline_has,
     start_log_message,
     wrapper_script,
@@ -148,6 +147,7 @@ class RunscBackend:
         self.infra_binary = infra_binary
         self.reaper = reaper
         self._infra: tuple[str, tuple[str, ...]] | None = None
+        self._exec_seccomp: bool | None = None
 
     # -- paths -----------------------------------------------------------------------
     @property
@@ -180,7 +180,8 @@ class RunscBackend:
             return BackendStatus(False, "SetupFailed", f"runsc handler {self.handler!r}: {e}")
         return BackendStatus(
             True,
-            features=HandlerFeatures(recursive_read_only_mounts=False, user_namespaces=False),
+            # A read-only bind in gVisor covers what is below it too ("rro" becomes "ro").
+            features=HandlerFeatures(recursive_read_only_mounts=True, user_namespaces=False),
             info={
                 "backend": "runsc",
                 "binary": binary,
@@ -202,6 +203,7 @@ class RunscBackend:
 
     # -- pods ------------------------------------------------------------------------
     async def create_sandbox(self, sandbox: Sandbox) -> Sandbox:
+        runsclimits.check_sandbox(sandbox.config)
         if self._infra is None:
             status = await self.probe()
             if not status.ready:
@@ -232,6 +234,7 @@ class RunscBackend:
             hostname=info.get("hostname", ""),
             cgroups_path=f"{cgroup_parent(sandbox)}/{sid}",
             oom_score_adj=self.bundles.host.min_oom_score_adj,
+            bounding_caps=self.bundles.host.bounding_caps,
         )
         await asyncio.to_thread(bundle.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread((bundle / "config.json").write_text, json.dumps(spec))
@@ -312,9 +315,16 @@ class RunscBackend:
             )
         if not sandbox.backend_info.get("infra"):
             raise FailedPrecondition(f"pod sandbox {sandbox.id} has no runsc sandbox")
+        runsclimits.check_container(
+            container.config,
+            host_network_stack=self.network == "host",
+            host_mounts=await asyncio.to_thread(lambda: [m[0] for m in linux.mountinfo()]),
+        )
 
         def adjust(spec: dict[str, Any]) -> None:
-            for note in adjust_container_spec(spec, sandbox.id):
+            target = self.bundles.bundle(pid_target.id) if pid_target is not None else None
+            bundle = self.bundles.bundle(container.id)
+            for note in runschold.adjust_spec(spec, bundle, sandbox.id, container, target):
                 log.info("runsc container %s (%s): %s", container.id, container.metadata.name, note)
 
         try:
@@ -332,7 +342,7 @@ class RunscBackend:
         except BaseException:
             await self.delete_container(container)
             raise
-        return container.evolve(pid=pid, backend_info=ready.backend_info)
+        return container.evolve(pid=pid, backend_info=ready.backend_info, user=ready.container_user)
 
     async def start_container(self, container: Container) -> int:
         bundle = self.bundles.bundle(container.id)
@@ -401,6 +411,7 @@ class RunscBackend:
     async def exec_sync(
         self, container: Container, cmd: Sequence[str], timeout: float | None, limit: int
     ) -> ExecResult:
+        await self._check_exec_seccomp(container)
         process = await self.bundles.process_spec(container, cmd)
         process["terminal"] = False
         workdir = self.bundles.bundle(container.id) / "exec" / secrets.token_hex(8)
@@ -427,6 +438,22 @@ class RunscBackend:
         finally:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
 
+    async def _check_exec_seccomp(self, container: Container) -> None:
+        """Refuse to exec into a container with a seccomp profile when this runsc would
+        run the new process without it."""
+        if self._exec_seccomp is None:
+            version = ""
+            with contextlib.suppress(RuntimeCLIError):
+                version = await self.cli.version()
+            self._exec_seccomp = runsclimits.exec_applies_seccomp(version)
+        bundle = self.bundles.bundle(container.id)
+        if not self._exec_seccomp and await asyncio.to_thread(runschold.has_seccomp, bundle):
+            raise FailedPrecondition(
+                f"container {container.id} runs under a seccomp profile, which this runsc "
+                "does not apply to processes started by exec (gVisor does from release "
+                "20260308): exec refused rather than run unfiltered"
+            )
+
     async def update_resources(self, container: Container, resources: Resources) -> None:
         path = self.bundles.bundle(container.id) / "config.json"
         try:
@@ -443,7 +470,7 @@ class RunscBackend:
         log.debug("runsc container %s: wrote %s", container.id, ", ".join(written))
 
     async def reopen_log(self, container: Container) -> None:
-        await self.bundles.reopen_log(container.id)
+        await self.bundles.reopen_log(container)
 
     # -- streaming (Exec/Attach/PortForward) ----------------------------------------------
     async def exec_session(self, container: Container, cmd: Sequence[str], stdio: Stdio) -> Session:

@@ -1,6 +1,6 @@
 """runsc's side of a container's life outside the sandbox: the CLI's quirks, the start
-FIFOs the holder waits on (see ``cri_async.backends.runsc``), and reading why a sandbox
-died."""
+FIFOs the holder waits on (see ``cri_async.backends.runsc``), the host reads and files a
+container's spec needs for runsc, and reading why a sandbox died."""
 
 from __future__ import annotations
 
@@ -8,12 +8,23 @@ import contextlib
 import errno
 import json
 import os
+import stat
 from pathlib import Path
+from typing import Any
 
-from cri_async import files, waits
+from cri_async import files, linux, waits
 from cri_async.backends.ocicli import RuntimeCLI
-from cri_async.backends.runscspec import START_FIFO, START_LOG, STARTED_FIFO
+from cri_async.backends.runscspec import (
+    MASK_FILE,
+    PIDNS_TOKEN,
+    START_FIFO,
+    START_LOG,
+    STARTED_FIFO,
+    adjust_container_spec,
+    hidden_paths,
+)
 from cri_async.cgroupfs import CGROUP_ROOT
+from cri_async.core.model import Container
 from cri_async.core.ports import StartError
 
 
@@ -32,6 +43,52 @@ class RunscCLI(RuntimeCLI):
     async def kill_pid(self, cid: str, pid: int, signal: int) -> None:
         """Signal one process of ``cid`` by its pid in the sandbox's root pid namespace."""
         await self._run("kill", "--pid", str(pid), cid, str(int(signal)), check=False)
+
+
+def adjust_spec(
+    spec: dict[str, Any],
+    bundle: Path,
+    sandbox_id: str,
+    container: Container,
+    target_bundle: Path | None,
+) -> list[str]:
+    """With the container's rootfs mounted (in a worker thread): what each masked or
+    read-only path is there, the empty file masked files get, then the pure
+    ``adjust_container_spec``; its notes."""
+    kinds = {p: k for p in hidden_paths(spec) if (k := _kind_in_root(spec["root"]["path"], p))}
+    mask = bundle / MASK_FILE
+    mask.touch(mode=0o444)
+    return adjust_container_spec(
+        spec,
+        sandbox_id,
+        pid_mode=container.config.security.namespaces.pid,
+        pidns_token=str(bundle / PIDNS_TOKEN),
+        target_token=str(target_bundle / PIDNS_TOKEN) if target_bundle is not None else None,
+        kinds=kinds,
+        mask_file=str(mask),
+    )
+
+
+def _kind_in_root(rootfs: str, path: str) -> str | None:
+    """ "dir" or "file" for what ``path`` is in the rootfs (symlinks resolved inside it, as
+    the runtime resolves a mount destination), None when there is nothing."""
+    root = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = linux.openat2(root, path.lstrip("/"), os.O_PATH, linux.RESOLVE_IN_ROOT)
+    except OSError:
+        return None
+    finally:
+        os.close(root)
+    try:
+        return "dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+    finally:
+        os.close(fd)
+
+
+def has_seccomp(bundle: Path) -> bool:
+    """Whether the container's spec carries a seccomp profile."""
+    spec = json.loads((bundle / "config.json").read_text())
+    return bool((spec.get("linux") or {}).get("seccomp"))
 
 
 def make_fifos(bundle: Path) -> None:

@@ -22,6 +22,7 @@ from cri_async.core.model import (
     NamespaceMode,
     Phase,
     Resources,
+    Sandbox,
     SandboxState,
 )
 from cri_async.core.ports import ExecResult, ExitStatus, StartError
@@ -65,7 +66,15 @@ class ContainerManager:
         validate.key_values(config.labels, config.annotations, "container config")
         if config.stop_signal:
             stop_signal_number(config.stop_signal)
+        sec = config.security
+        validate.group_has_user(
+            sec.run_as_group,
+            sec.run_as_user,
+            sec.run_as_username,
+            "container linux.security_context",
+        )
         sandbox = ctx.sandboxes.get(validate.require(sandbox_id, "pod_sandbox_id"))
+        _check_user_namespace(sandbox, config)
         if sandbox.state is not SandboxState.READY:
             raise FailedPrecondition(
                 f"pod sandbox {sandbox.id} is not ready; cannot create container "
@@ -211,7 +220,11 @@ class ContainerManager:
 
     # -- stop ----------------------------------------------------------------------
     async def stop(self, container_id: str, timeout: float) -> None:
-        c = self.ctx.containers.get(container_id)
+        """Stop a running container. An unknown id is already stopped: kubelet retries
+        stops of containers a previous attempt (or a crash) already removed."""
+        c = self.ctx.containers.find(validate.require(container_id, "container_id"))
+        if c is None:
+            return
         await self._stop(c, timeout)
 
     async def _stop(self, c: Container, timeout: float) -> None:
@@ -307,6 +320,19 @@ class ContainerManager:
         if c.state is not ContainerState.RUNNING:
             raise FailedPrecondition(f"container {c.id} is not running")
         await self.ctx.backend_for(self.ctx.sandboxes.get(c.sandbox_id)).reopen_log(c)
+
+
+def _check_user_namespace(sandbox: Sandbox, config: ContainerConfig) -> None:
+    """A container's user namespace options, if given, are its pod's (containers of a pod
+    share the pod's user namespace)."""
+    what = "container linux.security_context.namespace_options.userns_options"
+    own = validate.user_namespace(config.security.namespaces.userns, what)
+    pod = sandbox.config.security.namespaces.userns
+    pod_mode = pod.mode if pod is not None else NamespaceMode.NODE
+    if config.security.namespaces.userns is not None and (
+        own != pod if own is not None else pod_mode is not NamespaceMode.NODE
+    ):
+        raise InvalidArgument(f"{what} differ from the pod sandbox's")
 
 
 def _user(config: ContainerConfig, image_uid: int | None) -> ContainerUser | None:

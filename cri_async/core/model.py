@@ -76,6 +76,18 @@ class UserNamespace:
     uids: tuple[IDMapping, ...] = ()
     gids: tuple[IDMapping, ...] = ()
 
+    @property
+    def root(self) -> tuple[int, int]:
+        """The host (uid, gid) of the namespace's root, which owns what the pod writes."""
+        return _host_id(self.uids, 0), _host_id(self.gids, 0)
+
+
+def _host_id(maps: tuple[IDMapping, ...], container_id: int) -> int:
+    for m in maps:
+        if m.container_id <= container_id < m.container_id + m.length:
+            return m.host_id + container_id - m.container_id
+    raise ValueError(f"id {container_id} is not mapped")
+
 
 @dataclass(frozen=True, slots=True)
 class NamespaceOptions:

@@ -157,7 +157,10 @@ class OCIRuntime(Protocol):
 
 
 class StatsSource(Protocol):
-    """Container and pod resource usage, sampled from the host (cgroups, pod netns)."""
+    """Container and pod resource usage, sampled from the host (cgroups, pod netns).
+
+    The reads (``get``, ``containers``, ...) never wait; a stats RPC awaits ``fresh``
+    first, which brings stale samples up to date without blocking the event loop."""
 
     def track(
         self,
@@ -172,6 +175,11 @@ class StatsSource(Protocol):
 
     def untrack(self, id: str) -> None:
         """Forget a container, or a pod with its containers."""
+        ...
+
+    async def fresh(self) -> None:
+        """Return once every tracked sample is recent (or a bounded wait for that ran
+        out); concurrent callers share one refresh."""
         ...
 
     def get(self, container_id: str) -> ContainerSample | None: ...

@@ -39,10 +39,20 @@ class Condition:
 
 
 @dataclass(frozen=True, slots=True)
+class RuntimeFeatures:
+    """What the runtime as a whole honours (StatusResponse.features)."""
+
+    # Merge and Strict are applied by the spec builder for every handler, and
+    # ContainerStatus.user reports the groups the first process got.
+    supplemental_groups_policy: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class RuntimeStatus:
     conditions: tuple[Condition, ...]
     handlers: dict[str, BackendStatus]
     info: dict[str, str] = field(default_factory=dict)
+    features: RuntimeFeatures = field(default_factory=RuntimeFeatures)
 
 
 class Runtime:

@@ -43,11 +43,25 @@ class SandboxManager:
         validate.key_values(config.labels, config.annotations, "pod sandbox config")
         if config.hostname:
             validate.hostname(config.hostname, "pod sandbox hostname")
+        sec = config.security
+        validate.group_has_user(
+            sec.run_as_group, sec.run_as_user, "", "pod sandbox linux.security_context"
+        )
+        userns = validate.user_namespace(
+            sec.namespaces.userns,
+            "pod sandbox linux.security_context.namespace_options.userns_options",
+        )
         backend = ctx.backend(handler)
         status = await backend.probe()
         if not status.ready:
             raise FailedPrecondition(
                 f"runtime handler {handler!r} is not ready: {status.reason}: {status.message}"
+            )
+        if userns is not None and not status.features.user_namespaces:
+            raise FailedPrecondition(
+                f"runtime handler {handler!r} cannot run pods in a user namespace "
+                "(namespace_options.userns_options.mode POD); its Status features say "
+                "user_namespaces: false"
             )
         key = sandbox_key(config)
         display = f"{m.name}_{m.namespace}_{m.uid}_{m.attempt}"
@@ -81,7 +95,10 @@ class SandboxManager:
         await self.ctx.sandboxes.delete(rec.id)
 
     async def stop(self, sandbox_id: str) -> None:
-        sb = self.ctx.sandboxes.get(validate.require(sandbox_id, "pod_sandbox_id"))
+        """Stop a pod. An unknown id is already stopped (kubelet retries stops)."""
+        sb = self.ctx.sandboxes.find(validate.require(sandbox_id, "pod_sandbox_id"))
+        if sb is None:
+            return
         await self.ctx.single_flight("stop-sandbox", sb.id, lambda: self._stop(sb.id))
 
     async def _stop(self, sandbox_id: str) -> None:

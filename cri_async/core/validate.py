@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from cri_async.core.errors import InvalidArgument
+from cri_async.core.model import IDMapping, NamespaceMode, UserNamespace
 
 MAX_NAME = 253  # a DNS subdomain, the longest name Kubernetes gives anything
 MAX_METADATA_BYTES = 256 * 1024  # the API server's cap on a pod's annotations
@@ -63,3 +64,46 @@ def hostname(value: str, what: str) -> str:
                 "letters, digits and inner hyphens, each 1-63 characters"
             )
     return value
+
+
+def group_has_user(group: int | None, user: int | None, username: str, what: str) -> None:
+    """A primary group alone names no user to give it to (containerd and CRI-O refuse it
+    too): run_as_group needs run_as_user or run_as_username."""
+    if group is not None and user is None and not username:
+        raise InvalidArgument(
+            f"{what}.run_as_group {group} is set without run_as_user or run_as_username"
+        )
+
+
+MAX_ID = 2**32 - 1  # uid_t
+
+
+def user_namespace(userns: UserNamespace | None, what: str) -> UserNamespace | None:
+    """The user namespace options as kubelet sends them: NODE (the host's, no mappings) or
+    POD with exactly one uid and one gid mapping, each mapping container id 0 (the
+    container's root) onto a host range. Returns the options of a POD user namespace,
+    None for the host's."""
+    if userns is None or userns.mode is NamespaceMode.NODE:
+        if userns is not None and (userns.uids or userns.gids):
+            raise InvalidArgument(f"{what}.mode NODE takes no uids/gids mappings")
+        return None
+    if userns.mode is not NamespaceMode.POD:
+        raise InvalidArgument(
+            f"{what}.mode {userns.mode.name} is not supported: a user namespace is the "
+            "node's (NODE) or the pod's (POD)"
+        )
+    for name, maps in (("uids", userns.uids), ("gids", userns.gids)):
+        _one_mapping(maps, f"{what}.{name}")
+    return userns
+
+
+def _one_mapping(maps: tuple[IDMapping, ...], what: str) -> None:
+    if len(maps) != 1:
+        raise InvalidArgument(f"{what} has {len(maps)} mappings; a pod user namespace takes 1")
+    m = maps[0]
+    if m.container_id != 0:
+        raise InvalidArgument(
+            f"{what} maps container id {m.container_id}: it must map container id 0 (root)"
+        )
+    if m.length < 1 or m.host_id + m.length - 1 > MAX_ID:
+        raise InvalidArgument(f"{what}: host range {m.host_id}+{m.length} is not valid")

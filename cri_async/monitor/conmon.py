@@ -16,6 +16,9 @@ Protocol facts (tested with conmon 2.1.6, runc 1.1.5 and crun 1.8.1):
   sync pipe, or ``{"exit_code": -1, "message": ...}`` when the runtime failed or ``-T`` fired
   ("command timed out"). The output is a CRI-format log file.
 * ``BUNDLE/ctl`` takes ``"1 ROWS COLS\\n"`` (resize) and ``"2 0 0\\n"`` (reopen the log).
+  conmon acts on it in its own main loop, after our write returned: it closes the log,
+  opens ``LOG.tmp`` (truncating) and renames it over ``LOG``. A reopen is done only once a
+  file other than the one there before stands at ``LOG``.
 * The attach socket is bound at ``SOCKET_DIR/CID/attach`` through a symlink ``SOCKET_DIR/CID``
   to the bundle, so that path has to fit ``sun_path`` (107 bytes plus NUL).
 """
@@ -54,6 +57,15 @@ _EXEC_BACKSTOP = 5
 """Seconds after our own exec timeout that conmon's ``-T`` fires, should ours not work."""
 _STDERR_KEEP = 2000
 _BUNDLE_RUN_FILES = ("exit", "oom", "pidfile", "conmon.pid")
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``; None when there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,9 +354,41 @@ class Conmon:
         finally:
             os.close(fd)
 
-    async def reopen_log(self, bundle: Path) -> None:
-        """Make conmon reopen the log file (after it was rotated away)."""
+    async def reopen_log(self, bundle: Path, log_path: str, timeout: float = 10.0) -> None:
+        """Make conmon reopen the log file (after it was rotated away) and return once it
+        has: the new file exists at ``log_path`` (kubelet's log rotation and critest look
+        for it as soon as ReopenContainerLog returns, as containerd's synchronous reopen
+        guarantees). ConmonError if conmon is gone or does not reopen within ``timeout``."""
+        before = _file_id(log_path)
         self._ctl(bundle, "2 0 0\n")
+        conmon_pid = self.conmon_pid(bundle)
+        pidfd = waits.pidfd(conmon_pid) if conmon_pid is not None else None
+        gone = conmon_pid is not None and pidfd is None
+
+        def reopened() -> bool:
+            now = _file_id(log_path)
+            return now is not None and now != before
+
+        delay = 0.0005
+        try:
+            async with asyncio.timeout(timeout):
+                while not reopened():
+                    if gone:
+                        # conmon exits when it cannot open the new file (its directory
+                        # went away, say); it may also have reopened and then ended.
+                        if reopened():
+                            break
+                        raise ConmonError(f"conmon for {bundle} exited without reopening the log")
+                    if pidfd is None:
+                        await asyncio.sleep(delay)
+                    else:
+                        gone = bool(await waits.wait_readable([pidfd], delay))
+                    delay = min(delay * 2, 0.05)
+        except TimeoutError:
+            raise ConmonError(f"conmon did not reopen {log_path} within {timeout:g} s") from None
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
 
     async def resize(self, bundle: Path, rows: int, cols: int) -> None:
         """Resize the container's tty."""

@@ -9,6 +9,11 @@ class SpecError(ValueError):
     """Bad or unsupported container configuration: report it as InvalidArgument."""
 
 
+class SpecUnsupported(SpecError):
+    """A valid configuration this host or runtime cannot honour (a missing kernel feature,
+    a runtime limitation): report it as FailedPrecondition."""
+
+
 _LOGRUS_MSG = re.compile(r'level=(?:error|fatal|warning)\s+msg="((?:[^"\\]|\\.)*)"')
 
 

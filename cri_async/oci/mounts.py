@@ -6,9 +6,9 @@ import posixpath
 from collections.abc import Sequence
 from typing import Any
 
-from cri_async.core.model import IDMapping, Mount, Propagation
+from cri_async.core.model import IDMapping, Mount, Propagation, UserNamespace
 from cri_async.oci.defaults import default_mounts
-from cri_async.oci.errors import SpecError
+from cri_async.oci.errors import SpecError, SpecUnsupported
 
 _PROPAGATION_OPTION = {
     Propagation.PRIVATE: "rprivate",
@@ -74,6 +74,23 @@ def bind_mount(m: Mount, *, rro_supported: bool = True) -> dict[str, Any]:
     if m.uid_mappings:
         out["uidMappings"] = id_mappings(m.uid_mappings)
         out["gidMappings"] = id_mappings(m.gid_mappings)
+    return out
+
+
+def idmapped_volumes(mounts: Sequence[Mount], userns: UserNamespace) -> list[Mount]:
+    """The mounts of a container in ``userns`` that kubelet wants idmapped (uid/gid mappings
+    given: a pod's volumes). The caller idmaps them itself, through the pod's user
+    namespace, so their mappings must be the pod's."""
+    out = []
+    for m in mounts:
+        if not (m.uid_mappings or m.gid_mappings):
+            continue
+        if (m.uid_mappings, m.gid_mappings) != (userns.uids, userns.gids):
+            raise SpecUnsupported(
+                f"mount at {m.container_path!r}: uid/gid mappings other than the pod's user "
+                "namespace's cannot be applied"
+            )
+        out.append(m)
     return out
 
 

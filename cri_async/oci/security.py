@@ -12,7 +12,7 @@ from typing import Any
 
 from cri_async.core.model import ProfileType, SecurityProfile, SELinuxOptions
 from cri_async.oci.defaults import DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS
-from cri_async.oci.errors import SpecError
+from cri_async.oci.errors import SpecError, SpecUnsupported
 from cri_async.oci.inputs import HostFacts
 from cri_async.oci.seccomp import localhost_profile, runtime_default_profile
 
@@ -23,10 +23,18 @@ def apparmor_profile(
     """The AppArmor profile name, or None for none (unconfined / no AppArmor on the host).
 
     Unset means RuntimeDefault (as in containerd, following kubernetes#51746). Privileged
-    containers get no default profile but keep an explicit Localhost one.
+    containers get no default profile but keep an explicit Localhost one. On a host without
+    AppArmor only unset and Unconfined are possible: a profile that cannot be applied is
+    refused (SpecUnsupported), as containerd does, never silently dropped.
     """
     if not host.apparmor:
-        return None
+        if profile is None or profile.type is ProfileType.UNCONFINED:
+            return None
+        name = profile.localhost_ref or profile.type.value
+        raise SpecUnsupported(
+            f"apparmor profile {name!r} (security_context.apparmor) cannot be applied: "
+            "AppArmor is not enabled on this host"
+        )
     kind = profile.type if profile is not None else ProfileType.RUNTIME_DEFAULT
     if profile is not None and kind is not ProfileType.LOCALHOST and profile.localhost_ref:
         raise SpecError("apparmor: localhost_ref is only valid with the Localhost profile type")

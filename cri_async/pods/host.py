@@ -22,7 +22,14 @@ from pathlib import Path
 from cri_async import cgroupfs, files, linux
 from cri_async.cgroupfs import write_cgroup_resources
 from cri_async.core.errors import FailedPrecondition, Internal
-from cri_async.core.model import NamespaceMode, NetworkStatus, NodeNetwork, Resources, Sandbox
+from cri_async.core.model import (
+    NamespaceMode,
+    NetworkStatus,
+    NodeNetwork,
+    Resources,
+    Sandbox,
+    UserNamespace,
+)
 from cri_async.core.sandboxes import pod_hostname
 from cri_async.monitor.reaper import Reaper
 from cri_async.network import podfiles
@@ -35,12 +42,28 @@ log = logging.getLogger(__name__)
 SHM_SIZE = 64 << 20
 DEFAULT_CGROUP_PARENT = "/cri-async"
 PAUSE_PID_FILE = "pause.pid"
+POD_FILES = ("hosts", "resolv.conf", "hostname")
 _SHM_FLAGS = 0x2 | 0x4 | 0x8  # nosuid, nodev, noexec
 
 
 def cgroup_parent(sandbox: Sandbox) -> str:
     """The pod's cgroup: kubelet's choice, else one of ours derived from the pod id."""
     return sandbox.config.cgroup_parent or default_cgroup_parent(sandbox.id)
+
+
+def pod_userns(sandbox: Sandbox) -> UserNamespace | None:
+    """The pod's own user namespace (mode POD, mappings checked by the core), else None."""
+    userns = sandbox.config.security.namespaces.userns
+    return userns if userns is not None and userns.mode is NamespaceMode.POD else None
+
+
+def _give_files_to(d: Path, uid: int, gid: int) -> None:
+    """The pod's files and /dev/shm belong to its user namespace's root, so root in its
+    containers may write them as it could without a user namespace."""
+    for name in POD_FILES:
+        os.chown(d / name, uid, gid)
+    if (d / "shm").is_dir():
+        os.chown(d / "shm", uid, gid)
 
 
 def default_cgroup_parent(sandbox_id: str) -> str:
@@ -80,6 +103,7 @@ class PodHost:
         back with ``network`` and ``backend_info`` filled. Leaves nothing behind if it
         raises."""
         ns = sandbox.config.security.namespaces
+        userns = pod_userns(sandbox)
         hostname = pod_hostname(sandbox.config)
         host_net = ns.network is NamespaceMode.NODE
         host_ipc = ns.ipc is NamespaceMode.NODE
@@ -99,6 +123,7 @@ class PodHost:
                 ipc=not host_ipc,
                 uts=not host_net,
                 pause=pause,
+                userns=userns,
             )
         except PinError as e:
             raise Internal(str(e)) from None
@@ -109,6 +134,7 @@ class PodHost:
             "ipcns": pins.ipc or "",
             "utsns": pins.uts or "",
             "pidns": pins.pid or "",
+            "userns": pins.user or "",
             "pausePid": str(pins.pause_pid or ""),
             "hostname": os.uname().nodename if host_net else hostname,
             "cgroupParent": cgroup_parent(sandbox),
@@ -119,12 +145,14 @@ class PodHost:
                     self.reaper.adopt(pins.pause_pid)
                 await asyncio.to_thread(self._place_pause, sandbox, d, pins.pause_pid)
             await asyncio.to_thread(self._write_files, sandbox, d, hostname, host_net, host_ipc)
+            if userns is not None:
+                await asyncio.to_thread(_give_files_to, d, *userns.root)
             # Without a CNI config the pod keeps a loopback-only netns; Status reports
             # NetworkReady=false meanwhile, so kubelet starts only host-network pods.
             if self.cni is not None and pins.net is not None and self.cni.network is not None:
                 network = await self._attach(sandbox, pins.net)
                 hosts = podfiles.hosts(hostname, [network.ip, *network.additional_ips])
-                await asyncio.to_thread((d / "hosts").write_text, hosts)
+                await asyncio.to_thread((d / "hosts").write_text, hosts)  # keeps its owner
         except BaseException:
             await asyncio.shield(self.remove(sandbox.evolve(backend_info=info)))
             raise
@@ -194,6 +222,7 @@ class PodHost:
             ipcns=b.get("ipcns") or None,
             utsns=b.get("utsns") or None,
             pidns=b.get("pidns") or None,
+            userns=b.get("userns") or None,
             hostname=b.get("hostname", ""),
             resolv_conf=str(d / "resolv.conf"),
             hosts=str(d / "hosts"),

@@ -11,6 +11,7 @@ from cri_async.core.errors import InvalidArgument
 from cri_async.core.events import ContainerEvent, EventType
 from cri_async.core.filters import Filter
 from cri_async.core.images import AuthConfig, FilesystemUsage
+from cri_async.services import legacyprofiles
 
 # -- enums ----------------------------------------------------------------------------
 
@@ -107,6 +108,18 @@ def _profile(has: bool, p: pb.SecurityProfile) -> m.SecurityProfile | None:
     return m.SecurityProfile(_enum(_PROFILE, p.profile_type, "profile_type"), p.localhost_ref)
 
 
+_CSC = "container linux.security_context"
+
+
+def _seccomp(
+    sc: pb.LinuxSandboxSecurityContext | pb.LinuxContainerSecurityContext, what: str
+) -> m.SecurityProfile | None:
+    """The ``seccomp`` field, else the deprecated ``seccomp_profile_path`` it supersedes."""
+    if sc.HasField("seccomp"):
+        return _profile(True, sc.seccomp)
+    return legacyprofiles.legacy_profile(sc.seccomp_profile_path, f"{what}.seccomp_profile_path")
+
+
 def _selinux(has: bool, s: pb.SELinuxOption) -> m.SELinuxOptions | None:
     return m.SELinuxOptions(s.user, s.role, s.type, s.level) if has else None
 
@@ -176,7 +189,7 @@ def sandbox_config(c: pb.PodSandboxConfig) -> m.SandboxConfig:
             supplemental_groups=tuple(sc.supplemental_groups),
             supplemental_groups_policy=_enum(_SGP, sc.supplemental_groups_policy, "policy"),
             privileged=sc.privileged,
-            seccomp=_profile(sc.HasField("seccomp"), sc.seccomp),
+            seccomp=_seccomp(sc, "pod sandbox linux.security_context"),
             apparmor=_profile(sc.HasField("apparmor"), sc.apparmor),
         ),
         sysctls=dict(lx.sysctls),
@@ -246,8 +259,10 @@ def container_config(c: pb.ContainerConfig) -> m.ContainerConfig:
             no_new_privs=sc.no_new_privs,
             masked_paths=tuple(sc.masked_paths),
             readonly_paths=tuple(sc.readonly_paths),
-            seccomp=_profile(sc.HasField("seccomp"), sc.seccomp),
-            apparmor=_profile(sc.HasField("apparmor"), sc.apparmor),
+            seccomp=_seccomp(sc, _CSC),
+            apparmor=_profile(True, sc.apparmor)
+            if sc.HasField("apparmor")
+            else legacyprofiles.legacy_profile(sc.apparmor_profile, f"{_CSC}.apparmor_profile"),
         ),
         stop_signal=signal_name(c.stop_signal),
     )

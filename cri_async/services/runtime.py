@@ -74,7 +74,9 @@ class RuntimeService(Service, api_grpc.RuntimeServiceBase):
                 )
                 for name, h in st.handlers.items()
             ],
-            features=pb.RuntimeFeatures(),
+            features=pb.RuntimeFeatures(
+                supplemental_groups_policy=st.features.supplemental_groups_policy
+            ),
         )
 
     @unary
@@ -209,6 +211,11 @@ class RuntimeService(Service, api_grpc.RuntimeServiceBase):
         return pb.ExecSyncResponse(stdout=res.stdout, stderr=res.stderr, exit_code=res.exit_code)
 
     # -- stats -------------------------------------------------------------------------
+    async def _fresh_stats(self) -> None:
+        """Stats answers are built from samples at most a moment old (read on demand)."""
+        if self.rt.ctx.stats is not None:
+            await self.rt.ctx.stats.fresh()
+
     def _container_stats(self, f: pb.ContainerStatsFilter) -> list[pb.ContainerStats]:
         flt: Filter[ContainerState] = Filter(
             id=f.id, sandbox_id=f.pod_sandbox_id, labels=dict(f.label_selector)
@@ -235,18 +242,21 @@ class RuntimeService(Service, api_grpc.RuntimeServiceBase):
     @unary
     async def ContainerStats(self, req: pb.ContainerStatsRequest) -> pb.ContainerStatsResponse:
         c = self.rt.containers.status(req.container_id)
+        await self._fresh_stats()
         return pb.ContainerStatsResponse(stats=self._stats_message(c))
 
     @unary
     async def ListContainerStats(
         self, req: pb.ListContainerStatsRequest
     ) -> pb.ListContainerStatsResponse:
+        await self._fresh_stats()
         return pb.ListContainerStatsResponse(stats=self._container_stats(req.filter))
 
     @server_stream
     async def StreamContainerStats(
         self, req: pb.StreamContainerStatsRequest
     ) -> AsyncIterator[pb.StreamContainerStatsResponse]:
+        await self._fresh_stats()
         for chunk in chunks(self._container_stats(req.filter)):
             yield pb.StreamContainerStatsResponse(container_stats=chunk)
 
@@ -264,14 +274,15 @@ class RuntimeService(Service, api_grpc.RuntimeServiceBase):
 
     @unary
     async def PodSandboxStats(self, req: pb.PodSandboxStatsRequest) -> pb.PodSandboxStatsResponse:
-        return pb.PodSandboxStatsResponse(
-            stats=self._pod_stats(self.rt.sandboxes.status(req.pod_sandbox_id))
-        )
+        sb = self.rt.sandboxes.status(req.pod_sandbox_id)
+        await self._fresh_stats()
+        return pb.PodSandboxStatsResponse(stats=self._pod_stats(sb))
 
     @unary
     async def ListPodSandboxStats(
         self, req: pb.ListPodSandboxStatsRequest
     ) -> pb.ListPodSandboxStatsResponse:
+        await self._fresh_stats()
         return pb.ListPodSandboxStatsResponse(
             stats=[self._pod_stats(s) for s in self._pods(req.filter)]
         )
@@ -280,6 +291,7 @@ class RuntimeService(Service, api_grpc.RuntimeServiceBase):
     async def StreamPodSandboxStats(
         self, req: pb.StreamPodSandboxStatsRequest
     ) -> AsyncIterator[pb.StreamPodSandboxStatsResponse]:
+        await self._fresh_stats()
         items = [self._pod_stats(s) for s in self._pods(req.filter)]
         for chunk in chunks(items):
             yield pb.StreamPodSandboxStatsResponse(pod_sandbox_stats=chunk)
@@ -313,12 +325,14 @@ class RuntimeService(Service, api_grpc.RuntimeServiceBase):
     async def ListPodSandboxMetrics(
         self, req: pb.ListPodSandboxMetricsRequest
     ) -> pb.ListPodSandboxMetricsResponse:
+        await self._fresh_stats()
         return pb.ListPodSandboxMetricsResponse(pod_metrics=self._pod_metrics())
 
     @server_stream
     async def StreamPodSandboxMetrics(
         self, req: pb.StreamPodSandboxMetricsRequest
     ) -> AsyncIterator[pb.StreamPodSandboxMetricsResponse]:
+        await self._fresh_stats()
         for chunk in chunks(self._pod_metrics()):
             yield pb.StreamPodSandboxMetricsResponse(pod_sandbox_metrics=chunk)
 

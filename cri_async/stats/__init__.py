@@ -7,6 +7,7 @@ Domain code only: frozen dataclasses (``model``), no protobuf; the gRPC edge con
 from cri_async.core.stats import ContainerSample, PodSample
 
 from .cache import StatsCache
-from .cgroups import CgroupReader, CgroupStats
+from .cgroups import CgroupReader
+from .cgroupstats import CgroupStats
 
 __all__ = ["CgroupReader", "CgroupStats", "ContainerSample", "PodSample", "StatsCache"]

@@ -1,19 +1,30 @@
-"""StatsCache: container and pod stats, refreshed in the background, read without waiting.
+"""StatsCache: container and pod stats, read from cgroups on demand and in the background.
 
-A refresher task reads every tracked cgroup (and each pod's ``/proc/net/dev`` inside its
-netns) in **one** ``asyncio.to_thread`` call per refresh, then swaps the new samples in on
-the event loop. ``get``/``get_pod`` are plain dictionary lookups: they never wait for a
-refresh, a slow file or a container operation. Containers a ``RemoteSource`` owns (a VM's,
-whose numbers only its runtime's shim has) are read from it on the event loop just
-before, concurrently and each within a deadline. The cache keeps the previous CPU reading of
-each cgroup so ``usage_nano_cores`` is Δ usage_core_nano_seconds / Δ monotonic time between
-the last two samples (``None`` on the first sample or after a counter reset).
+Reads happen in a worker thread: one ``asyncio.to_thread`` call reads a batch of cgroups
+(and each pod's ``/proc/net/dev`` inside its netns), then the new samples are swapped in on
+the event loop, so stats never hold up other RPCs.
 
-Writable-layer usage walks a directory tree, so it is recomputed only every
-``fs_interval`` seconds per container (inside the same worker batch).
+Freshness. A stats RPC first awaits :meth:`StatsCache.fresh`: every tracked container or
+pod whose last reading is older than ``max_age`` (0.5 s), or that has none yet (a container
+started a moment ago), is read again before the answer is built. Concurrent callers share
+that one refresh (single flight), and a burst of calls within ``max_age`` reads nothing
+more: one cgroup read per container however many clients ask. A refresh that takes longer
+than ``wait`` (a stuck file) does not hold the RPC: it answers from what the cache has and
+the refresh finishes in the background. So ``crictl stats`` (two calls 1 s apart) always
+sees two different readings, and critest's just-started container has a sample.
 
-Defaults: refresh every 5 s (kubelet's eviction manager and metrics-server poll every 10-15
-s, so their readings are at most one interval old and the CPU rate spans 5 s); fs every 60 s.
+Containers a ``RemoteSource`` owns (a VM's, whose numbers only its runtime's shim has) are
+read from it on the event loop just before the batch, concurrently and each within a
+deadline.
+
+``get``/``get_pod`` are plain dictionary lookups. The cache keeps the previous CPU reading
+of each cgroup so ``usage_nano_cores`` is Δ usage_core_nano_seconds / Δ monotonic time
+between the last two readings (``None`` on the first one or after a counter reset).
+
+A background refresh every ``interval`` seconds (10 s) keeps the samples that Prometheus
+metrics and ImageFsInfo read current and walks the writable layers, whose usage is a
+directory tree walk and so recomputed only every ``fs_interval`` seconds (60 s) per
+container, never on a stats RPC's path.
 """
 
 from __future__ import annotations
@@ -23,32 +34,40 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
 
 from cri_async.core.stats import (
     ContainerSample,
-    CpuStats,
     FilesystemStats,
-    IoStats,
-    MemoryStats,
     NetworkStats,
     PodSample,
-    ProcessStats,
-    SwapStats,
 )
 
-from .cgroups import CgroupReader, CgroupStats
+from .cgroups import CgroupReader
+from .cgroupstats import CgroupStats
 from .fsusage import dir_usage, mountpoint_of
 from .network import parse_netdev, read_netdev_in_netns
+from .samples import (
+    NS_PER_S,
+    CpuMark,
+    aggregate,
+    cpu_stats,
+    io_stats,
+    memory_stats,
+    nano_cores,
+    process_stats,
+    swap_stats,
+)
 
 log = logging.getLogger("cri_async.stats")
 
-DEFAULT_INTERVAL = 5.0
+DEFAULT_INTERVAL = 10.0
 DEFAULT_FS_INTERVAL = 60.0
+DEFAULT_MAX_AGE = 0.5
+DEFAULT_WAIT = 2.0
 REMOTE_TIMEOUT = 5.0
-NS_PER_S = 1_000_000_000
 
 _S = TypeVar("_S", ContainerSample, PodSample)
 
@@ -68,114 +87,6 @@ class RemoteSource(Protocol):
     async def read(self, container_id: str) -> CgroupStats | None: ...
 
 
-# -- pure conversions: a cgroup reading to CRI-shaped stats ----------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CpuMark:
-    """A cumulative CPU reading at a monotonic instant, for the rate of the next sample."""
-
-    monotonic_ns: int
-    usage_ns: int
-
-
-def nano_cores(prev: CpuMark | None, cur: CpuMark) -> int | None:
-    if prev is None:
-        return None
-    dt = cur.monotonic_ns - prev.monotonic_ns
-    du = cur.usage_ns - prev.usage_ns
-    if dt <= 0 or du < 0:
-        return None
-    return du * NS_PER_S // dt
-
-
-def cpu_stats(r: CgroupStats, ts: int, rate: int | None) -> CpuStats | None:
-    if r.cpu_usage_ns is None:
-        return None
-    return CpuStats(
-        timestamp=ts,
-        usage_core_nano_seconds=r.cpu_usage_ns,
-        usage_nano_cores=rate,
-        user_nano_seconds=r.cpu_user_ns,
-        system_nano_seconds=r.cpu_system_ns,
-        cfs_periods=r.cpu_periods,
-        cfs_throttled_periods=r.cpu_throttled_periods,
-        cfs_throttled_nano_seconds=r.cpu_throttled_ns,
-        psi=r.psi_cpu,
-    )
-
-
-def memory_stats(r: CgroupStats, ts: int) -> MemoryStats | None:
-    if r.memory_usage is None or r.memory_working_set is None:
-        return None
-    ws = r.memory_working_set
-    return MemoryStats(
-        timestamp=ts,
-        working_set_bytes=ws,
-        available_bytes=None if r.memory_limit is None else max(r.memory_limit - ws, 0),
-        usage_bytes=r.memory_usage,
-        rss_bytes=r.memory_rss,
-        page_faults=r.pgfault,
-        major_page_faults=r.pgmajfault,
-        cache_bytes=r.memory_cache,
-        mapped_file_bytes=r.memory_mapped_file,
-        limit_bytes=r.memory_limit,
-        oom_kills=r.oom_kills,
-        psi=r.psi_memory,
-    )
-
-
-def swap_stats(r: CgroupStats, ts: int) -> SwapStats | None:
-    if r.swap_usage is None:
-        return None
-    avail = None if r.swap_limit is None else max(r.swap_limit - r.swap_usage, 0)
-    return SwapStats(timestamp=ts, swap_usage_bytes=r.swap_usage, swap_available_bytes=avail)
-
-
-def io_stats(r: CgroupStats, ts: int) -> IoStats:
-    return IoStats(timestamp=ts, devices=r.io, psi=r.psi_io)
-
-
-def process_stats(r: CgroupStats, ts: int) -> ProcessStats | None:
-    if r.pids_current is None:
-        return None
-    return ProcessStats(timestamp=ts, process_count=r.pids_current, process_limit=r.pids_max)
-
-
-def _sum(values: Iterable[int | None]) -> int | None:
-    vs = list(values)
-    return None if not vs or any(v is None for v in vs) else sum(v for v in vs if v is not None)
-
-
-def aggregate(
-    samples: tuple[ContainerSample, ...], ts: int
-) -> tuple[CpuStats | None, MemoryStats | None, ProcessStats | None]:
-    """Pod cpu/memory/process as sums over its containers (when the pod cgroup is unknown)."""
-    cpus = [s.cpu for s in samples if s.cpu is not None]
-    mems = [s.memory for s in samples if s.memory is not None]
-    procs = [s.process for s in samples if s.process is not None]
-    cpu = mem = proc = None
-    if cpus:
-        cpu = CpuStats(
-            timestamp=ts,
-            usage_core_nano_seconds=sum(c.usage_core_nano_seconds for c in cpus),
-            usage_nano_cores=_sum(c.usage_nano_cores for c in cpus),
-        )
-    if mems:
-        mem = MemoryStats(
-            timestamp=ts,
-            working_set_bytes=sum(m.working_set_bytes for m in mems),
-            available_bytes=None,
-            usage_bytes=sum(m.usage_bytes for m in mems),
-            rss_bytes=_sum(m.rss_bytes for m in mems),
-            page_faults=_sum(m.page_faults for m in mems),
-            major_page_faults=_sum(m.major_page_faults for m in mems),
-        )
-    if procs:
-        proc = ProcessStats(timestamp=ts, process_count=sum(p.process_count for p in procs))
-    return cpu, mem, proc
-
-
 # -- the cache ------------------------------------------------------------------------------
 
 
@@ -190,6 +101,7 @@ class _Container:
     mark: CpuMark | None = None
     fs: FilesystemStats | None = None
     fs_due: int = 0  # monotonic ns
+    read_at: int | None = None  # monotonic ns of the last reading
 
 
 @dataclass(slots=True)
@@ -199,6 +111,7 @@ class _Pod:
     token: int
     sample: PodSample | None = None
     mark: CpuMark | None = None
+    read_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,21 +141,28 @@ class _Reading:
 
 
 class StatsCache:
+    """``max_age``: the oldest reading a stats RPC is answered from; ``wait``: how long one
+    waits for a refresh before answering from the cache (see the module's notes)."""
+
     def __init__(
         self,
         reader: CgroupSource | None = None,
         *,
-        remote: RemoteSource | None = None,
         interval: float = DEFAULT_INTERVAL,
         fs_interval: float = DEFAULT_FS_INTERVAL,
+        max_age: float = DEFAULT_MAX_AGE,
+        wait: float = DEFAULT_WAIT,
+        remote: RemoteSource | None = None,
         netdev_reader: Callable[[str], str] = read_netdev_in_netns,
         monotonic_ns: Callable[[], int] = time.monotonic_ns,
         time_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self._reader = reader
-        self._remote = remote
         self.interval = interval
         self.fs_interval = fs_interval
+        self.max_age = max_age
+        self.wait = wait
+        self._remote = remote
         self._netdev_reader = netdev_reader
         self._monotonic_ns = monotonic_ns
         self._time_ns = time_ns
@@ -251,6 +171,7 @@ class StatsCache:
         self._tokens = itertools.count(1)
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._flight: asyncio.Task[None] | None = None
         self._mountpoints: dict[str, str] = {}
 
     # -- tracking (synchronous, cheap) --
@@ -320,20 +241,61 @@ class StatsCache:
     # -- refreshing --
 
     async def refresh_now(self) -> None:
-        """One full refresh (waits for one in progress first)."""
+        """One full refresh, writable layers included (after one in progress)."""
         async with self._lock:
-            await self._refresh()
+            await self._refresh(stale_only=False, walk_fs=True)
+
+    async def fresh(self) -> None:
+        """Return once every tracked container and pod has a reading at most ``max_age``
+        old, reading the others now; concurrent callers share one refresh. Gives up
+        waiting after ``wait`` seconds (the refresh goes on; the cache answers meanwhile)."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.wait
+        # A refresh already under way may predate a container tracked since: then the
+        # next round reads what is still stale.
+        for _ in range(2):
+            if not self._stale():
+                return
+            flight = self._flight
+            if flight is None or flight.done():
+                flight = self._flight = asyncio.create_task(self._fly(), name="cri-stats-fresh")
+            try:
+                await asyncio.wait_for(asyncio.shield(flight), max(give_up - loop.time(), 0))
+            except TimeoutError:
+                log.warning(
+                    "stats refresh takes longer than %gs; answering from the cache", self.wait
+                )
+                return
+
+    async def _fly(self) -> None:
+        try:
+            async with self._lock:
+                await self._refresh(stale_only=True, walk_fs=False)
+        except Exception:
+            log.exception("stats refresh failed")
+        finally:
+            self._flight = None
+
+    def _is_stale(self, read_at: int | None, now: int) -> bool:
+        return read_at is None or now - read_at > self.max_age * NS_PER_S
+
+    def _stale(self) -> bool:
+        now = self._monotonic_ns()
+        return any(self._is_stale(e.read_at, now) for e in self._containers.values()) or any(
+            self._is_stale(p.read_at, now) for p in self._pods.values()
+        )
 
     async def start(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="cri-stats-refresh")
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._task, self._flight):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._flight = None
 
     async def __aenter__(self) -> StatsCache:
         await self.start()
@@ -346,8 +308,6 @@ class StatsCache:
         while True:
             try:
                 await self.refresh_now()
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 log.exception("stats refresh failed")
             await asyncio.sleep(self.interval)
@@ -357,19 +317,24 @@ class StatsCache:
             self._reader = CgroupReader.detect()
         return self._reader
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, *, stale_only: bool, walk_fs: bool) -> None:
+        """Read every tracked cgroup (``stale_only``: those older than ``max_age``), and the
+        writable layers whose walk is due when ``walk_fs``."""
         now = self._monotonic_ns()
         cjobs = [
             _ContainerJob(
                 cid,
                 e.token,
                 e.cgroups_path,
-                e.writable_layer if e.writable_layer and now >= e.fs_due else None,
+                e.writable_layer if walk_fs and e.writable_layer and now >= e.fs_due else None,
             )
             for cid, e in self._containers.items()
+            if not stale_only or self._is_stale(e.read_at, now)
         ]
         pjobs = [
-            _PodJob(sid, p.token, p.cgroup_parent, p.netns_path) for sid, p in self._pods.items()
+            _PodJob(sid, p.token, p.cgroup_parent, p.netns_path)
+            for sid, p in self._pods.items()
+            if not stale_only or self._is_stale(p.read_at, now)
         ]
         if not cjobs and not pjobs:
             return
@@ -456,6 +421,7 @@ class StatsCache:
             e = self._containers.get(cj.id)
             if e is None or e.token != cj.token:
                 continue
+            e.read_at = r.monotonic_ns
             if r.fs_done:
                 e.fs = r.fs
                 e.fs_due = r.monotonic_ns + int(self.fs_interval * NS_PER_S)
@@ -474,6 +440,7 @@ class StatsCache:
             p = self._pods.get(pj.id)
             if p is None or p.token != pj.token:
                 continue
+            p.read_at = r.monotonic_ns
             members = tuple(self.containers(pj.id))
             psample = PodSample(
                 sandbox_id=pj.id,

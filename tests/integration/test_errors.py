@@ -23,6 +23,18 @@ async def assert_nothing_created(cli: CRIClient) -> None:
     assert not (await cli.runtime.ListContainers(pb.ListContainersRequest())).containers
 
 
+def _pod_with_group_only() -> pb.PodSandboxConfig:
+    cfg = pod_config("x")
+    cfg.linux.security_context.run_as_group.value = 1002
+    return cfg
+
+
+def _container_with_group_only() -> pb.ContainerConfig:
+    cfg = container_config("c", "busybox")
+    cfg.linux.security_context.run_as_group.value = 1002
+    return cfg
+
+
 @pytest.mark.parametrize(
     ("config", "needle"),
     [
@@ -38,6 +50,7 @@ async def assert_nothing_created(cli: CRIClient) -> None:
         (pod_config("x", hostname="a_b"), "not a valid host name"),
         (pod_config("x", hostname="-a"), "not a valid host name"),
         (pod_config("x", hostname="a..b"), "not a valid host name"),
+        (_pod_with_group_only(), "run_as_group 1002 is set without run_as_user"),
     ],
 )
 async def test_bad_pod_configs(cli: CRIClient, config: pb.PodSandboxConfig, needle: str) -> None:
@@ -53,6 +66,7 @@ async def test_bad_container_configs(cli: CRIClient) -> None:
         (container_config("", "busybox"), "metadata.name must not be empty"),
         (container_config("c", ""), "image must not be empty"),
         (container_config("c" * 300, "busybox"), "at most 253"),
+        (_container_with_group_only(), "run_as_group 1002 is set without run_as_user"),
     ]
     for cfg, needle in cases:
         code, msg = await status_of(cli.create_container(pod, cfg, pcfg))
@@ -77,9 +91,7 @@ async def test_bad_container_configs(cli: CRIClient) -> None:
 async def test_unknown_ids(cli: CRIClient) -> None:
     r = cli.runtime
     for call in (
-        r.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=UNKNOWN)),
         r.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=UNKNOWN)),
-        r.StopContainer(pb.StopContainerRequest(container_id=UNKNOWN)),
         r.StartContainer(pb.StartContainerRequest(container_id=UNKNOWN)),
         r.ContainerStatus(pb.ContainerStatusRequest(container_id=UNKNOWN)),
         r.ExecSync(pb.ExecSyncRequest(container_id=UNKNOWN, cmd=["true"])),
@@ -88,7 +100,9 @@ async def test_unknown_ids(cli: CRIClient) -> None:
     ):
         code, msg = await status_of(call)
         assert code is Status.NOT_FOUND and "not found" in msg
-    # Remove of unknown ids succeeds (idempotent), as containerd answers.
+    # Stop and remove of unknown ids succeed (idempotent): kubelet retries them.
+    await r.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=UNKNOWN))
+    await r.StopContainer(pb.StopContainerRequest(container_id=UNKNOWN))
     await r.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=UNKNOWN))
     await r.RemoveContainer(pb.RemoveContainerRequest(container_id=UNKNOWN))
 

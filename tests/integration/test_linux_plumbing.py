@@ -1,5 +1,6 @@
 """Pinned namespaces and overlay root filesystems on the real kernel (root needed)."""
 
+import fcntl
 import os
 import subprocess
 from collections.abc import AsyncIterator
@@ -7,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cri_async import linux, rootfs
-from cri_async.network.pins import NamespacePinner
+from cri_async import files, linux, rootfs
+from cri_async.core.model import IDMapping, NamespaceMode, UserNamespace
+from cri_async.network.pins import NamespacePinner, PinError
 from tests.support.prereq import need_root
 
 pytestmark = pytest.mark.root
@@ -92,3 +94,87 @@ async def test_overlay_rootfs_short_and_long(tmp_path: Path) -> None:
     await rootfs.unmount(short)
     with pytest.raises(rootfs.RootfsError):
         await rootfs.mount_overlay(tmp_path / "none", [], tmp_path / "u3", tmp_path / "w3")
+
+
+USERNS = UserNamespace(
+    NamespaceMode.POD, (IDMapping(1_000_000, 0, 65536),), (IDMapping(2_000_000, 0, 65536),)
+)
+
+
+def _owner_ino(ns_file: str) -> int:
+    """The inode of the user namespace owning the namespace at ``ns_file`` (NS_GET_USERNS)."""
+    fd = os.open(ns_file, os.O_RDONLY)
+    try:
+        owner = fcntl.ioctl(fd, 0xB701)  # NS_GET_USERNS returns a new fd
+    finally:
+        os.close(fd)
+    try:
+        return os.fstat(owner).st_ino
+    finally:
+        os.close(owner)
+
+
+async def test_pins_in_a_user_namespace(pinner: NamespacePinner) -> None:
+    """The pod's user namespace is pinned with the mappings asked for and owns the pod's
+    other namespaces (so root in its containers may mount sysfs and proc for them)."""
+    pins = await pinner.pin(
+        "userns-pod",
+        "web-1",
+        net=True,
+        ipc=True,
+        uts=True,
+        pause=["/bin/sleep", "600"],
+        userns=USERNS,
+    )
+    try:
+        assert pins.user and pins.net and pins.ipc and pins.uts and pins.pid and pins.pause_pid
+        user_ino = os.stat(pins.user).st_ino
+        for ns in (pins.net, pins.ipc, pins.uts, pins.pid):
+            assert _owner_ino(ns) == user_ino
+        assert Path(f"/proc/{pins.pause_pid}/uid_map").read_text().split() == [
+            "0",
+            "1000000",
+            "65536",
+        ]
+        assert Path(f"/proc/{pins.pause_pid}/gid_map").read_text().split() == [
+            "0",
+            "2000000",
+            "65536",
+        ]
+        out = subprocess.run(
+            ["nsenter", f"--user={pins.user}", f"--uts={pins.uts}", "hostname"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert out.stdout.strip() == "web-1"
+    finally:
+        os.kill(pins.pause_pid, 9)
+        await pinner.unpin("userns-pod")
+    assert pinner.pinned() == set()
+
+
+async def test_a_failed_user_namespace_pin_leaves_nothing(pinner: NamespacePinner) -> None:
+    with pytest.raises(PinError, match="user namespace helper failed"):
+        await pinner.pin(
+            "broken",
+            "h",
+            net=True,
+            ipc=False,
+            uts=False,
+            pause=["/nonexistent/pause"],
+            userns=USERNS,
+        )
+    assert pinner.pinned() == set()
+
+
+def test_allow_traversal(tmp_path: Path) -> None:
+    top = tmp_path / "a"
+    deep = top / "b" / "c"
+    deep.mkdir(parents=True)
+    for d in (top, top / "b"):
+        d.chmod(0o700)
+    changed = files.allow_traversal(deep)
+    assert set(changed) >= {top, top / "b"} and deep not in changed  # 0755 already
+    assert (top.stat().st_mode & 0o777, (top / "b").stat().st_mode & 0o777) == (0o711, 0o711)
+    assert files.allow_traversal(deep) == []

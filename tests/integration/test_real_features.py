@@ -5,6 +5,8 @@ import asyncio
 import json
 import os
 import signal
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,10 @@ from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.client import CRIClient, container_config, pod_config
 from cri_async.logs.crilog import Stream
 from cri_async.testing import CRIServer
+from tests.support import images as im
 from tests.support.poll import until
 from tests.support.procs import catches, processes_mentioning
+from tests.support.registry import LocalRegistry
 
 from .conftest import wait_exit, wait_log
 
@@ -247,6 +251,7 @@ async def test_logs_reopen_and_checkpoint_unimplemented(
     await wait_log(log, {Stream.STDOUT: b"tick\n"})
     log.rename(log.with_suffix(".1"))
     await cli.runtime.ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=cid))
+    assert log.exists()  # created before the RPC returns, as kubelet's rotation expects
     await wait_log(log, {Stream.STDOUT: b"tick\n"})  # the new file gets the next lines
     with pytest.raises(GRPCError) as err:
         await cli.runtime.CheckpointContainer(pb.CheckpointContainerRequest(container_id=cid))
@@ -262,6 +267,11 @@ async def test_stats_and_metrics(rsrv: CRIServer, busybox_ref: str) -> None:
         "busy", busybox_ref, command=["sh", "-c", "while :; do :; done"], labels={"k": "v"}
     )
     cid = await run(cli, pod, pcfg, busy)
+    # Read on demand: a container started a moment ago already has its numbers (critest's
+    # "listing container stats" asks right after StartContainer).
+    now = (await cli.runtime.ContainerStats(pb.ContainerStatsRequest(container_id=cid))).stats
+    assert now.cpu.timestamp > 0 and now.memory.timestamp > 0
+    assert now.cpu.usage_core_nano_seconds.value > 0
     writer = ["sh", "-c", "dd if=/dev/zero of=/blob bs=1024 count=512 2>/dev/null; sleep 99"]
     idle = await run(cli, pod, pcfg, container_config("idle", busybox_ref, command=writer))
 
@@ -395,3 +405,172 @@ async def test_runtime_default_seccomp_denies_what_unconfined_allows(
     assert b"rc=0" not in r.stdout
     r = await sh(cli, ids["unconfined"], "unshare -U true; echo rc=$?")
     assert r.stdout.strip().endswith(b"rc=0")
+
+
+@pytest.fixture(scope="module")
+def grouped_ref() -> Iterator[str]:
+    """busybox whose default user (uid 1000) is a member of group 50000 in /etc/group (as
+    critest's test-image-predefined-group)."""
+    passwd = im.PASSWD + "default-user:x:1000:1000::/home/default-user:/bin/sh\n"
+    group = im.GROUP + "default-user:x:1000:\ngroup-defined-in-image:x:50000:default-user\n"
+    users = im.layer([im.File("etc/passwd", passwd.encode()), im.File("etc/group", group.encode())])
+    with LocalRegistry() as reg:
+        im.push(reg, "test/grouped", im.busybox_image(users, user="1000"))
+        yield reg.ref("test/grouped")
+
+
+@pytest.mark.parametrize(
+    ("policy", "groups"),
+    [(pb.Merge, [1000, 1234, 50000]), (pb.Strict, [1000, 1234])],
+)
+async def test_supplemental_groups_policy(
+    rsrv: CRIServer, grouped_ref: str, policy: int, groups: list[int]
+) -> None:
+    """Merge adds the image's /etc/group memberships of the user, Strict only what the
+    request names; ContainerStatus.user reports what the process got."""
+    cli = rsrv.client
+    status = await cli.runtime.Status(pb.StatusRequest())
+    assert status.features.supplemental_groups_policy
+    await cli.pull(grouped_ref)
+    pcfg = pod_config("groups")
+    pod = await cli.run_pod(pcfg)
+    cfg = container_config("c", grouped_ref, command=["sleep", "1000"])
+    sc = cfg.linux.security_context
+    sc.run_as_user.value = 1000
+    sc.supplemental_groups.append(1234)
+    sc.supplemental_groups_policy = policy  # type: ignore[assignment]
+    cid = await run(cli, pod, pcfg, cfg)
+    r = await sh(cli, cid, "id -u; id -g; id -G")
+    assert r.stdout.decode().split("\n")[:3] == ["1000", "1000", " ".join(map(str, groups))]
+    user = (await cli.container_status(cid)).user.linux
+    assert (user.uid, user.gid, sorted(user.supplemental_groups)) == (1000, 1000, groups)
+
+
+async def test_deprecated_seccomp_and_apparmor_fields(
+    rsrv: CRIServer, busybox_ref: str, tmp_path: Path
+) -> None:
+    """seccomp_profile_path: localhost/<file>, docker/default, unconfined; a bad string or
+    file fails CreateContainer naming it. AppArmor on a host without it: only unconfined."""
+    cli = rsrv.client
+    await cli.pull(busybox_ref)
+    pcfg = pod_config("legacy")
+    pod = await cli.run_pod(pcfg)
+    block_chmod = tmp_path / "block-chmod.json"
+    block_chmod.write_text(
+        json.dumps(
+            {
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["chmod", "fchmodat"], "action": "SCMP_ACT_ERRNO"}],
+            }
+        )
+    )
+
+    def ctr(name: str, seccomp: str = "", apparmor: str = "") -> pb.ContainerConfig:
+        cfg = container_config(name, busybox_ref, command=["sleep", "1000"])
+        cfg.linux.security_context.seccomp_profile_path = seccomp
+        cfg.linux.security_context.apparmor_profile = apparmor
+        return cfg
+
+    local = await run(cli, pod, pcfg, ctr("local", f"localhost/{block_chmod}"))
+    r = await sh(cli, local, "chmod 400 /tmp 2>&1; echo rc=$?")
+    assert b"Operation not permitted" in r.stdout and b"rc=1" in r.stdout
+    docker = await run(cli, pod, pcfg, ctr("docker", "docker/default"))
+    r = await sh(cli, docker, "grep Seccomp: /proc/self/status; unshare -U true; echo rc=$?")
+    assert r.stdout.split()[1] == b"2" and not r.stdout.strip().endswith(b"rc=0")
+    free = await run(cli, pod, pcfg, ctr("free", "unconfined", apparmor="unconfined"))
+    r = await sh(cli, free, "grep Seccomp: /proc/self/status")
+    assert r.stdout.split()[1] == b"0"
+
+    (tmp_path / "broken.json").write_text("{not json")
+    for name, seccomp, apparmor, code, needle in (
+        ("nopfx", str(block_chmod), "", Status.INVALID_ARGUMENT, "seccomp_profile_path"),
+        ("missing", f"localhost/{tmp_path}/gone.json", "", Status.INVALID_ARGUMENT, "gone.json"),
+        ("broken", f"localhost/{tmp_path}/broken.json", "", Status.INVALID_ARGUMENT, "not JSON"),
+        ("aa", "", "runtime/default", Status.FAILED_PRECONDITION, "AppArmor is not enabled"),
+    ):
+        if Path("/sys/kernel/security/apparmor").exists() and name == "aa":
+            continue  # a host with AppArmor applies it
+        with pytest.raises(GRPCError) as err:
+            await cli.create_container(pod, ctr(name, seccomp, apparmor), pcfg)
+        assert err.value.status is code and needle in str(err.value.message), name
+
+
+async def test_devices(rsrv: CRIServer, busybox_ref: str, tmp_path: Path) -> None:
+    """Host device nodes appear at their container paths with the nodes' type, numbers and
+    mode, and the device cgroup allows exactly the requested access. Nodes of major 240
+    (local use, no driver) tell the two apart: the cgroup allowing, open fails with ENXIO
+    (no such device), refusing, with EPERM. A twin of /dev/full shows data flowing."""
+    cli = rsrv.client
+    await cli.pull(busybox_ref)
+    nodes = {}
+    for name, minor in (("full", 7), ("a", 1), ("b", 2)):
+        nodes[name] = tmp_path / f"dev-{name}"
+        major = 1 if name == "full" else 240
+        os.mknod(nodes[name], 0o640 | stat.S_IFCHR, os.makedev(major, minor))
+    pcfg = pod_config("devices")
+    pod = await cli.run_pod(pcfg)
+    cfg = container_config("c", busybox_ref, command=["sleep", "1000"])
+    cfg.devices.extend(
+        [
+            pb.Device(
+                container_path="/dev/my-full", host_path=str(nodes["full"]), permissions="rw"
+            ),
+            pb.Device(container_path="/dev/rw-dev", host_path=str(nodes["a"]), permissions="rw"),
+            pb.Device(container_path="/dev/ro-dev", host_path=str(nodes["b"]), permissions="r"),
+        ]
+    )
+    cid = await run(cli, pod, pcfg, cfg)
+    r = await sh(cli, cid, "stat -c '%F %t:%T %a' /dev/my-full /dev/rw-dev /dev/ro-dev")
+    assert r.stdout.decode().splitlines() == [
+        "character special file 1:7 640",
+        "character special file f0:1 640",  # stat prints the numbers in hex
+        "character special file f0:2 640",
+    ]
+    r = await sh(cli, cid, "echo x > /dev/my-full")
+    assert b"No space left on device" in r.stderr
+    r = await sh(cli, cid, "echo x > /dev/rw-dev; cat /dev/rw-dev")
+    assert r.stderr.count(b"No such device or address") == 2  # allowed: reaches the kernel
+    r = await sh(cli, cid, "echo x > /dev/ro-dev; cat /dev/ro-dev")
+    errors = r.stderr.decode().splitlines()
+    assert "Operation not permitted" in errors[0]  # write: refused by the device cgroup
+    assert "No such device or address" in errors[1]  # read: allowed
+    rules = Path("/sys/fs/cgroup/devices") / f"cri-async/pod-{pod[:16]}/{cid}/devices.list"
+    if rules.exists():  # cgroup v1: the rules are readable as text
+        assert {"c 240:1 rw", "c 240:2 r"} <= set(rules.read_text().splitlines())
+    missing = container_config("m", busybox_ref, command=["sleep", "1000"])
+    missing.devices.append(pb.Device(container_path="/dev/x", host_path=str(tmp_path / "no")))
+    with pytest.raises(GRPCError) as err:
+        await cli.create_container(pod, missing, pcfg)
+    assert err.value.status is Status.INVALID_ARGUMENT and "was not found" in err.value.message
+
+
+async def test_recursive_read_only_mounts(
+    rsrv: CRIServer, busybox_ref: str, tmp_path: Path
+) -> None:
+    """Both runtimes apply "rro" (a submount of the volume is read-only too) and say so in
+    Status, so kubelet and critest use it."""
+    from cri_async import linux
+
+    cli = rsrv.client
+    status = await cli.runtime.Status(pb.StatusRequest())
+    [handler] = [h for h in status.runtime_handlers if h.name == ""]
+    assert handler.features.recursive_read_only_mounts
+    await cli.pull(busybox_ref)
+    vol = tmp_path / "vol"
+    (vol / "sub").mkdir(parents=True)
+    linux.mount("tmpfs", str(vol / "sub"), "tmpfs", 0, "size=1m")
+    try:
+        pcfg = pod_config("rro")
+        pod = await cli.run_pod(pcfg)
+        cfg = container_config("c", busybox_ref, command=["sleep", "1000"])
+        cfg.mounts.append(
+            pb.Mount(
+                container_path="/vol", host_path=str(vol), readonly=True, recursive_read_only=True
+            )
+        )
+        cid = await run(cli, pod, pcfg, cfg)
+        r = await sh(cli, cid, "touch /vol/x /vol/sub/y 2>&1; echo rc=$?")
+        assert r.stdout.count(b"Read-only file system") == 2
+        await cli.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod))
+    finally:
+        linux.umount(str(vol / "sub"))

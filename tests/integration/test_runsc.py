@@ -17,7 +17,6 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -27,7 +26,8 @@ from cri_async import linux
 from cri_async.api.runtime.v1 import api_pb2 as pb
 from cri_async.backends.infra import find_infra_binary
 from cri_async.backends.runsc import RunscBackend
-from cri_async.backends.runscspec import adjust_container_spec, wrapper_script
+from cri_async.backends.runsclimits import exec_applies_seccomp
+from cri_async.backends.runscspec import wrapper_script
 from cri_async.client import container_config, pod_config
 from cri_async.config import Config, HandlerConfig, ImagesConfig, StateConfig
 from cri_async.logs.crilog import Stream, join_records, parse_lines
@@ -279,14 +279,13 @@ async def test_kubelet_sequence_on_runsc(
 async def test_runsc_start_failure_resources_and_pod_removal(
     rs: tuple[CRIServer, Path], busybox_ref: str, tmp_path: Path, timings: Timings
 ) -> None:
-    """A bad command is a StartError; resources go to the cgroup files; sysctls and a
-    RuntimeDefault seccomp profile do not stop a container; removing the pod removes
-    running containers with it."""
+    """A bad command is a StartError; resources go to the cgroup files; a RuntimeDefault
+    seccomp profile does not stop a container; removing the pod removes running containers
+    with it."""
     srv, _ = rs
     cli = srv.client
     await cli.pull(busybox_ref)
     pcfg = pod_config("misc")
-    pcfg.linux.sysctls["net.ipv4.ip_unprivileged_port_start"] = "80"
     pod = await cli.run_pod(pcfg)
 
     bad = await cli.create_container(
@@ -309,10 +308,16 @@ async def test_runsc_start_failure_resources_and_pod_removal(
     cfg.linux.resources.memory_limit_in_bytes = 96 << 20
     cid = await cli.create_container(pod, cfg, pcfg)
     await cli.start_container(cid)
-    r = await cli.exec_sync(cid, ["echo", "alive"], timeout=10)
-    assert r.stdout == b"alive\n"
     out = await wait_log(tmp_path / "c.log", {Stream.STDOUT: b"Seccomp"})
     assert out[Stream.STDOUT] == b"Seccomp:\t2\n"  # the profile is enforced (--oci-seccomp)
+    version = subprocess.run(["runsc", "--version"], capture_output=True, text=True).stdout
+    if exec_applies_seccomp(version.split()[2]):
+        r = await cli.exec_sync(cid, ["grep", "Seccomp:", "/proc/self/status"], timeout=10)
+        assert r.stdout == b"Seccomp:\t2\n"
+    else:  # this runsc would exec without the profile: refused
+        with pytest.raises(GRPCError) as err:
+            await cli.exec_sync(cid, ["echo", "alive"], timeout=10)
+        assert err.value.status is Status.FAILED_PRECONDITION
 
     t = time.perf_counter()
     await cli.runtime.UpdateContainerResources(
@@ -394,29 +399,130 @@ async def test_runsc_netstack_mode_with_pod_netns(
         assert not cgroup_dirs(f"{CGROUP_PARENT}/pod-{pod[:16]}")
 
 
-def test_wrapper_script_and_spec_adjustments(tmp_path: Path) -> None:
-    """No root needed: the generated wrapper is valid sh; runsc-hostile spec parts go."""
+def test_wrapper_script(tmp_path: Path) -> None:
+    """No root needed: the generated wrapper is valid sh."""
     script = tmp_path / "w"
     script.write_text(wrapper_script("/usr/bin/runsc", ["--root=/run/a b", "--network=host"]))
     subprocess.run(["/bin/sh", "-n", str(script)], check=True)
     assert "'--root=/run/a b'" in script.read_text()
 
-    spec: dict[str, Any] = {
-        "process": {
-            "capabilities": {"bounding": ["CAP_CHOWN", "CAP_BPF"], "effective": ["CAP_PERFMON"]},
-            "oomScoreAdj": -998,
-        },
-        "linux": {"sysctl": {"net.ipv4.ip_forward": "1"}},
-        "annotations": {"io.kubernetes.cri.container-type": "container"},
+
+async def test_runsc_namespaces_hidden_paths_and_refusals(
+    rs: tuple[CRIServer, Path], busybox_ref: str
+) -> None:
+    """What gVisor can do is done as asked (port 80, PID modes POD/CONTAINER/TARGET, masked
+    and read-only paths); what it cannot is refused naming the field."""
+    srv, _ = rs
+    cli = srv.client
+    await cli.pull(busybox_ref)
+    pcfg = pod_config("feat")
+    pcfg.linux.security_context.namespace_options.pid = pb.POD
+    pod = await cli.run_pod(pcfg)
+
+    def ctr(
+        name: str, *command: str, pid: int = pb.CONTAINER, target: str = ""
+    ) -> pb.ContainerConfig:
+        cfg = container_config(name, busybox_ref, command=list(command) or ["sleep", "1000"])
+        ns = cfg.linux.security_context.namespace_options
+        ns.pid, ns.target_id = pid, target  # type: ignore[assignment]
+        return cfg
+
+    async def run(cfg: pb.ContainerConfig) -> str:
+        cid = await cli.create_container(pod, cfg, pcfg)
+        await cli.start_container(cid)
+        return cid
+
+    async def sh(cid: str, script: str) -> pb.ExecSyncResponse:
+        return await cli.exec_sync(cid, ["sh", "-c", script], timeout=20)
+
+    # Port 80 as root: the sandbox holds the default capabilities on the host network.
+    web = await run(ctr("web", "httpd", "-f", "-p", "80", pid=pb.POD))
+    r = await sh(web, "cat /proc/1/cmdline | tr '\\0' ' '; echo; ps -o args")
+    assert "catatonit" in r.stdout.decode().splitlines()[0]  # pid POD: the pause is init
+    assert b"httpd -f -p 80" in r.stdout
+    own = await run(ctr("own", "sleep", "1001"))
+    r = await sh(own, "cat /proc/1/cmdline | tr '\\0' ' '; echo; ps -o args")
+    first, *procs = r.stdout.decode().splitlines()
+    assert first.split() == ["sleep", "1001"]  # CONTAINER: a PID namespace of its own
+    assert not [p for p in procs if "httpd -f" in p]
+    joined = await run(ctr("joined", "sleep", "1002", pid=pb.TARGET, target=own))
+    r = await sh(joined, "ps -o args")
+    assert b"sleep 1001" in r.stdout and b"sleep 1002" in r.stdout and b"httpd" not in r.stdout
+
+    hidden = ctr("hidden")
+    hidden.linux.security_context.masked_paths.extend(["/etc/passwd", "/home", "/proc/kcore"])
+    hidden.linux.security_context.readonly_paths.append("/tmp")
+    hid = await run(hidden)
+    r = await sh(hid, "wc -c < /etc/passwd; echo x >> /etc/passwd; echo rc=$?; mkdir /home/x")
+    assert r.stdout.split() == [b"0", b"rc=1"] and r.exit_code != 0  # masked, read-only
+    r = await sh(hid, "touch /tmp/x; echo rc=$?; echo /home/*")
+    assert b"Read-only file system" in r.stderr and r.stdout.split() == [b"rc=1", b"/home/*"]
+
+    seccomp = ctr("filtered")
+    seccomp.linux.security_context.seccomp.profile_type = pb.SecurityProfile.RuntimeDefault
+    filtered = await run(seccomp)
+    with pytest.raises(GRPCError) as err:
+        await sh(filtered, "true")
+    assert err.value.status is Status.FAILED_PRECONDITION
+    assert "seccomp" in str(err.value.message)
+
+    # Recursive read-only (gVisor's only kind): the host's mounts below the volume too.
+    vol = Path(str(srv.root)) / "rro"
+    (vol / "sub").mkdir(parents=True)
+    linux.mount("tmpfs", str(vol / "sub"), "tmpfs", 0, "size=1m")
+    try:
+        status = await cli.runtime.Status(pb.StatusRequest())
+        assert [h.features.recursive_read_only_mounts for h in status.runtime_handlers] == [True]
+        rro = ctr("rro")
+        rro.mounts.append(
+            pb.Mount(
+                container_path="/v", host_path=str(vol), readonly=True, recursive_read_only=True
+            )
+        )
+        r = await sh(await run(rro), "touch /v/x /v/sub/y 2>&1; echo rc=$?")
+        assert r.stdout.count(b"Read-only file system") == 2
+        plain = ctr("plain-ro")
+        plain.mounts.append(pb.Mount(container_path="/v", host_path=str(vol), readonly=True))
+        with pytest.raises(GRPCError) as err:  # its submount would not stay writable
+            await cli.create_container(pod, plain, pcfg)
+        assert err.value.status is Status.FAILED_PRECONDITION
+        assert "recursive_read_only" in str(err.value.message)
+    finally:
+        linux.umount(str(vol / "sub"))
+
+    refused_containers = {
+        "privileged": lambda c: setattr(c.linux.security_context, "privileged", True),
+        "add_capabilities NET_ADMIN": lambda c: (
+            c.linux.security_context.capabilities.add_capabilities.append("NET_ADMIN")
+        ),
+        "propagation BIDIRECTIONAL": lambda c: c.mounts.append(
+            pb.Mount(
+                container_path="/m", host_path="/tmp", propagation=pb.PROPAGATION_BIDIRECTIONAL
+            )
+        ),
     }
-    notes = adjust_container_spec(spec, "sb")
-    assert len(notes) == 3
-    assert spec["process"] == {
-        "capabilities": {"bounding": ["CAP_CHOWN"], "effective": []},
-        "oomScoreAdj": 0,
-    }
-    assert "sysctl" not in spec["linux"]
-    assert spec["annotations"]["io.kubernetes.cri.sandbox-id"] == "sb"
+    for needle, change in refused_containers.items():
+        cfg = ctr("refused")
+        change(cfg)
+        with pytest.raises(GRPCError) as err:
+            await cli.create_container(pod, cfg, pcfg)
+        assert err.value.status is Status.FAILED_PRECONDITION, needle
+        assert needle in str(err.value.message) and "gVisor" in str(err.value.message)
+
+    for field, mode in (("network", pb.NODE), ("pid", pb.NODE), ("ipc", pb.NODE)):
+        bad = pod_config(f"host-{field}")
+        setattr(bad.linux.security_context.namespace_options, field, mode)
+        with pytest.raises(GRPCError) as err:
+            await cli.run_pod(bad)
+        assert err.value.status is Status.FAILED_PRECONDITION
+        assert f"namespace_options.{field} NODE" in str(err.value.message)
+    sysctl = pod_config("sysctl")
+    sysctl.linux.sysctls["kernel.shm_rmid_forced"] = "1"
+    with pytest.raises(GRPCError) as err:
+        await cli.run_pod(sysctl)
+    assert "linux.sysctls (kernel.shm_rmid_forced)" in str(err.value.message)
+    pods = (await cli.runtime.ListPodSandbox(pb.ListPodSandboxRequest())).items
+    assert [p.id for p in pods] == [pod]  # nothing made for the refused ones
 
 
 async def test_runsc_restart_and_sandbox_death(

@@ -26,7 +26,7 @@ from cri_async.metrics import (
 )
 from cri_async.observe import Observer
 from cri_async.stats.cache import StatsCache
-from cri_async.stats.cgroups import CgroupStats
+from cri_async.stats.cgroupstats import CgroupStats
 
 
 def samples(rec: PrometheusRecorder) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

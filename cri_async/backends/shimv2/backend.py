@@ -29,13 +29,15 @@ import secrets
 import shutil
 import signal as signals
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from cri_async import cgroupfs
 from cri_async.backends.bundles import BundleLayout
+from cri_async.backends.features import runtime_features
 from cri_async.backends.infra import find_infra_binary, infra_spec, install_rootfs
-from cri_async.backends.ocicli import RuntimeCLI, handler_features
+from cri_async.backends.ocicli import RuntimeCLI
 from cri_async.core.errors import FailedPrecondition, Internal
 from cri_async.core.model import Container, Image, Resources, Sandbox
 from cri_async.core.ports import (
@@ -51,7 +53,7 @@ from cri_async.network.netnsdial import dial
 from cri_async.oci import spec as oci
 from cri_async.oci.errors import SpecError
 from cri_async.pods.host import PodHost, cgroup_parent
-from cri_async.stats.cgroups import CgroupStats
+from cri_async.stats.cgroupstats import CgroupStats
 from cri_async.ttrpc.errors import ConnectionClosed, NotFoundError, TTRPCError
 
 from .bootstrap import ShimNotFound, resolve_binary
@@ -125,7 +127,9 @@ class ShimBackend:
             return BackendStatus(False, "SetupFailed", f"shim handler {self.handler!r}: {e}")
         if runc is not None and (self._features is None or self._features[0] != runc):
             feats = await RuntimeCLI(runc, str(self.root / "runc")).features()
-            self._features = (runc, handler_features(feats))
+            # The shim's runc gets no idmapped root filesystem from us: no user namespaces.
+            found = runtime_features("runc", feats, "")
+            self._features = (runc, replace(found, user_namespaces=False))
         return BackendStatus(
             True,
             features=self._features[1] if self._features else HandlerFeatures(),
@@ -246,7 +250,7 @@ class ShimBackend:
             await asyncio.shield(self.delete_container(container))
             raise
         info = dict(ready.backend_info, shimAddress=task.shim.address)
-        return container.evolve(pid=pid, backend_info=info)
+        return container.evolve(pid=pid, backend_info=info, user=ready.container_user)
 
     async def start_container(self, container: Container) -> int:
         try:

@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 from cri_async.api.containerd.cgroups.v1 import metrics_pb2 as v1
 from cri_async.api.containerd.cgroups.v2 import metrics_pb2 as v2
 from cri_async.core.stats import IoDeviceStats, Psi, PsiData
-from cri_async.stats.cgroups import NS_PER_US, UNLIMITED_ABOVE, CgroupStats, working_set
+from cri_async.stats.cgroupstats import NS_PER_US, UNLIMITED_ABOVE, CgroupStats, working_set
 
 __all__ = ["V1_METRICS_URL", "V2_METRICS_URL", "UnsupportedMetrics", "cgroup_stats"]
 

@@ -22,7 +22,7 @@ from google.protobuf import any_pb2, empty_pb2
 from google.protobuf.message import Message
 
 from cri_async.api.containerd.task.v2 import shim_pb2 as pb
-from cri_async.stats.cgroups import CgroupStats
+from cri_async.stats.cgroupstats import CgroupStats
 from cri_async.ttrpc import Client
 from cri_async.ttrpc.errors import ConnectionClosed, DeadlineExceededError
 

@@ -26,7 +26,7 @@ from cri_async.core.errors import AlreadyExists, FailedPrecondition, Internal, N
 from cri_async.core.model import Container
 from cri_async.core.ports import ExitStatus, ProcessStatus
 from cri_async.logs.logfile import LogFile
-from cri_async.stats.cgroups import CgroupStats
+from cri_async.stats.cgroupstats import CgroupStats
 from cri_async.ttrpc.errors import (
     AlreadyExistsError,
     ConnectionClosed,

@@ -142,7 +142,8 @@ async def test_reopen_log_after_rename(env: Env) -> None:
     await env.wait_log(ctr.log, b"line1\n")
     rotated = ctr.log.with_suffix(".1")
     ctr.log.rename(rotated)
-    await env.conmon.reopen_log(ctr.bundle)
+    await env.conmon.reopen_log(ctr.bundle, str(ctr.log))
+    assert ctr.log.exists()  # the reopen is done when the call returns
     await env.wait_log(ctr.log, b"stdout F line")
     old = join_records(parse_lines(rotated.read_bytes()))[Stream.STDOUT].split()
     new = join_records(parse_lines(ctr.log.read_bytes()))[Stream.STDOUT].split()
@@ -153,7 +154,31 @@ async def test_reopen_log_after_rename(env: Env) -> None:
     await env.wait_exit(ctr)
     await env.wait_conmon_gone(ctr)
     with pytest.raises(ConmonError, match="not running"):
-        await env.conmon.reopen_log(ctr.bundle)
+        await env.conmon.reopen_log(ctr.bundle, str(ctr.log))
+    await env.remove(ctr)
+
+
+async def test_reopen_log_waits_for_conmon_to_act(env: Env) -> None:
+    """conmon handles the ctl fifo in its own loop: a reopen returns only once conmon has
+    made the new file, however late it gets to it (here: it is stopped meanwhile)."""
+    ctr = await env.run("slowreopen", ["sh", "-c", "while :; do echo tick; sleep 0.05; done"])
+    await env.wait_log(ctr.log, b"tick")
+    ctr.log.rename(ctr.log.with_suffix(".1"))
+    conmon_pid = env.conmon.conmon_pid(ctr.bundle)
+    assert conmon_pid is not None
+    os.kill(conmon_pid, signal.SIGSTOP)
+    try:
+        reopen = asyncio.create_task(env.conmon.reopen_log(ctr.bundle, str(ctr.log)))
+        done, _ = await asyncio.wait({reopen}, timeout=0.3)
+        # A stopped conmon cannot have reopened anything: the call must still be waiting.
+        assert not done and not ctr.log.exists()
+    finally:
+        os.kill(conmon_pid, signal.SIGCONT)
+    await reopen
+    assert ctr.log.exists()
+    await env.wait_log(ctr.log, b"stdout F tick")
+    await env.runtime.kill(ctr.cid, signal.SIGKILL)
+    await env.wait_exit(ctr)
     await env.remove(ctr)
 
 

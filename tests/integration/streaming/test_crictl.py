@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import glob
 import os
-import shutil
 import struct
 import termios
 from collections.abc import AsyncIterator
@@ -23,22 +21,11 @@ import pytest_asyncio
 from grpclib.server import Server
 
 from cri_async.streaming.server import StreamingServer
+from tests.support.crictl import find_crictls
 from tests.support.cristreams import Records, StreamingRuntimeService, container, sandbox
 from tests.support.hoststreams import HostStreamBackend
 
 pytestmark = pytest.mark.socket
-
-
-def find_crictls() -> list[str]:
-    """Every installed crictl: $CRICTL, the cri-tools releases under /opt/critools
-    (v1.26.1 is what critest vendors), or the one in PATH."""
-    found = [os.environ.get("CRICTL", ""), *sorted(glob.glob("/opt/critools/*/bin/crictl"))]
-    found.append(shutil.which("crictl") or "")
-    out: list[str] = []
-    for c in found:
-        if c and os.access(c, os.X_OK) and os.path.realpath(c) not in map(os.path.realpath, out):
-            out.append(c)
-    return out
 
 
 CRICTLS = find_crictls()

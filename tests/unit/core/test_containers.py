@@ -17,9 +17,14 @@ from cri_async.core.model import (
     ContainerSecurity,
     ContainerState,
     ContainerUser,
+    IDMapping,
     ImageSpec,
+    NamespaceMode,
+    NamespaceOptions,
     Phase,
     Resources,
+    SandboxSecurity,
+    UserNamespace,
 )
 from cri_async.core.ports import ExecResult
 from tests.support.poll import until
@@ -81,6 +86,11 @@ async def test_absolute_log_paths_are_kept_and_users_come_from_image_or_config(r
         ({"stop_signal": "SIGNOPE"}, InvalidArgument, "unknown stop signal 'SIGNOPE'"),
         ({"labels": {"": "x"}}, InvalidArgument, "empty key"),
         ({"image": ImageSpec(image="alpine")}, NotFound, "image 'alpine' not found; pull it"),
+        (
+            {"security": ContainerSecurity(run_as_group=1002)},
+            InvalidArgument,
+            "security_context.run_as_group 1002 is set without run_as_user",
+        ),
     ],
 )
 async def test_bad_creates_change_nothing(
@@ -285,8 +295,12 @@ async def test_stopping_what_does_not_run_is_a_no_op(rig: Rig) -> None:
         await rig.runtime.containers.stop(cid, 10)
     assert rig.backend.kills == [] and rig.events == []
     assert rig.runtime.containers.status(created).state is ContainerState.CREATED
+    # An unknown container is already stopped: kubelet retries stops (critest Idempotence).
+    await rig.runtime.containers.stop("nope", 10)
+    with pytest.raises(InvalidArgument, match="container_id must not be empty"):
+        await rig.runtime.containers.stop("", 10)
     with pytest.raises(NotFound, match="container 'nope' not found"):
-        await rig.runtime.containers.stop("nope", 10)
+        rig.runtime.containers.status("nope")
 
 
 @pytest.mark.xfail(
@@ -396,3 +410,21 @@ async def test_resources_are_updated_only_before_the_exit(rig: Rig) -> None:
         await rig.runtime.containers.update_resources(done, wanted, {})
     with pytest.raises(FailedPrecondition, match="is not running"):
         await rig.runtime.containers.reopen_log(cid)
+
+
+async def test_a_containers_user_namespace_is_its_pods(rig: Rig) -> None:
+    m = IDMapping(host_id=1000, container_id=0, length=100000)
+    pod_ns = UserNamespace(NamespaceMode.POD, (m,), (m,))
+    pod = await rig.pod(security=SandboxSecurity(namespaces=NamespaceOptions(userns=pod_ns)))
+    same = ContainerSecurity(namespaces=NamespaceOptions(userns=pod_ns))
+    assert await rig.container(pod, "same", security=same)
+    assert await rig.container(pod, "unset")  # kubelet may leave it to the pod
+    other = UserNamespace(NamespaceMode.POD, (IDMapping(2000, 0, 100000),), (m,))
+    for name, userns, message in (
+        ("other", other, "differ from the pod sandbox's"),
+        ("node", UserNamespace(NamespaceMode.NODE), "differ from the pod sandbox's"),
+        ("ctr", UserNamespace(NamespaceMode.CONTAINER), "mode CONTAINER is not supported"),
+    ):
+        sec = ContainerSecurity(namespaces=NamespaceOptions(userns=userns))
+        with pytest.raises(InvalidArgument, match=message):
+            await rig.container(pod, name, security=sec)

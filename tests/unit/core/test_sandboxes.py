@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from dataclasses import replace
 
 import pytest
 
@@ -19,11 +20,17 @@ from cri_async.core.events import EventType
 from cri_async.core.filters import Filter
 from cri_async.core.model import (
     ContainerState,
+    IDMapping,
+    NamespaceMode,
+    NamespaceOptions,
     PodMetadata,
     Resources,
     SandboxConfig,
+    SandboxSecurity,
     SandboxState,
+    UserNamespace,
 )
+from cri_async.core.ports import BackendStatus, HandlerFeatures
 from cri_async.core.sandboxes import _with_overhead, pod_hostname
 from tests.support.poll import until
 
@@ -62,6 +69,10 @@ def test_a_pod_without_a_hostname_gets_the_nodes() -> None:
         (SandboxConfig(PodMetadata("p", "", "ns")), "metadata.uid must not be empty"),
         (SandboxConfig(PodMetadata("p", "u", "ns"), hostname="-bad"), "not a valid host name"),
         (SandboxConfig(PodMetadata("p", "u", "ns"), annotations={"": "x"}), "empty key"),
+        (
+            SandboxConfig(PodMetadata("p", "u", "ns"), security=SandboxSecurity(run_as_group=5)),
+            "security_context.run_as_group 5 is set without run_as_user",
+        ),
     ],
 )
 async def test_bad_runs_change_nothing(rig: Rig, config: SandboxConfig, message: str) -> None:
@@ -128,8 +139,9 @@ async def test_stop_kills_the_containers_and_marks_the_pod_not_ready(rig: Rig) -
     assert await rig.seen(2) == [(run, STOPPED), (pod, STOPPED)]
     stopped = rig.events[1]
     assert stopped.sandbox is not None and stopped.sandbox.state is SandboxState.NOTREADY
+    await rig.runtime.sandboxes.stop("nope")  # unknown: already stopped (kubelet retries)
     with pytest.raises(NotFound, match="pod sandbox 'nope' not found"):
-        await rig.runtime.sandboxes.stop("nope")
+        rig.runtime.sandboxes.status("nope")
 
 
 async def test_remove_takes_containers_then_the_pod_and_frees_the_name(rig: Rig) -> None:
@@ -190,3 +202,57 @@ async def test_list_filters_by_id_state_and_labels(rig: Rig) -> None:
     assert ids(labels={"app": "db"}) == {b}
     assert ids(id=a[:8]) == {a} and ids(id="zz") == set()
     assert rig.runtime.sandboxes.status(b[:16]).id == b
+
+
+# -- user namespaces ----------------------------------------------------------------------
+
+_MAP = IDMapping(host_id=1000, container_id=0, length=100000)
+
+
+def _userns_pod(userns: UserNamespace) -> SandboxConfig:
+    ns = NamespaceOptions(userns=userns)
+    return SandboxConfig(PodMetadata("p", "u", "ns"), security=SandboxSecurity(namespaces=ns))
+
+
+@pytest.mark.parametrize(
+    ("userns", "message"),
+    [
+        (UserNamespace(NamespaceMode.POD, (_MAP, _MAP), (_MAP,)), "uids has 2 mappings"),
+        (UserNamespace(NamespaceMode.POD, (_MAP,), ()), "gids has 0 mappings"),
+        (
+            UserNamespace(NamespaceMode.POD, (IDMapping(1000, 1, 100000),), (_MAP,)),
+            "uids maps container id 1: it must map container id 0",
+        ),
+        (UserNamespace(NamespaceMode.POD, (IDMapping(1000, 0, 0),), (_MAP,)), "host range"),
+        (UserNamespace(NamespaceMode.CONTAINER), "mode CONTAINER is not supported"),
+        (UserNamespace(NamespaceMode.TARGET), "mode TARGET is not supported"),
+        (UserNamespace(NamespaceMode.NODE, (_MAP,), (_MAP,)), "mode NODE takes no"),
+    ],
+)
+async def test_user_namespace_options_are_checked(
+    rig: Rig, userns: UserNamespace, message: str
+) -> None:
+    """As kubelet sends them (critest UserNamespaces): POD with exactly one uid and one gid
+    mapping of container id 0, or NODE; anything else is INVALID_ARGUMENT naming the field."""
+    with pytest.raises(InvalidArgument, match=message) as err:
+        await rig.runtime.sandboxes.run(_userns_pod(userns), "")
+    assert "namespace_options.userns_options" in str(err.value)
+    assert rig.backend.calls == [] and list(rig.runtime.ctx.sandboxes) == []
+
+
+async def test_user_namespaces_need_a_handler_that_has_them(rig: Rig) -> None:
+    pod_userns = UserNamespace(NamespaceMode.POD, (_MAP,), (_MAP,))
+    assert await rig.runtime.sandboxes.run(_userns_pod(pod_userns), "")  # the fake has them
+    real_probe = rig.backend.probe
+
+    async def without() -> BackendStatus:
+        return replace(await real_probe(), features=HandlerFeatures(user_namespaces=False))
+
+    rig.backend.probe = without  # type: ignore[method-assign]
+    cfg = replace(_userns_pod(pod_userns), metadata=PodMetadata("q", "u2", "ns"))
+    with pytest.raises(FailedPrecondition, match="user_namespaces: false"):
+        await rig.runtime.sandboxes.run(cfg, "")
+    node = replace(
+        _userns_pod(UserNamespace(NamespaceMode.NODE)), metadata=PodMetadata("r", "u3", "ns")
+    )
+    await rig.runtime.sandboxes.run(node, "")

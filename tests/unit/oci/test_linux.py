@@ -24,6 +24,7 @@ from cri_async.core.model import (
 )
 from cri_async.oci import DeviceNode, SpecError
 from cri_async.oci.defaults import DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS
+from cri_async.oci.errors import SpecUnsupported
 from cri_async.oci.namespaces import normalize_sysctl
 from cri_async.oci.seccomp import runtime_default_profile
 from cri_async.oci.spec import OCI_VERSION
@@ -503,12 +504,27 @@ AA_HOST = replace(HOST, apparmor=True, apparmor_default_profile="cri-async-defau
             replace(AA_HOST, apparmor_default_profile=""),
             None,
         ),
-        (SecurityProfile(ProfileType.LOCALHOST, "k8s-nginx"), HOST, None),  # no AppArmor here
+        (None, HOST, None),  # no AppArmor on the host: unset and Unconfined only
+        (SecurityProfile(ProfileType.UNCONFINED), HOST, None),
     ],
 )
 def test_apparmor(profile: SecurityProfile | None, host: Any, expected: str | None) -> None:
     proc = build(container(security={"apparmor": profile}), host=host)["process"]
     assert proc.get("apparmorProfile") == expected
+
+
+@pytest.mark.parametrize(
+    "profile",
+    [
+        SecurityProfile(ProfileType.LOCALHOST, "k8s-nginx"),
+        SecurityProfile(ProfileType.RUNTIME_DEFAULT),
+    ],
+)
+def test_apparmor_profiles_are_refused_without_apparmor(profile: SecurityProfile) -> None:
+    """As containerd: a profile the host cannot apply fails the create, never runs the
+    container unconfined behind the caller's back."""
+    with pytest.raises(SpecUnsupported, match="AppArmor is not enabled on this host"):
+        build(container(security={"apparmor": profile}), host=HOST)
 
 
 def test_apparmor_localhost_kept_for_privileged() -> None:

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from cri_async.core.stats import MemoryStats, SwapStats
-from cri_async.stats.cache import CpuMark, StatsCache, nano_cores
-from cri_async.stats.cgroups import CgroupStats, stats_from_v2
+from cri_async.stats.cache import StatsCache
+from cri_async.stats.cgroupstats import CgroupStats, stats_from_v2
+from cri_async.stats.samples import CpuMark, nano_cores
 from tests.support.poll import until
 
 from .support import FIXTURES, fixture_files
@@ -463,3 +464,93 @@ async def test_remote_source_reads_the_containers_it_owns(
     for cid in ("gone", "broken", "slow"):  # a sample without numbers, never an error
         sample = cache.get(cid)
         assert sample is not None and sample.cpu is None
+
+
+# -- on-demand freshness ----------------------------------------------------------------------
+
+
+async def test_fresh_reads_a_container_tracked_since_the_last_refresh() -> None:
+    reader, clock = FakeReader(), Clock()
+    reader.set("/c1", S)
+    reader.set("/c2", 2 * S)
+    cache = make(reader, clock)
+    cache.track("c1", "/c1", "pod1")
+    await cache.refresh_now()
+    cache.track("c2", "/c2", "pod1")  # started a moment ago: no reading yet
+    reader.calls.clear()
+    await cache.fresh()
+    s = cache.get("c2")
+    assert s is not None and s.cpu is not None and s.cpu.usage_core_nano_seconds == 2 * S
+    assert reader.calls == ["/c2"]  # c1's reading is recent: not read again
+
+
+async def test_fresh_rereads_what_is_older_than_max_age() -> None:
+    """crictl stats: two calls a sample period apart must see two different readings."""
+    reader, clock = FakeReader(), Clock()
+    reader.set("/c1", S)
+    cache = make(reader, clock, max_age=0.5)
+    cache.track("c1", "/c1", "pod1")
+    cache.track_pod("pod1", "", None)
+    await cache.fresh()
+    first = cache.get("c1")
+    clock.advance(0.4)
+    await cache.fresh()
+    assert cache.get("c1") is first and len(reader.calls) == 1  # young enough
+    clock.advance(0.2)
+    reader.set("/c1", 2 * S)
+    await cache.fresh()
+    second = cache.get("c1")
+    assert second is not None and first is not None and second.timestamp > first.timestamp
+    assert second.cpu is not None and second.cpu.usage_nano_cores == S * S // (6 * S // 10)
+    pod = cache.get_pod("pod1")
+    assert pod is not None and pod.timestamp == second.timestamp
+
+
+async def test_a_burst_of_stats_calls_reads_each_cgroup_once() -> None:
+    reader = FakeReader()
+    cache = make(reader)
+    for i in range(3):
+        reader.set(f"/c{i}", S)
+        cache.track(f"c{i}", f"/c{i}", "pod1")
+    reader.block = True
+    calls = [asyncio.create_task(cache.fresh()) for _ in range(50)]
+    assert await asyncio.to_thread(reader.started.wait, 5)
+    reader.release.set()
+    await asyncio.wait_for(asyncio.gather(*calls), 5)
+    assert sorted(reader.calls) == ["/c0", "/c1", "/c2"]  # one flight for all 50 callers
+    assert all(cache.get(f"c{i}") is not None for i in range(3))
+
+
+async def test_a_container_tracked_during_a_refresh_is_read_before_fresh_returns() -> None:
+    reader = FakeReader()
+    reader.set("/c1", S)
+    reader.set("/c2", S)
+    cache = make(reader)
+    cache.track("c1", "/c1", "pod1")
+    reader.block = True
+    first = asyncio.create_task(cache.fresh())
+    assert await asyncio.to_thread(reader.started.wait, 5)
+    cache.track("c2", "/c2", "pod1")  # the flight under way does not know it
+    second = asyncio.create_task(cache.fresh())
+    reader.release.set()
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert cache.get("c2") is not None and reader.calls == ["/c1", "/c2"]
+
+
+async def test_a_stuck_read_does_not_hold_stats_calls() -> None:
+    reader = FakeReader()
+    reader.set("/c1", S)
+    cache = make(reader, wait=0.05)
+    cache.track("c1", "/c1", "pod1")
+    await cache.refresh_now()
+    old = cache.get("c1")
+    cache.untrack("c1")
+    cache.track("c1", "/c1b", "pod1")  # a new reading is due
+    reader.block = True
+    reader.started.clear()
+    await asyncio.wait_for(cache.fresh(), 5)  # gave up waiting: answers from the cache
+    assert await asyncio.to_thread(reader.started.wait, 5)
+    assert cache.get("c1") is None and old is not None
+    reader.release.set()
+    await until(lambda: cache.get("c1") is not None, what="the refresh to finish on its own")
+    await cache.close()

@@ -9,21 +9,23 @@ from pathlib import Path
 import pytest
 
 from cri_async.core.stats import IoDeviceStats, Psi, PsiData
-from cri_async.stats.cgroups import (
-    V1_FILES,
+from cri_async.stats.cgrouplayout import (
     CgroupLayout,
     CgroupMounts,
-    CgroupReader,
-    CgroupStats,
     detect_layout,
+    parse_mountinfo,
+    relative_cgroup_path,
+)
+from cri_async.stats.cgroups import CgroupReader
+from cri_async.stats.cgroupstats import (
+    V1_FILES,
+    CgroupStats,
     parse_blkio_v1,
     parse_io_stat,
     parse_keyed,
     parse_limit,
-    parse_mountinfo,
     parse_psi,
     psi_from_files,
-    relative_cgroup_path,
     stats_from_v1,
     stats_from_v2,
     working_set,

@@ -20,9 +20,9 @@ from cri_async.core.stats import (
     PodSample,
     ProcessStats,
 )
-from cri_async.stats.cache import cpu_stats, io_stats, memory_stats, process_stats, swap_stats
-from cri_async.stats.cgroups import stats_from_v2
+from cri_async.stats.cgroupstats import stats_from_v2
 from cri_async.stats.network import parse_netdev
+from cri_async.stats.samples import cpu_stats, io_stats, memory_stats, process_stats, swap_stats
 
 from .support import FIXTURES, fixture_files
 
