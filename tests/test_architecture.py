@@ -99,6 +99,16 @@ def test_streaming_reaches_containers_through_the_core() -> None:
     assert {m: w for m, w in wrong.items() if w} == {}
 
 
+def test_no_module_is_much_over_500_lines() -> None:
+    big = {
+        str(p.relative_to(PACKAGE)): n
+        for p in PACKAGE.rglob("*.py")
+        if "api" not in p.relative_to(PACKAGE).parts
+        and (n := len(p.read_text().splitlines())) > 520
+    }
+    assert big == {}
+
+
 def test_the_rules_see_real_imports() -> None:
     """The checker itself: it finds what a known module imports."""
     assert {"core", "api"} <= _imports(PACKAGE / "services" / "runtime.py")
