@@ -208,6 +208,11 @@ class Bundles:
     def exit_info(self, cid: str) -> ExitInfo | None:
         return self.conmon.exit_info(cid, self.bundle(cid), self.exits)
 
+    def supervised(self, cid: str) -> bool:
+        """Whether the container's conmon still runs (so the container does, or its exit
+        is being written)."""
+        return self.conmon.supervising(cid, self.bundle(cid))
+
     async def wait(self, cid: str) -> ExitStatus:
         return exit_status(await self.conmon.wait_exit(cid, self.bundle(cid), self.exits))
 

@@ -136,12 +136,19 @@ class RuncBackend:
             await self.cli.kill(container.id, signal, all=signal == signals.SIGKILL)
 
     async def recover(self, container: Container) -> ProcessStatus:
+        """From conmon's files and /proc; the runtime is asked only when neither an exit
+        file nor a live conmon settles it (startup calls this for every running
+        container before it serves)."""
         info = self.bundles.exit_info(container.id)
+        if info is None and self.bundles.supervised(container.id):
+            return ProcessStatus(container.pid, None)  # its conmon will write the exit
+        if info is None:
+            state = await self.cli.state(container.id)
+            if state is not None and state.get("status") in ("running", "created", "paused"):
+                return ProcessStatus(int(state.get("pid") or container.pid), None)
+            info = self.bundles.exit_info(container.id)  # conmon may have just written it
         if info is not None:
             return ProcessStatus(container.pid, exit_status(info))
-        state = await self.cli.state(container.id)
-        if state is not None and state.get("status") in ("running", "created", "paused"):
-            return ProcessStatus(int(state.get("pid") or container.pid), None)
         lost = ExitStatus(255, time.time_ns(), "Unknown", "container state lost (host reboot?)")
         return ProcessStatus(container.pid, lost)
 

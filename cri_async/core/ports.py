@@ -107,7 +107,9 @@ class OCIRuntime(Protocol):
         ...
 
     async def recover(self, container: Container) -> ProcessStatus:
-        """After a cri-async restart: is the process still running, or how did it end?"""
+        """After a cri-async restart: is the process still running, or how did it end?
+        Startup awaits this for every running container before it serves: answer from
+        files where possible, not a subprocess per container."""
         ...
 
     async def delete_container(self, container: Container) -> None:
@@ -148,7 +150,9 @@ class OCIRuntime(Protocol):
 
     async def reconcile(self, sandboxes: set[str], containers: set[str]) -> list[str]:
         """At startup: remove host objects (bundles, mounts, runtime state, pins...) that no
-        known pod or container owns; one line per orphan removed."""
+        known pod or container owns; one line per orphan removed. Runs beside RPCs: the
+        sets are live (every id with a record, updated as records are written), so test
+        membership right after listing what is on the host, never from an earlier copy."""
         ...
 
     async def close(self) -> None:

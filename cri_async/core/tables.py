@@ -34,13 +34,23 @@ class Table(Generic[R]):
         self._cls: type[R] = cls
         self._store = store
         self._items: dict[str, R] = {}
+        self._ids: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def load(self) -> list[R]:
         self._items = {
             i: serde.loads(self._cls, data) for i, data in await self._store.load(self.kind)
         }
+        self._ids = set(self._items)
         return list(self._items.values())
+
+    @property
+    def ids(self) -> set[str]:
+        """The ids of every record (any phase), as a live set: it changes as records are
+        written. Startup's orphan sweep runs beside RPCs and takes host objects whose id is
+        not in it (at that moment) for orphans; a create writes its record before it
+        makes any host object, so nothing it makes is ever swept. Read, never modify."""
+        return self._ids
 
     def __len__(self) -> int:
         return len(self._items)
@@ -98,6 +108,7 @@ class Table(Generic[R]):
     async def put(self, rec: R) -> R:
         def apply() -> None:
             self._items[rec.id] = rec
+            self._ids.add(rec.id)
 
         await self._commit([self.op_put(rec)], apply)
         return rec
@@ -116,6 +127,7 @@ class Table(Generic[R]):
 
         def apply() -> None:
             self._items.pop(rec_id, None)
+            self._ids.discard(rec_id)
             self._locks.pop(rec_id, None)
 
         await self._commit([self.op_delete(rec_id)], apply)

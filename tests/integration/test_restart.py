@@ -226,6 +226,8 @@ async def test_half_created_objects_are_rolled_back_at_startup(tmp_path: Path) -
     await db.close()
 
     async with CRIServer(tmp_path) as srv:
+        assert srv.server is not None and srv.server.runtime.settled is not None
+        await srv.server.runtime.settled  # the rollbacks run beside the first RPCs
         pods = (await srv.client.runtime.ListPodSandbox(pb.ListPodSandboxRequest())).items
         assert [p.metadata.name for p in pods] == ["p"]
         assert not (await srv.client.runtime.ListContainers(pb.ListContainersRequest())).containers

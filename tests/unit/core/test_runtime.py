@@ -136,6 +136,8 @@ async def test_half_created_objects_are_rolled_back_at_start(rig: Rig) -> None:
     await ctx.containers.put(ghost_ctr)
     (rig.root / "fake" / ghost_ctr.id).mkdir(parents=True)  # what the backend had made
     runtime = await rig.restart()
+    assert runtime.settled is not None
+    await runtime.settled  # rollbacks run in the background: invisible records only
     assert rig.backend.called("delete_container") == [ghost_ctr.id]
     assert rig.backend.called("remove_sandbox") == [ghost_pod.id]
     assert not (rig.root / "fake" / ghost_ctr.id).exists()
@@ -144,6 +146,29 @@ async def test_half_created_objects_are_rolled_back_at_start(rig: Rig) -> None:
     assert [s.id for s in runtime.ctx.sandboxes.live()] == [pod]
     await rig.pod("ghost")  # the half-made pod's name was never held
     await rig.container(pod, "g")
+
+
+async def test_startup_serves_before_its_sweep_which_spares_what_rpcs_make(rig: Rig) -> None:
+    """The orphan sweep runs in the background. Whatever is created while it runs has a
+    record before it has host objects, so the sweep never takes it for an orphan."""
+    pod = await rig.pod()
+    running = await rig.started(pod, "run")
+    orphan = rig.root / "fake" / ("a" * 64)
+    orphan.mkdir(parents=True)  # host state whose record is gone
+    runtime = await rig.restart(hold={"reconcile"})
+    assert runtime.settled is not None and not runtime.settled.done()
+    # Served meanwhile: state, names and running containers are all there.
+    assert runtime.containers.status(running).state is ContainerState.RUNNING
+    with pytest.raises(AlreadyExists):
+        await rig.container(pod, "run")
+    made = await rig.container(pod, "made-during-the-sweep")
+    assert (rig.root / "fake" / made).is_dir()
+    rig.backend.gate.set()  # type: ignore[union-attr]
+    await runtime.settled
+    assert not orphan.exists()
+    assert (rig.root / "fake" / made).is_dir()
+    await runtime.containers.start(made)
+    assert runtime.containers.status(made).state is ContainerState.RUNNING
 
 
 async def test_close_lets_an_inflight_create_finish(rig: Rig) -> None:
