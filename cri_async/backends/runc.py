@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from cri_async.backends.bundles import Bundles, exit_status
 from cri_async.backends.ocicli import RuntimeCLI, RuntimeCLIError
 from cri_async.core.errors import FailedPrecondition, Unimplemented
-from cri_async.core.model import Container, Image, Resources, Sandbox
+from cri_async.core.model import Container, ContainerState, Image, Resources, Sandbox
 from cri_async.core.ports import (
     BackendStatus,
     ExecResult,
@@ -138,7 +138,11 @@ class RuncBackend:
     async def recover(self, container: Container) -> ProcessStatus:
         """From conmon's files and /proc; the runtime is asked only when neither an exit
         file nor a live conmon settles it (startup calls this for every running
-        container before it serves)."""
+        container before it serves), or whether a created container was started."""
+        if container.state is ContainerState.CREATED:
+            state = await self.cli.state(container.id)
+            if state is None or state.get("status") == "created":
+                return ProcessStatus(container.pid, None, started=False)
         info = self.bundles.exit_info(container.id)
         if info is None and self.bundles.supervised(container.id):
             return ProcessStatus(container.pid, None)  # its conmon will write the exit

@@ -43,10 +43,12 @@ class ExitStatus:
 
 @dataclass(frozen=True, slots=True)
 class ProcessStatus:
-    """What recovery finds for a container the database says was running."""
+    """What recovery finds for a container the database says was running, or created
+    (a crash may have cut its StartContainer short after the process started)."""
 
     pid: int
-    exit: ExitStatus | None  # None: still running
+    exit: ExitStatus | None  # None: not exited
+    started: bool = True  # False: created and never started
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +111,8 @@ class OCIRuntime(Protocol):
     async def recover(self, container: Container) -> ProcessStatus:
         """After a cri-async restart: is the process still running, or how did it end?
         Startup awaits this for every running container before it serves: answer from
-        files where possible, not a subprocess per container."""
+        files where possible, not a subprocess per container. Also asked for created
+        containers: was the process started (``ProcessStatus.started``)?"""
         ...
 
     async def delete_container(self, container: Container) -> None:

@@ -11,8 +11,8 @@ from functools import partial
 
 from cri_async import CRI_API_VERSION, RUNTIME_NAME, __version__
 from cri_async.core.containers import ContainerManager
-from cri_async.core.context import Context, Limits
-from cri_async.core.events import EventBus
+from cri_async.core.context import Context, Limits, now_ns
+from cri_async.core.events import EventBus, EventType
 from cri_async.core.images import ImageStore
 from cri_async.core.model import Container, ContainerState, NodeNetwork, Phase, Sandbox
 from cri_async.core.ports import BackendStatus, OCIRuntime, StateStore, StatsSource
@@ -111,6 +111,8 @@ class Runtime:
             if c.state is ContainerState.RUNNING:
                 await self._recover_running(c)
                 ctx.track(c)
+            elif c.state is ContainerState.CREATED:
+                await self._recover_created(c)
         if ctx.stats is not None:
             await ctx.stats.start()
         self.settled = ctx.spawn(self._settle(), name="startup-settle")
@@ -160,6 +162,28 @@ class Runtime:
             await self.containers.record_exit(c.id, status.exit)
         else:
             self.containers.watch(c.id)
+
+    async def _recover_created(self, c: Container) -> None:
+        """A StartContainer that a crash cut short may have started the process: then the
+        container runs (or ran), and is recorded and watched as such."""
+        ctx = self.ctx
+        sb = ctx.sandboxes.peek(c.sandbox_id)
+        if sb is None:
+            return
+        status = await ctx.backend_for(sb).recover(c)
+        if not status.started:
+            return
+        log.warning("container %s was started by a call cut short by a crash", c.id)
+        c = await ctx.containers.update(
+            c.id,
+            lambda r: r.evolve(state=ContainerState.RUNNING, started_at=now_ns(), pid=status.pid),
+        )
+        ctx.publish(c.id, EventType.STARTED, sb)
+        if status.exit is not None:
+            await self.containers.record_exit(c.id, status.exit)
+        else:
+            self.containers.watch(c.id)
+            ctx.track(c)
 
     async def close(self, timeout: float = 10.0) -> None:
         """Stop background work. Containers keep running; their state is on disk."""

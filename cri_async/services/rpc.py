@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 from grpclib import GRPCError, Status
 from grpclib.server import Stream
 
+from cri_async import faults
 from cri_async.core import errors
 from cri_async.observe import Observer
 
@@ -122,7 +123,7 @@ def unary(
 
     @functools.wraps(fn)
     async def handler(self: S, stream: Stream[Req, Resp]) -> None:
-        with _observed(self, name, stream, inflight=True):
+        with _observed(self, name, stream, inflight=True), faults.serving(name):
             request = await stream.recv_message()
             assert request is not None
             with _errors_mapped(name):
@@ -144,7 +145,7 @@ def server_stream(
 
     @functools.wraps(fn)
     async def handler(self: S, stream: Stream[Req, Resp]) -> None:
-        with _observed(self, name, stream, inflight=bounded):
+        with _observed(self, name, stream, inflight=bounded), faults.serving(name):
             request = await stream.recv_message()
             assert request is not None
             with _errors_mapped(name):

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
+from cri_async import faults
 from cri_async.core.errors import Unavailable
 from cri_async.core.ports import Delete, Op, Put
 
@@ -121,7 +122,9 @@ class SQLiteStore:
                 conn.execute("ROLLBACK")
                 raise
 
+        faults.reached("commit")
         await self._run(_apply)
+        faults.reached("committed")
 
     async def put(self, kind: str, id: str, data: str) -> None:
         await self.apply([Put(kind, id, data)])

@@ -34,23 +34,31 @@ class Proc:
         images_backend: str = "fake",
         runtime: str = "fake",
         run_root: Path | None = None,
+        network: str = "",
+        env: dict[str, str] | None = None,
+        log_level: str = "debug",
     ) -> None:
+        """``network``: the [network] table's keys (default: an empty CNI config dir);
+        ``env``: added to the server's environment."""
         self.root = root
         self.sock = Path(f"/tmp/cri-{os.getpid()}-{id(self)}.sock")
         self.config = root / "config.toml"
+        network = network or f'conf_dirs = ["{root}/cni"]'
         self.config.write_text(
             f'[server]\nsocket = "{self.sock}"\n'
             f'[state]\nroot = "{root}/state"\nrun_root = "{run_root or root / "run"}"\n'
-            f'[log]\nlevel = "debug"\n[images]\nbackend = "{images_backend}"\n'
+            f'[log]\nlevel = "{log_level}"\n[images]\nbackend = "{images_backend}"\n'
             f'[runtimes.""]\nbackend = "{runtime}"\n'
-            f'[network]\nconf_dirs = ["{root}/cni"]\n'
+            f"[network]\n{network}\n"
         )
+        self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def start(self) -> CRIClient:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cri_async.cli", "serve", "--config", str(self.config)],
             stderr=open(self.root / "server.log", "ab"),  # noqa: SIM115
+            env=self.env,
         )
         proc = self.proc
 

@@ -20,7 +20,15 @@ from pathlib import Path
 from cri_async.backends.fake.process import FakeProcess, LogFile
 from cri_async.backends.fake.script import NotFound, Timeline, simulate
 from cri_async.core.errors import DeadlineExceeded, Internal, Unimplemented
-from cri_async.core.model import Container, Image, NamespaceMode, NetworkStatus, Resources, Sandbox
+from cri_async.core.model import (
+    Container,
+    ContainerState,
+    Image,
+    NamespaceMode,
+    NetworkStatus,
+    Resources,
+    Sandbox,
+)
 from cri_async.core.ports import (
     BackendStatus,
     ExecResult,
@@ -189,6 +197,9 @@ class FakeBackend:
         done = self._read_exit(container)
         if done is not None:
             return ProcessStatus(pid=container.pid, exit=done)
+        never_started = not (self._dir(container) / "process.json").exists()
+        if container.state is ContainerState.CREATED and never_started:
+            return ProcessStatus(pid=container.pid, exit=None, started=False)
         try:
             state = json.loads((self._dir(container) / "process.json").read_text())
             spec = self._spec(container)

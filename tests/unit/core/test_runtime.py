@@ -148,6 +148,25 @@ async def test_half_created_objects_are_rolled_back_at_start(rig: Rig) -> None:
     await rig.container(pod, "g")
 
 
+async def test_a_start_cut_short_after_the_process_started_is_running_after_restart(
+    rig: Rig,
+) -> None:
+    """A crash between the runtime's start and its commit leaves a CREATED record of a
+    running process: startup finds it started, and watches it."""
+    pod = await rig.pod()
+    cut = await rig.container(pod, "cut", "sh", "-c", "sleep 1; exit 4")
+    never = await rig.container(pod, "never")
+    await rig.backend.start_container(rig.runtime.ctx.containers.get(cut))  # no commit
+    runtime = await rig.restart()
+    c = runtime.containers.status(cut)
+    assert c.state is ContainerState.RUNNING and c.started_at > 0
+    assert runtime.containers.status(never).state is ContainerState.CREATED
+    await until(lambda: runtime.containers.status(cut).state is ContainerState.EXITED)
+    assert runtime.containers.status(cut).exit_code == 4  # watched: its exit is recorded
+    await runtime.containers.start(never)
+    assert runtime.containers.status(never).state is ContainerState.RUNNING
+
+
 async def test_startup_serves_before_its_sweep_which_spares_what_rpcs_make(rig: Rig) -> None:
     """The orphan sweep runs in the background. Whatever is created while it runs has a
     record before it has host objects, so the sweep never takes it for an orphan."""
