@@ -66,6 +66,7 @@ class ContainerManager:
         if config.stop_signal:
             stop_signal_number(config.stop_signal)
         sandbox = ctx.sandboxes.get(validate.require(sandbox_id, "pod_sandbox_id"))
+        validate.container_config(config, sandbox.config.log_directory)
         if sandbox.state is not SandboxState.READY:
             raise FailedPrecondition(
                 f"pod sandbox {sandbox.id} is not ready; cannot create container "
@@ -284,8 +285,7 @@ class ContainerManager:
     async def exec_sync(
         self, container_id: str, cmd: Sequence[str], timeout: float | None
     ) -> ExecResult:
-        if not cmd:
-            raise InvalidArgument("cmd must not be empty")
+        validate.command(cmd, "cmd")
         c = self.ctx.containers.get(validate.require(container_id, "container_id"))
         if c.state is not ContainerState.RUNNING:
             raise FailedPrecondition(f"container {c.id} is {c.state.value}, not running")

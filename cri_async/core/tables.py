@@ -16,6 +16,7 @@ from cri_async.core.errors import InvalidArgument, NotFound
 from cri_async.core.filters import resolve_id
 from cri_async.core.model import Container, Phase, Sandbox
 from cri_async.core.ports import Delete, Op, Put, StateStore
+from cri_async.core.validate import shown
 
 
 class _Record(Protocol):
@@ -70,7 +71,8 @@ class Table(Generic[R]):
             ids = resolve_id((r.id for r in self.live()), id_or_prefix)
             if len(ids) > 1:
                 raise InvalidArgument(
-                    f"{self.kind} id prefix {id_or_prefix!r} is ambiguous: matches {len(ids)} ids"
+                    f"{self.kind} id prefix {shown(id_or_prefix)} is ambiguous: matches "
+                    f"{len(ids)} ids"
                 )
             rec = self._items[ids[0]] if ids else None
         return rec if rec is not None and rec.phase is Phase.LIVE else None
@@ -85,7 +87,7 @@ class Table(Generic[R]):
     def get(self, id_or_prefix: str) -> R:
         rec = self.find(id_or_prefix)
         if rec is None:
-            raise NotFound(f"{self.kind} {id_or_prefix!r} not found")
+            raise NotFound(f"{self.kind} {shown(id_or_prefix)} not found")
         return rec
 
     def peek(self, full_id: str) -> R | None:

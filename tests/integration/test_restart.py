@@ -37,15 +37,16 @@ class Proc:
         network: str = "",
         env: dict[str, str] | None = None,
         log_level: str = "debug",
+        server: str = "",
     ) -> None:
         """``network``: the [network] table's keys (default: an empty CNI config dir);
-        ``env``: added to the server's environment."""
+        ``server``: more [server] keys; ``env``: added to the server's environment."""
         self.root = root
         self.sock = Path(f"/tmp/cri-{os.getpid()}-{id(self)}.sock")
         self.config = root / "config.toml"
         network = network or f'conf_dirs = ["{root}/cni"]'
         self.config.write_text(
-            f'[server]\nsocket = "{self.sock}"\n'
+            f'[server]\nsocket = "{self.sock}"\n{server}\n'
             f'[state]\nroot = "{root}/state"\nrun_root = "{run_root or root / "run"}"\n'
             f'[log]\nlevel = "{log_level}"\n[images]\nbackend = "{images_backend}"\n'
             f'[runtimes.""]\nbackend = "{runtime}"\n'

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cri_async.backends.fake.process import FakeProcess, LogFile
 from cri_async.backends.fake.script import NotFound, Timeline, simulate
-from cri_async.core.errors import DeadlineExceeded, Internal, Unimplemented
+from cri_async.core.errors import DeadlineExceeded, FailedPrecondition, Internal, Unimplemented
 from cri_async.core.model import (
     Container,
     ContainerState,
@@ -125,8 +125,10 @@ class FakeBackend:
         (d / "spec.json").write_text(json.dumps(spec))
         try:
             self._logs[container.id] = LogFile(container.log_path)
-        except OSError as e:
-            raise Internal(f"cannot open log file {container.log_path}: {e.strerror}") from None
+        except OSError as e:  # the host's state, not ours: as conmon's failure would be
+            raise FailedPrecondition(
+                f"cannot open log file {container.log_path}: {e.strerror}"
+            ) from None
         return container.evolve(backend_info={"root": str(d)})
 
     def _spec(self, container: Container) -> dict[str, object]:
@@ -242,8 +244,8 @@ class FakeBackend:
                 raise DeadlineExceeded(why) from None
         try:
             timeline = self._timeline(self._spec(container), cmd)
-        except NotFound as e:
-            raise Internal(f"failed to exec in container {container.id}: {e}") from None
+        except NotFound as e:  # as the runtime's exec failure is on a real backend
+            raise FailedPrecondition(f"failed to exec in container {container.id}: {e}") from None
         capture = OutputCapture(limit)
         proc = FakeProcess(next(_pids), timeline, capture.write, lambda _s: None)
         try:
