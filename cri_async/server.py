@@ -15,7 +15,7 @@ from pathlib import Path
 from grpclib._typing import IServable
 from grpclib.server import Server as GRPCServer
 
-from cri_async import __version__, linux, observe
+from cri_async import __version__, files, linux, observe
 from cri_async.compose import BackendFactory, build_image_store
 from cri_async.config import Config
 from cri_async.core.context import Limits
@@ -174,6 +174,8 @@ class Server:
             linux.mount("none", "/", None, linux.MS_REC | linux.MS_SHARED)
 
     async def start(self) -> None:
+        for root in (self.config.state.root, self.config.state.run_root):
+            await asyncio.to_thread(files.private_dir, Path(root))
         if self.reaper is not None:
             await asyncio.to_thread(self._prepare_host)
             self.reaper.start()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cri_async import rootfs
+from cri_async import files, rootfs
 from cri_async.backends import specinputs
 from cri_async.core.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from cri_async.core.model import Container, Image, Sandbox
@@ -127,7 +127,9 @@ class Bundles:
         )
         if adjust is not None:
             adjust(spec)
-        await asyncio.to_thread((bundle / "config.json").write_text, json.dumps(spec))
+        # Root only: it holds the container's environment (secrets, often).
+        data = json.dumps(spec).encode()
+        await asyncio.to_thread(files.write_atomic, bundle / "config.json", data, durable=False)
         info = {
             "bundle": str(bundle),
             "layer": str(layer),

@@ -2,9 +2,9 @@
 of concurrent streams (RPCs) on one connection.
 
 grpclib 0.4 bounds neither (it has no max message size at all): this module adds both,
-and is the only one that reaches into grpclib's internals (a server stream's HTTP/2
-stream, codec and request type; the protocol a connection gets), which the exact pin of
-grpclib keeps stable.
+reaching into grpclib's internals for it (a server stream's HTTP/2 stream, codec and
+request type; the protocol a connection gets), which the exact pins of grpclib and h2
+keep stable.
 
 * ``recv_request`` reads the 5-byte gRPC message prefix first and refuses a message longer
   than the limit with RESOURCE_EXHAUSTED, naming ``server.max_request_bytes``, before it

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
-from cri_async import faults
+from cri_async import faults, files
 from cri_async.core.errors import Unavailable
 from cri_async.core.ports import Delete, Op, Put
 
@@ -62,6 +62,9 @@ class SQLiteStore:
                 f"(lock {lock_path})"
             ) from None
         self._lock_fd = fd
+        # It holds every container's config, environment included: root only. SQLite
+        # gives its -wal and -shm files the database file's mode.
+        files.private_file(self.path)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'FULL' if self._sync == 'full' else 'NORMAL'}")
