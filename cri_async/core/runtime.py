@@ -92,7 +92,8 @@ class Runtime:
     async def start(self) -> None:
         """What every RPC relies on is done before this returns: the state loaded, names
         bound, and each container recorded as running is checked (from conmon's files, no
-        subprocess) and watched, or its exit while we were down recorded. The rest runs in
+        subprocess) and watched, or its exit while we were down recorded; one recorded as
+        created is checked for a start a crash cut short. The rest runs in
         the background (``settled``): rolling back objects a crash left half-created and
         sweeping host objects no record owns. Both only touch objects no RPC can reach: a
         half-created record is invisible and holds no name, and the sweep spares every id
@@ -108,11 +109,14 @@ class Runtime:
                 ctx.track_pod(s)
         for c in ctx.containers.live():
             ctx.container_names.bind((c.sandbox_id, c.metadata.name, c.metadata.attempt), c.id)
-            if c.state is ContainerState.RUNNING:
-                await self._recover_running(c)
-                ctx.track(c)
-            elif c.state is ContainerState.CREATED:
-                await self._recover_created(c)
+            try:
+                if c.state is ContainerState.RUNNING:
+                    await self._recover_running(c)
+                    ctx.track(c)
+                elif c.state is ContainerState.CREATED:
+                    await self._recover_created(c)
+            except Exception:  # e.g. its handler's binary is gone: the others still serve
+                log.exception("cannot recover container %s; left as recorded", c.id)
         if ctx.stats is not None:
             await ctx.stats.start()
         self.settled = ctx.spawn(self._settle(), name="startup-settle")

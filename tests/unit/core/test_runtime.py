@@ -167,6 +167,17 @@ async def test_a_start_cut_short_after_the_process_started_is_running_after_rest
     assert runtime.containers.status(never).state is ContainerState.RUNNING
 
 
+async def test_a_container_that_cannot_be_recovered_does_not_stop_the_start(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    pod = await rig.pod()
+    cid = await rig.started(pod, "run")
+    runtime = await rig.restart(fail={"recover"})
+    assert runtime.containers.status(cid).state is ContainerState.RUNNING  # as recorded
+    assert f"cannot recover container {cid}" in caplog.text
+    await rig.container(pod, "more")  # and the runtime serves
+
+
 async def test_startup_serves_before_its_sweep_which_spares_what_rpcs_make(rig: Rig) -> None:
     """The orphan sweep runs in the background. Whatever is created while it runs has a
     record before it has host objects, so the sweep never takes it for an orphan."""
