@@ -12,14 +12,12 @@ from pathlib import Path
 
 from cri_async import CRI_API_VERSION, __version__, logsetup, sdnotify
 from cri_async.config import ConfigError, ServerConfig, load
-from cri_async.configtoml import default_toml
 from cri_async.core.errors import CRIError
 
 READY_TIMEOUT = 30.0
 
 
 async def _serve(config_path: str | None) -> int:
-    from cri_async.client import CRIClient
     from cri_async.server import Server
 
     config = load(config_path)
@@ -38,6 +36,8 @@ async def _serve(config_path: str | None) -> int:
         loop.add_signal_handler(sig, stop)
     # systemd (Type=notify) is told we are ready only once a CRI call over the socket
     # answers, as kubelet will make it.
+    from cri_async.client import CRIClient
+
     client = CRIClient(server.socket_path)
     try:
         async with asyncio.timeout(READY_TIMEOUT):
@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             print(f"{args.check}: ok")
             return 0
+        from cri_async.configtoml import default_toml
+
         print(default_toml(), end="")
         return 0
     try:

@@ -45,6 +45,8 @@ class ServerConfig:
     rpc_timeout: float = 240.0
     shutdown_timeout: float = 10.0
     uvloop: bool = False
+    max_request_bytes: int = 16 << 20
+    max_concurrent_streams: int = 1000
 
     def __post_init__(self) -> None:
         try:
@@ -59,6 +61,14 @@ class ServerConfig:
             raise ConfigError(f"server.socket: {self.socket!r} is longer than sun_path allows")
         _positive("server.rpc_timeout", self.rpc_timeout)
         _positive("server.shutdown_timeout", self.shutdown_timeout)
+        if not 1024 <= self.max_request_bytes <= 0xFFFFFFFF:
+            raise ConfigError(  # the gRPC length prefix is 32 bits
+                f"server.max_request_bytes: {self.max_request_bytes} is not 1024-4294967295"
+            )
+        if not 1 <= self.max_concurrent_streams <= 0x7FFFFFFF:
+            raise ConfigError(
+                f"server.max_concurrent_streams: {self.max_concurrent_streams} is not 1-2147483647"
+            )
 
     @property
     def mode(self) -> int:

@@ -32,6 +32,13 @@ rpc_timeout = 240.0
 shutdown_timeout = 10.0
 # Run the event loop on uvloop (needs the "uvloop" extra installed).
 uvloop = false
+# Largest request message a client may send (bytes, 16 MiB, as containerd's CRI server and
+# kubelet's client); a larger one is refused with RESOURCE_EXHAUSTED before it is read.
+max_request_bytes = 16777216
+# RPCs one client connection may have in flight at once (HTTP/2 MAX_CONCURRENT_STREAMS);
+# kubelet multiplexes every call of the node over one connection. Clients queue calls
+# beyond it; one that ignores it is disconnected.
+max_concurrent_streams = 1000
 
 [log]
 # debug | info | warning | error. At debug every RPC is logged with its duration.

@@ -51,6 +51,23 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600, durable: bool = 
             os.close(dfd)
 
 
+PRIVATE_DIR = 0o711
+"""Our state roots: other users may pass through (a user-namespaced container's runtime
+must reach its root filesystem) but not list them."""
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) if missing; the directory itself becomes 0711."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, PRIVATE_DIR)
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` if missing; it becomes readable by its owner (root) only."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    os.chmod(path, 0o600)
+
+
 def read_pid(path: Path) -> int | None:
     """A process id from a pid file: a positive integer, else None (never 0 or -1, which
     would signal a whole process group or every process)."""

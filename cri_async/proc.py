@@ -14,6 +14,8 @@ import signal
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from cri_async import faults
+
 __all__ = [
     "CannotRun",
     "Completed",
@@ -66,6 +68,7 @@ async def started(
     """A started process for the body of the ``async with``; if the body raises (a timeout,
     a cancellation) the process (its whole session with ``new_session``) is killed and
     reaped before the exception goes on."""
+    faults.reached(f"exec {os.path.basename(argv[0])}")
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -126,6 +129,7 @@ async def run(
         except TimeoutError:
             raise TimedOut(argv, timeout) from None
     assert proc.returncode is not None
+    faults.reached(f"exited {os.path.basename(argv[0])}")
     return Completed(proc.returncode, stdout or b"", stderr or b"")
 
 

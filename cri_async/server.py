@@ -15,7 +15,7 @@ from pathlib import Path
 from grpclib._typing import IServable
 from grpclib.server import Server as GRPCServer
 
-from cri_async import __version__, criu, linux, observe
+from cri_async import __version__, criu, files, linux, observe
 from cri_async.compose import BackendFactory, build_image_store
 from cri_async.config import Config
 from cri_async.core.context import Limits
@@ -30,6 +30,7 @@ from cri_async.network.cni import CNI
 from cri_async.network.pins import NamespacePinner
 from cri_async.services.admin import AdminService
 from cri_async.services.image import ImageService
+from cri_async.services.limits import BoundedServer
 from cri_async.services.runtime import RuntimeService
 from cri_async.stats.cache import StatsCache
 from cri_async.store.db import SQLiteStore
@@ -66,6 +67,7 @@ class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.rpc_timeout = config.server.rpc_timeout
+        self.max_request_bytes = config.server.max_request_bytes
         self.socket_path = Path(config.server.socket)
         self.store = SQLiteStore(config.db_path, sync=config.state.sync)
         self.observer = observe.build(config)  # metrics and tracing; free when both are off
@@ -176,6 +178,8 @@ class Server:
             linux.mount("none", "/", None, linux.MS_REC | linux.MS_SHARED)
 
     async def start(self) -> None:
+        for root in (self.config.state.root, self.config.state.run_root):
+            await asyncio.to_thread(files.private_dir, Path(root))
         if self.reaper is not None:
             await asyncio.to_thread(self._prepare_host)
             use_pidfd_child_watcher()
@@ -193,7 +197,9 @@ class Server:
                 AdminService(self.images, self),
             ]
             prepare_socket_path(self.socket_path)
-            self._grpc = GRPCServer(services)
+            self._grpc = BoundedServer(
+                services, max_concurrent_streams=self.config.server.max_concurrent_streams
+            )
             old_umask = os.umask(0o777 ^ self.config.server.mode)
             try:
                 await self._grpc.start(path=str(self.socket_path))

@@ -12,7 +12,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cri_async"
 # What each part may import from cri_async (its own modules always).
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
-    "services": {"core", "api", "observe"},
+    # observe: metrics and spans of each RPC; faults: the test-only crash points (inert
+    # unless CRI_ASYNC_TEST_CRASH_FILE is set).
+    "services": {"core", "api", "observe", "faults"},
 }
 # Parts that implement ports (or are pure helpers of those that do): never the edge, the
 # composition root or the server.

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cri_async import rootfs
+from cri_async import files, rootfs
 from cri_async.backends import specinputs, usernsfs
 from cri_async.core.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from cri_async.core.model import Container, ContainerUser, Image, Sandbox, UserNamespace
@@ -141,7 +141,9 @@ class BundleLayout:
         )
         if adjust is not None:
             await asyncio.to_thread(adjust, spec)  # it may look at the mounted rootfs
-        await asyncio.to_thread((bundle / "config.json").write_text, json.dumps(spec))
+        # Root only: it holds the container's environment (secrets, often).
+        data = json.dumps(spec).encode()
+        await asyncio.to_thread(files.write_atomic, bundle / "config.json", data, durable=False)
         info = {
             "bundle": str(bundle),
             "layer": str(layer),
@@ -281,6 +283,11 @@ class Bundles(BundleLayout):
     # -- run ---------------------------------------------------------------------------
     def exit_info(self, cid: str) -> ExitInfo | None:
         return self.conmon.exit_info(cid, self.bundle(cid), self.exits)
+
+    def supervised(self, cid: str) -> bool:
+        """Whether the container's conmon still runs (so the container does, or its exit
+        is being written)."""
+        return self.conmon.supervising(cid, self.bundle(cid))
 
     async def wait(self, cid: str) -> ExitStatus:
         return exit_status(await self.conmon.wait_exit(cid, self.bundle(cid), self.exits))

@@ -20,7 +20,7 @@ from cri_async.backends.bundles import Bundles, exit_status
 from cri_async.backends.features import runtime_features
 from cri_async.backends.ocicli import RuntimeCLI, RuntimeCLIError
 from cri_async.core.errors import FailedPrecondition, Unimplemented
-from cri_async.core.model import Container, Image, Resources, Sandbox
+from cri_async.core.model import Container, ContainerState, Image, Resources, Sandbox
 from cri_async.core.ports import (
     BackendStatus,
     ExecResult,
@@ -138,12 +138,23 @@ class RuncBackend:
             await self.cli.kill(container.id, signal, all=signal == signals.SIGKILL)
 
     async def recover(self, container: Container) -> ProcessStatus:
+        """From conmon's files and /proc; the runtime is asked only when neither an exit
+        file nor a live conmon settles it (startup calls this for every running
+        container before it serves), or whether a created container was started."""
+        if container.state is ContainerState.CREATED:
+            state = await self.cli.state(container.id)
+            if state is None or state.get("status") == "created":
+                return ProcessStatus(container.pid, None, started=False)
         info = self.bundles.exit_info(container.id)
+        if info is None and self.bundles.supervised(container.id):
+            return ProcessStatus(container.pid, None)  # its conmon will write the exit
+        if info is None:
+            state = await self.cli.state(container.id)
+            if state is not None and state.get("status") in ("running", "created", "paused"):
+                return ProcessStatus(int(state.get("pid") or container.pid), None)
+            info = self.bundles.exit_info(container.id)  # conmon may have just written it
         if info is not None:
             return ProcessStatus(container.pid, exit_status(info))
-        state = await self.cli.state(container.id)
-        if state is not None and state.get("status") in ("running", "created", "paused"):
-            return ProcessStatus(int(state.get("pid") or container.pid), None)
         lost = ExitStatus(255, time.time_ns(), "Unknown", "container state lost (host reboot?)")
         return ProcessStatus(container.pid, lost)
 

@@ -94,7 +94,7 @@ from cri_async.backends.runscspec import (
 )
 from cri_async.cgroupfs import write_cgroup_resources
 from cri_async.core.errors import FailedPrecondition, Internal, InvalidArgument, Unimplemented
-from cri_async.core.model import Container, Image, Resources, Sandbox
+from cri_async.core.model import Container, ContainerState, Image, Resources, Sandbox
 from cri_async.core.ports import (
     BackendStatus,
     ExecResult,
@@ -365,6 +365,10 @@ class RunscBackend:
             await self.cli.kill(container.id, signal, all=signal == signals.SIGKILL)
 
     async def recover(self, container: Container) -> ProcessStatus:
+        if container.state is ContainerState.CREATED:
+            state = await self.cli.state(container.id)
+            if state is None or state.get("status") == "created":
+                return ProcessStatus(container.pid, None, started=False)
         info = self.bundles.exit_info(container.id)
         if info is not None:
             return ProcessStatus(container.pid, self._explain(container, exit_status(info)))

@@ -75,6 +75,7 @@ class ContainerManager:
         )
         sandbox = ctx.sandboxes.get(validate.require(sandbox_id, "pod_sandbox_id"))
         _check_user_namespace(sandbox, config)
+        validate.container_config(config, sandbox.config.log_directory)
         if sandbox.state is not SandboxState.READY:
             raise FailedPrecondition(
                 f"pod sandbox {sandbox.id} is not ready; cannot create container "
@@ -297,8 +298,7 @@ class ContainerManager:
     async def exec_sync(
         self, container_id: str, cmd: Sequence[str], timeout: float | None
     ) -> ExecResult:
-        if not cmd:
-            raise InvalidArgument("cmd must not be empty")
+        validate.command(cmd, "cmd")
         c = self.ctx.containers.get(validate.require(container_id, "container_id"))
         if c.state is not ContainerState.RUNNING:
             raise FailedPrecondition(f"container {c.id} is {c.state.value}, not running")

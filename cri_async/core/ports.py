@@ -43,10 +43,12 @@ class ExitStatus:
 
 @dataclass(frozen=True, slots=True)
 class ProcessStatus:
-    """What recovery finds for a container the database says was running."""
+    """What recovery finds for a container the database says was running, or created
+    (a crash may have cut its StartContainer short after the process started)."""
 
     pid: int
-    exit: ExitStatus | None  # None: still running
+    exit: ExitStatus | None  # None: not exited
+    started: bool = True  # False: created and never started
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +109,10 @@ class OCIRuntime(Protocol):
         ...
 
     async def recover(self, container: Container) -> ProcessStatus:
-        """After a cri-async restart: is the process still running, or how did it end?"""
+        """After a cri-async restart: is the process still running, or how did it end?
+        Startup awaits this for every running container before it serves: answer from
+        files where possible, not a subprocess per container. Also asked for created
+        containers: was the process started (``ProcessStatus.started``)?"""
         ...
 
     async def delete_container(self, container: Container) -> None:
@@ -148,7 +153,9 @@ class OCIRuntime(Protocol):
 
     async def reconcile(self, sandboxes: set[str], containers: set[str]) -> list[str]:
         """At startup: remove host objects (bundles, mounts, runtime state, pins...) that no
-        known pod or container owns; one line per orphan removed."""
+        known pod or container owns; one line per orphan removed. Runs beside RPCs: the
+        sets are live (every id with a record, updated as records are written), so test
+        membership right after listing what is on the host, never from an earlier copy."""
         ...
 
     async def close(self) -> None:

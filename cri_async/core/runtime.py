@@ -7,12 +7,13 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from cri_async import CRI_API_VERSION, RUNTIME_NAME, __version__
 from cri_async.core.containers import ContainerManager
-from cri_async.core.context import Context, Limits
+from cri_async.core.context import Context, Limits, now_ns
 from cri_async.core.errors import Unimplemented
-from cri_async.core.events import EventBus
+from cri_async.core.events import EventBus, EventType
 from cri_async.core.images import ImageStore
 from cri_async.core.model import Container, ContainerState, NodeNetwork, Phase, Sandbox
 from cri_async.core.ports import BackendStatus, OCIRuntime, StateStore, StatsSource
@@ -94,6 +95,8 @@ class Runtime:
         self._info = info or {}
         # None: no real pod networking configured (the fake backend simulates it).
         self._network_status = network_status
+        self.settled: asyncio.Task[None] | None = None
+        """Startup's background work (see ``start``); done once it has finished."""
 
     @property
     def events(self) -> EventBus:
@@ -101,39 +104,64 @@ class Runtime:
 
     # -- startup ---------------------------------------------------------------------
     async def start(self) -> None:
+        """What every RPC relies on is done before this returns: the state loaded, names
+        bound, and each container recorded as running is checked (from conmon's files, no
+        subprocess) and watched, or its exit while we were down recorded; one recorded as
+        created is checked for a start a crash cut short. The rest runs in
+        the background (``settled``): rolling back objects a crash left half-created and
+        sweeping host objects no record owns. Both only touch objects no RPC can reach: a
+        half-created record is invisible and holds no name, and the sweep spares every id
+        that has a record when it looks (``Table.ids``)."""
         ctx = self.ctx
         await ctx.images.load()
         sandboxes = await ctx.sandboxes.load()
-        containers = await ctx.containers.load()
+        await ctx.containers.load()
         self.node.pod_cidr = await ctx.store.get_meta("pod_cidr") or ""
-        for c in containers:
-            if c.phase is Phase.CREATING:
-                log.warning("rolling back container %s left half-created by a crash", c.id)
-                await self._rollback_container(c)
         for s in sandboxes:
-            if s.phase is Phase.CREATING:
-                log.warning("rolling back pod sandbox %s left half-created by a crash", s.id)
-                await ctx.backend_for(s).remove_sandbox(s)
-                await ctx.sandboxes.delete(s.id)
-            else:
+            if s.phase is Phase.LIVE:
                 ctx.sandbox_names.bind(sandbox_key(s.config), s.id)
                 ctx.track_pod(s)
         for c in ctx.containers.live():
             ctx.container_names.bind((c.sandbox_id, c.metadata.name, c.metadata.attempt), c.id)
-            if c.state is ContainerState.RUNNING:
-                await self._recover_running(c)
-                ctx.track(c)
+            try:
+                if c.state is ContainerState.RUNNING:
+                    await self._recover_running(c)
+                    ctx.track(c)
+                elif c.state is ContainerState.CREATED:
+                    await self._recover_created(c)
+            except Exception:  # e.g. its handler's binary is gone: the others still serve
+                log.exception("cannot recover container %s; left as recorded", c.id)
         if ctx.stats is not None:
             await ctx.stats.start()
-        sandbox_ids = {s.id for s in ctx.sandboxes.live()}
-        container_ids = {c.id for c in ctx.containers.live()}
-        for backend in ctx.backends.values():
-            await backend.reconcile(sandbox_ids, container_ids)
+        self.settled = ctx.spawn(self._settle(), name="startup-settle")
         log.info(
             "state loaded: %d pod sandboxes, %d containers",
             len(ctx.sandboxes.live()),
             len(ctx.containers.live()),
         )
+
+    async def _settle(self) -> None:
+        ctx = self.ctx
+        # The first Status asks every handler's probe (a subprocess for some): start them.
+        probes = [ctx.spawn(b.probe(), name=f"probe-{b.handler}") for b in ctx.backends.values()]
+        for c in [c for c in ctx.containers if c.phase is Phase.CREATING]:
+            log.warning("rolling back container %s left half-created by a crash", c.id)
+            await ctx.cleanup(f"roll back container {c.id}", partial(self._rollback_container, c))
+        for s in [s for s in ctx.sandboxes if s.phase is Phase.CREATING]:
+            log.warning("rolling back pod sandbox %s left half-created by a crash", s.id)
+            await ctx.cleanup(f"roll back pod sandbox {s.id}", partial(self._rollback_sandbox, s))
+        for backend in ctx.backends.values():
+            await ctx.cleanup(
+                f"reconcile handler {backend.handler!r}",
+                partial(backend.reconcile, ctx.sandboxes.ids, ctx.containers.ids),
+            )
+        if probes:
+            await asyncio.wait(probes)
+        log.info("startup reconciliation done")
+
+    async def _rollback_sandbox(self, s: Sandbox) -> None:
+        await self.ctx.backend_for(s).remove_sandbox(s)
+        await self.ctx.sandboxes.delete(s.id)
 
     async def _rollback_container(self, c: Container) -> None:
         sb = self.ctx.sandboxes.peek(c.sandbox_id)
@@ -153,11 +181,37 @@ class Runtime:
         else:
             self.containers.watch(c.id)
 
+    async def _recover_created(self, c: Container) -> None:
+        """A StartContainer that a crash cut short may have started the process: then the
+        container runs (or ran), and is recorded and watched as such."""
+        ctx = self.ctx
+        sb = ctx.sandboxes.peek(c.sandbox_id)
+        if sb is None:
+            return
+        status = await ctx.backend_for(sb).recover(c)
+        if not status.started:
+            return
+        log.warning("container %s was started by a call cut short by a crash", c.id)
+        c = await ctx.containers.update(
+            c.id,
+            lambda r: r.evolve(state=ContainerState.RUNNING, started_at=now_ns(), pid=status.pid),
+        )
+        ctx.publish(c.id, EventType.STARTED, sb)
+        if status.exit is not None:
+            await self.containers.record_exit(c.id, status.exit)
+        else:
+            self.containers.watch(c.id)
+            ctx.track(c)
+
     async def close(self, timeout: float = 10.0) -> None:
         """Stop background work. Containers keep running; their state is on disk."""
         self.ctx.events.close()
         if self.ctx.stats is not None:
             await self.ctx.stats.close()
+        if self.settled is not None and not self.settled.done():
+            # Startup's rollbacks and sweep are short; let them finish rather than redo
+            # them at the next start.
+            await asyncio.wait([self.settled], timeout=timeout)
         inflight = [
             *self.ctx.sandbox_names.inflight,
             *self.ctx.container_names.inflight,

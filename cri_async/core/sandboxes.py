@@ -37,10 +37,11 @@ class SandboxManager:
     async def run(self, config: SandboxConfig, handler: str) -> str:
         ctx = self.ctx
         m = config.metadata
-        validate.name_field(m.name, "pod sandbox metadata.name")
-        validate.name_field(m.namespace, "pod sandbox metadata.namespace")
-        validate.name_field(m.uid, "pod sandbox metadata.uid")
+        validate.pod_name_field(m.name, "pod sandbox metadata.name")
+        validate.pod_name_field(m.namespace, "pod sandbox metadata.namespace")
+        validate.pod_name_field(m.uid, "pod sandbox metadata.uid")
         validate.key_values(config.labels, config.annotations, "pod sandbox config")
+        validate.sandbox_paths(config)
         if config.hostname:
             validate.hostname(config.hostname, "pod sandbox hostname")
         sec = config.security

@@ -16,6 +16,7 @@ from cri_async.core.errors import InvalidArgument, NotFound
 from cri_async.core.filters import resolve_id
 from cri_async.core.model import Container, Phase, Sandbox
 from cri_async.core.ports import Delete, Op, Put, StateStore
+from cri_async.core.validate import shown
 
 
 class _Record(Protocol):
@@ -34,13 +35,23 @@ class Table(Generic[R]):
         self._cls: type[R] = cls
         self._store = store
         self._items: dict[str, R] = {}
+        self._ids: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def load(self) -> list[R]:
         self._items = {
             i: serde.loads(self._cls, data) for i, data in await self._store.load(self.kind)
         }
+        self._ids = set(self._items)
         return list(self._items.values())
+
+    @property
+    def ids(self) -> set[str]:
+        """The ids of every record (any phase), as a live set: it changes as records are
+        written. Startup's orphan sweep runs beside RPCs and takes host objects whose id is
+        not in it (at that moment) for orphans; a create writes its record before it
+        makes any host object, so nothing it makes is ever swept. Read, never modify."""
+        return self._ids
 
     def __len__(self) -> int:
         return len(self._items)
@@ -60,7 +71,8 @@ class Table(Generic[R]):
             ids = resolve_id((r.id for r in self.live()), id_or_prefix)
             if len(ids) > 1:
                 raise InvalidArgument(
-                    f"{self.kind} id prefix {id_or_prefix!r} is ambiguous: matches {len(ids)} ids"
+                    f"{self.kind} id prefix {shown(id_or_prefix)} is ambiguous: matches "
+                    f"{len(ids)} ids"
                 )
             rec = self._items[ids[0]] if ids else None
         return rec if rec is not None and rec.phase is Phase.LIVE else None
@@ -75,7 +87,7 @@ class Table(Generic[R]):
     def get(self, id_or_prefix: str) -> R:
         rec = self.find(id_or_prefix)
         if rec is None:
-            raise NotFound(f"{self.kind} {id_or_prefix!r} not found")
+            raise NotFound(f"{self.kind} {shown(id_or_prefix)} not found")
         return rec
 
     def peek(self, full_id: str) -> R | None:
@@ -98,6 +110,7 @@ class Table(Generic[R]):
     async def put(self, rec: R) -> R:
         def apply() -> None:
             self._items[rec.id] = rec
+            self._ids.add(rec.id)
 
         await self._commit([self.op_put(rec)], apply)
         return rec
@@ -116,6 +129,7 @@ class Table(Generic[R]):
 
         def apply() -> None:
             self._items.pop(rec_id, None)
+            self._ids.discard(rec_id)
             self._locks.pop(rec_id, None)
 
         await self._commit([self.op_delete(rec_id)], apply)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import logging
 import math
 import os
@@ -270,6 +271,20 @@ class Conmon:
                 continue
             return ExitInfo(exit_code=code, finished_at=mtime, oom=(bundle / "oom").exists())
         return None
+
+    def supervising(self, cid: str, bundle: Path) -> bool:
+        """Whether the conmon of ``cid`` still runs: its ``-P`` pid is alive and was started
+        with ``-c <cid>`` (a reused pid was not; a zombie's cmdline is empty). It writes the
+        exit file when the container exits, so while it runs the container is not lost.
+        Reads /proc only: startup asks this of every running container."""
+        pid = self.conmon_pid(bundle)
+        if pid is None:
+            return False
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone
+            return False
+        return any(a == b"-c" and v == cid.encode() for a, v in itertools.pairwise(argv))
 
     async def wait_exit(self, cid: str, bundle: Path, exit_dir: Path) -> ExitInfo:
         """Wait for the exit file: a pidfd on the container's pid says when it is gone, then

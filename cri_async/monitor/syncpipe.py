@@ -61,9 +61,13 @@ class Session:
         self._transport: asyncio.BaseTransport | None = None
 
     def go(self) -> None:
-        """Let conmon go on (after it was moved into its cgroup)."""
+        """Let conmon go on (after it was moved into its cgroup). If it has already exited
+        (it checks its arguments and opens the log first), its exit status and diagnostics
+        say why: the caller reads them next."""
         try:
             os.write(self._start_w, b"0")
+        except BrokenPipeError:
+            pass
         finally:
             os.close(self._start_w)
             self._start_w = -1

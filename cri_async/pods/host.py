@@ -19,7 +19,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from cri_async import cgroupfs, files, linux
+from cri_async import cgroupfs, files, linux, waits
 from cri_async.cgroupfs import write_cgroup_resources
 from cri_async.core.errors import FailedPrecondition, Internal
 from cri_async.core.model import (
@@ -43,6 +43,7 @@ SHM_SIZE = 64 << 20
 DEFAULT_CGROUP_PARENT = "/cri-async"
 PAUSE_PID_FILE = "pause.pid"
 POD_FILES = ("hosts", "resolv.conf", "hostname")
+PAUSE_EXIT_TIMEOUT = 5.0
 _SHM_FLAGS = 0x2 | 0x4 | 0x8  # nosuid, nodev, noexec
 
 
@@ -249,7 +250,7 @@ class PodHost:
         """Release what a stopped pod no longer needs: its network and its pause process
         (its containers were stopped first)."""
         await self.release_network(sandbox.id, sandbox.backend_info.get("netns") or None)
-        await asyncio.to_thread(self._kill_pause, self.pod_dir(sandbox.id))
+        await self._stop_pause(self.pod_dir(sandbox.id))
 
     async def remove(self, sandbox: Sandbox) -> None:
         """Remove everything ``create`` made. Idempotent."""
@@ -258,7 +259,7 @@ class PodHost:
 
     async def _remove_host_side(self, sandbox_id: str, cgroup: str) -> None:
         d = self.pod_dir(sandbox_id)
-        await asyncio.to_thread(self._kill_pause, d)
+        await self._stop_pause(d)
         await self.pinner.unpin(sandbox_id)
 
         def run() -> None:
@@ -268,17 +269,28 @@ class PodHost:
 
         await asyncio.to_thread(run)
 
+    async def _stop_pause(self, d: Path) -> None:
+        pid = await asyncio.to_thread(self._kill_pause, d)
+        # Gone from the pod's cgroup only once it has exited: until then the cgroup
+        # cannot be removed (rmdir: EBUSY).
+        if pid is not None and not await waits.wait_pid_exit(pid, PAUSE_EXIT_TIMEOUT):
+            log.error("pause process %d did not exit %gs after SIGKILL", pid, PAUSE_EXIT_TIMEOUT)
+
     @staticmethod
-    def _kill_pause(d: Path) -> None:
+    def _kill_pause(d: Path) -> int | None:
+        """SIGKILL the pod's pause process; its pid, if there was one."""
         pid = files.read_pid(d / PAUSE_PID_FILE)
         if pid is None:
-            return
+            return None
         # The pid file is ours, but the process may be gone and the pid reused.
         cmdline = files.read_text(Path(f"/proc/{pid}/cmdline")) or ""
+        killed = None
         if "catatonit" in cmdline or "pause" in cmdline:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+                killed = pid
         (d / PAUSE_PID_FILE).unlink(missing_ok=True)
+        return killed
 
     async def update_resources(self, sandbox: Sandbox, resources: Resources) -> None:
         """Pod-level limits go on the pod cgroup, which no OCI runtime owns."""

@@ -13,14 +13,16 @@ import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import httpx
+from typing import TYPE_CHECKING
 
 from cri_async import __version__
 from cri_async.registry import auth
 from cri_async.registry.content import BlobWriter
 from cri_async.registry.hosts import Endpoint, HostResolver
 from cri_async.registry.manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("cri_async.registry")
 USER_AGENT = f"cri-async/{__version__}"
@@ -95,6 +97,8 @@ class RegistryClient:
         return given or self._file_creds.get(host) or auth.Credentials()
 
     def _client(self, ep: Endpoint) -> httpx.AsyncClient:
+        import httpx  # here, not at the top: the CRI server starts serving without it
+
         key = (ep.skip_verify, ep.ca)
         client = self._clients.get(key)
         if client is None:
@@ -117,6 +121,8 @@ class RegistryClient:
     async def _token(
         self, ep: Endpoint, ch: auth.Challenge, scope: str, creds: auth.Credentials
     ) -> str:
+        import httpx
+
         realm = ch.params.get("realm", "")
         if not realm.startswith(("http://", "https://")):
             raise AuthFailed(f"{ep.host}: bearer challenge without a usable realm")
@@ -172,6 +178,8 @@ class RegistryClient:
         what: str,
     ) -> httpx.Response:
         """GET ``ep.base + path`` (streamed), answering auth challenges once."""
+        import httpx
+
         scope = f"repository:{repo}:pull"
         client = self._client(ep)
         hdrs = {**ep.headers, **headers}
@@ -237,6 +245,8 @@ class RegistryClient:
         what = f"manifest {host}/{repo}:{reference}"
 
         async def get(ep: Endpoint) -> Fetched:
+            import httpx
+
             resp = await self._send(
                 ep, repo, f"/{repo}/manifests/{reference}", creds, {"Accept": ACCEPT}, what
             )
@@ -275,6 +285,8 @@ class RegistryClient:
         what = f"blob {desc.digest}"
 
         async def get(ep: Endpoint) -> None:
+            import httpx
+
             for attempt in range(attempts):
                 await writer.flush()
                 headers = {}

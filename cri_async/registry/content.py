@@ -14,6 +14,8 @@ import secrets
 from pathlib import Path
 from typing import BinaryIO
 
+from cri_async import faults
+
 FLUSH_AT = 1 << 20  # hand bytes to the writer thread in ~1 MiB batches
 
 
@@ -86,7 +88,9 @@ class BlobWriter:
             _fsync_dir(dst.parent)
             return dst
 
-        return await asyncio.to_thread(finish)
+        committed = await asyncio.to_thread(finish)
+        faults.reached("blob")
+        return committed
 
     def abort(self) -> None:
         if not self._file.closed:

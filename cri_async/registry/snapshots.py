@@ -28,6 +28,7 @@ from typing import TypeVar
 
 import zstandard
 
+from cri_async import faults
 from cri_async.registry.flatten import flatten
 from cri_async.registry.inflate import Cancelled, Inflater
 from cri_async.registry.limits import KEY_LAYER_ENTRIES, LayerMeter, LimitExceeded
@@ -156,11 +157,13 @@ class SnapshotStore:
         meter: LayerMeter | None = None,
         max_entries: int | None = None,
     ) -> SnapshotInfo:
-        return await _in_thread(
+        info = await _in_thread(
             lambda cancel: self._unpack_sync(
                 chain_id, diff_id, blob, compression, meter, max_entries, cancel
             )
         )
+        faults.reached("snapshot")
+        return info
 
     def _flatten_sync(
         self, flat: str, chain_ids: Sequence[str], cancel: threading.Event | None = None

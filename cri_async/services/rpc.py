@@ -1,7 +1,8 @@
 """The one place domain errors become gRPC statuses, plus the per-RPC wrapper.
 
-Every handler goes through ``unary``/``server_stream``: it gets the decoded request,
-runs under a deadline (the client's, capped by ``server.rpc_timeout``), is logged at debug
+Every handler goes through ``unary``/``server_stream``: it gets the decoded request (read
+within ``server.max_request_bytes``, see ``limits``) and runs, the read included, under a
+deadline (the client's, capped by ``server.rpc_timeout``), is logged at debug
 with its duration, reported to the server's observer (metrics, trace span), and any domain
 error leaves as the status below.
 """
@@ -18,8 +19,10 @@ from typing import Any, Protocol, TypeVar
 from grpclib import GRPCError, Status
 from grpclib.server import Stream
 
+from cri_async import faults
 from cri_async.core import errors
 from cri_async.observe import Observer
+from cri_async.services.limits import recv_request
 
 log = logging.getLogger("cri_async.rpc")
 
@@ -37,6 +40,19 @@ STATUS_FOR: dict[type[errors.CRIError], Status] = {
 }
 
 
+MAX_STATUS_MESSAGE = 1024
+"""Characters of a status message: it travels in a trailer (percent-encoded), and a
+client's HTTP/2 header list limit (64 KiB in grpclib) must not be exceeded by a message
+that quotes a huge value from the request."""
+
+
+def status_message(text: str) -> str:
+    if len(text) <= MAX_STATUS_MESSAGE:
+        return text
+    cut = len(text) - MAX_STATUS_MESSAGE
+    return f"{text[:MAX_STATUS_MESSAGE]}... ({cut} more characters)"
+
+
 def to_status(exc: errors.CRIError) -> Status:
     for cls in type(exc).__mro__:
         if cls in STATUS_FOR:
@@ -45,10 +61,11 @@ def to_status(exc: errors.CRIError) -> Status:
 
 
 class Tracker(Protocol):
-    """What a service needs from the server: the RPC time cap, in-flight accounting and
-    the observer every RPC reports to."""
+    """What a service needs from the server: the RPC time cap, the request size cap,
+    in-flight accounting and the observer every RPC reports to."""
 
     rpc_timeout: float
+    max_request_bytes: int
     observer: Observer
 
     def begin(self) -> None: ...
@@ -70,15 +87,15 @@ def _errors_mapped(name: str) -> Iterator[None]:
     try:
         yield
     except errors.CRIError as e:
-        log.debug("%s failed: %s", name, e)
-        raise GRPCError(to_status(e), str(e)) from None
+        log.debug("%s failed: %s", name, status_message(str(e)))
+        raise GRPCError(to_status(e), status_message(str(e))) from None
     except (GRPCError, asyncio.CancelledError):
         raise
     except TimeoutError:
         raise GRPCError(Status.DEADLINE_EXCEEDED, f"{name}: deadline exceeded") from None
     except Exception as e:
         log.exception("%s failed unexpectedly", name)
-        raise GRPCError(Status.INTERNAL, f"{name}: internal error: {e!r}") from None
+        raise GRPCError(Status.INTERNAL, status_message(f"{name}: internal error: {e!r}")) from None
 
 
 @contextlib.contextmanager
@@ -122,11 +139,10 @@ def unary(
 
     @functools.wraps(fn)
     async def handler(self: S, stream: Stream[Req, Resp]) -> None:
-        with _observed(self, name, stream, inflight=True):
-            request = await stream.recv_message()
-            assert request is not None
+        with _observed(self, name, stream, inflight=True), faults.serving(name):
             with _errors_mapped(name):
                 async with asyncio.timeout(_budget(self, stream)):
+                    request = await recv_request(stream, self.tracker.max_request_bytes)
                     reply = await fn(self, request)
             await stream.send_message(reply)
 
@@ -144,14 +160,17 @@ def server_stream(
 
     @functools.wraps(fn)
     async def handler(self: S, stream: Stream[Req, Resp]) -> None:
-        with _observed(self, name, stream, inflight=bounded):
-            request = await stream.recv_message()
-            assert request is not None
-            with _errors_mapped(name):
-                budget = _budget(self, stream) if bounded else None
-                async with asyncio.timeout(budget):
-                    async for reply in fn(self, request):
-                        await stream.send_message(reply)
+        with (
+            _observed(self, name, stream, inflight=bounded),
+            faults.serving(name),
+            _errors_mapped(name),
+        ):
+            async with asyncio.timeout(_budget(self, stream)):
+                request = await recv_request(stream, self.tracker.max_request_bytes)
+            budget = _budget(self, stream) if bounded else None
+            async with asyncio.timeout(budget):
+                async for reply in fn(self, request):
+                    await stream.send_message(reply)
 
     return handler
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
+from cri_async import faults, files
 from cri_async.core.errors import Unavailable
 from cri_async.core.ports import Delete, Op, Put
 
@@ -63,6 +64,9 @@ class SQLiteStore:
                 f"(lock {lock_path})"
             ) from None
         self._lock_fd = fd
+        # It holds every container's config, environment included: root only. SQLite
+        # gives its -wal and -shm files the database file's mode.
+        files.private_file(self.path)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'FULL' if self._sync == 'full' else 'NORMAL'}")
@@ -112,12 +116,14 @@ class SQLiteStore:
         and one fsync for all, each under its own savepoint so a failing one fails alone."""
         if self._conn is None:
             raise Unavailable("state database is closed")
+        faults.reached("commit")
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         self._pending.append((list(ops), done))
         if not self._committing:
             self._flush()
         await done
+        faults.reached("committed")
 
     def _flush(self) -> None:
         """Hand the batches gathered so far to the writer thread as one group."""

@@ -70,6 +70,23 @@ async def test_kubelet_sequence(rsrv: CRIServer, busybox_ref: str, tmp_path: Pat
     assert not (await cli.runtime.ListContainers(pb.ListContainersRequest())).containers
 
 
+async def test_a_log_path_conmon_cannot_open_fails_cleanly(
+    rsrv: CRIServer, busybox_ref: str, tmp_path: Path
+) -> None:
+    """conmon exits before it is told to go on: the create fails with what it said."""
+    cli = rsrv.client
+    await cli.pull(busybox_ref)
+    logs = tmp_path / "logs"
+    (logs / "taken").mkdir(parents=True)
+    pcfg = pod_config("p", log_directory=str(logs))
+    pod = await cli.run_pod(pcfg)
+    with pytest.raises(GRPCError) as err:
+        await cli.create_container(pod, container_config("c", busybox_ref, log_path="taken"), pcfg)
+    assert err.value.status is Status.FAILED_PRECONDITION, err.value.message
+    assert "conmon" in str(err.value.message)
+    assert not (await cli.runtime.ListContainers(pb.ListContainersRequest())).containers
+
+
 async def test_missing_runtime_binary_is_not_ready_and_refused(tmp_path: Path) -> None:
     require("runc")
     cfg = dataclasses.replace(

@@ -35,23 +35,32 @@ class Proc:
         runtime: str = "fake",
         run_root: Path | None = None,
         handler_toml: str = "",
+        network: str = "",
+        env: dict[str, str] | None = None,
+        log_level: str = "debug",
+        server: str = "",
     ) -> None:
+        """``network``: the [network] table's keys (default: an empty CNI config dir);
+        ``server``: more [server] keys; ``env``: added to the server's environment."""
         self.root = root
         self.sock = Path(f"/tmp/cri-{os.getpid()}-{id(self)}.sock")
         self.config = root / "config.toml"
+        network = network or f'conf_dirs = ["{root}/cni"]'
         self.config.write_text(
-            f'[server]\nsocket = "{self.sock}"\n'
+            f'[server]\nsocket = "{self.sock}"\n{server}\n'
             f'[state]\nroot = "{root}/state"\nrun_root = "{run_root or root / "run"}"\n'
-            f'[log]\nlevel = "debug"\n[images]\nbackend = "{images_backend}"\n'
+            f'[log]\nlevel = "{log_level}"\n[images]\nbackend = "{images_backend}"\n'
             f'[runtimes.""]\nbackend = "{runtime}"\n{handler_toml}'
-            f'[network]\nconf_dirs = ["{root}/cni"]\n'
+            f"[network]\n{network}\n"
         )
+        self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def start(self) -> CRIClient:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cri_async.cli", "serve", "--config", str(self.config)],
             stderr=open(self.root / "server.log", "ab"),  # noqa: SIM115
+            env=self.env,
         )
         proc = self.proc
 
@@ -227,6 +236,8 @@ async def test_half_created_objects_are_rolled_back_at_startup(tmp_path: Path) -
     await db.close()
 
     async with CRIServer(tmp_path) as srv:
+        assert srv.server is not None and srv.server.runtime.settled is not None
+        await srv.server.runtime.settled  # the rollbacks run beside the first RPCs
         pods = (await srv.client.runtime.ListPodSandbox(pb.ListPodSandboxRequest())).items
         assert [p.metadata.name for p in pods] == ["p"]
         assert not (await srv.client.runtime.ListContainers(pb.ListContainersRequest())).containers

@@ -445,6 +445,8 @@ async def test_startup_removes_orphan_tasks(
         await srv.start()
         cli = srv.client
         assert not (await cli.runtime.ListPodSandbox(pb.ListPodSandboxRequest())).items
+        assert srv.server is not None and srv.server.runtime.settled is not None
+        await srv.server.runtime.settled  # the orphan sweep runs after the socket answers
         assert f"removed orphan task {cid}" in caplog.text
         assert f"removed orphan pod sandbox {pod}" in caplog.text
 

@@ -19,8 +19,16 @@ from pathlib import Path
 
 from cri_async.backends.fake.process import FakeProcess
 from cri_async.backends.fake.script import NotFound, Timeline, simulate
-from cri_async.core.errors import DeadlineExceeded, Internal, Unimplemented
-from cri_async.core.model import Container, Image, NamespaceMode, NetworkStatus, Resources, Sandbox
+from cri_async.core.errors import DeadlineExceeded, FailedPrecondition, Internal, Unimplemented
+from cri_async.core.model import (
+    Container,
+    ContainerState,
+    Image,
+    NamespaceMode,
+    NetworkStatus,
+    Resources,
+    Sandbox,
+)
 from cri_async.core.ports import (
     BackendStatus,
     ExecResult,
@@ -118,8 +126,10 @@ class FakeBackend:
         (d / "spec.json").write_text(json.dumps(spec))
         try:
             self._logs[container.id] = LogFile(container.log_path)
-        except OSError as e:
-            raise Internal(f"cannot open log file {container.log_path}: {e.strerror}") from None
+        except OSError as e:  # the host's state, not ours: as conmon's failure would be
+            raise FailedPrecondition(
+                f"cannot open log file {container.log_path}: {e.strerror}"
+            ) from None
         return container.evolve(backend_info={"root": str(d)})
 
     def _spec(self, container: Container) -> dict[str, object]:
@@ -190,6 +200,9 @@ class FakeBackend:
         done = self._read_exit(container)
         if done is not None:
             return ProcessStatus(pid=container.pid, exit=done)
+        never_started = not (self._dir(container) / "process.json").exists()
+        if container.state is ContainerState.CREATED and never_started:
+            return ProcessStatus(pid=container.pid, exit=None, started=False)
         try:
             state = json.loads((self._dir(container) / "process.json").read_text())
             spec = self._spec(container)
@@ -232,8 +245,8 @@ class FakeBackend:
                 raise DeadlineExceeded(why) from None
         try:
             timeline = self._timeline(self._spec(container), cmd)
-        except NotFound as e:
-            raise Internal(f"failed to exec in container {container.id}: {e}") from None
+        except NotFound as e:  # as the runtime's exec failure is on a real backend
+            raise FailedPrecondition(f"failed to exec in container {container.id}: {e}") from None
         capture = OutputCapture(limit)
         proc = FakeProcess(next(_pids), timeline, capture.write, lambda _s: None)
         try:

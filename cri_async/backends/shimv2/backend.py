@@ -39,7 +39,7 @@ from cri_async.backends.features import runtime_features
 from cri_async.backends.infra import find_infra_binary, infra_spec, install_rootfs
 from cri_async.backends.ocicli import RuntimeCLI
 from cri_async.core.errors import FailedPrecondition, Internal
-from cri_async.core.model import Container, Image, Resources, Sandbox
+from cri_async.core.model import Container, ContainerState, Image, Resources, Sandbox
 from cri_async.core.ports import (
     BackendStatus,
     ExecResult,
@@ -279,7 +279,11 @@ class ShimBackend:
             raise Internal(f"cannot signal container {container.id}: {e.message}") from None
 
     async def recover(self, container: Container) -> ProcessStatus:
-        return await self.tasks.status(container)
+        status = await self.tasks.status(container)
+        if container.state is ContainerState.CREATED and status.exit is not None:
+            # A created task that is gone was never started (or its start is unknowable).
+            return ProcessStatus(container.pid, None, started=False)
+        return status
 
     async def delete_container(self, container: Container) -> None:
         """The task (kill, wait, Delete, shim Shutdown, our FIFOs), the bundle with its

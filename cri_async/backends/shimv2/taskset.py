@@ -265,6 +265,8 @@ class TaskSet:
             return ProcessStatus(container.pid, await self.shim_lost(container, task))
         except NotFoundError:
             return ProcessStatus(container.pid, lost("the container's task is unknown to its shim"))
+        if state.status is TaskStatus.CREATED:
+            return ProcessStatus(state.pid, None, started=False)
         if state.status is TaskStatus.STOPPED:
             await task.drain(DRAIN_TIMEOUT)
             finished = state.exited_at_ns or time.time_ns()

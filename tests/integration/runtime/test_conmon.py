@@ -16,7 +16,7 @@ from cri_async.backends.ocicli import RuntimeCLIError
 from cri_async.logs.crilog import Stream, join_records, parse_lines
 from cri_async.monitor.conmon import SUN_PATH_MAX, Conmon, ConmonError, ExecOutcome
 from tests.support.poll import until
-from tests.support.procs import catches
+from tests.support.procs import catches, proc_state
 
 from .conftest import CGROUP_PARENT, CGROUP_ROOT, Env, cgroup_dirs, lexists, list_dir
 
@@ -76,6 +76,27 @@ async def test_kill_sigterm_and_sigkill(env: Env) -> None:
     await env.runtime.kill(kill.cid, signal.SIGKILL, all=True)
     for ctr in (term, kill):
         await env.remove(ctr)
+
+
+async def test_supervising_says_whether_the_containers_conmon_runs(env: Env) -> None:
+    """What startup asks of each container instead of the runtime's ``state``."""
+    ctr = await env.run("sup", SLEEP)
+    other = await env.run("other", SLEEP)
+    assert env.conmon.supervising(ctr.cid, ctr.bundle)
+    # Another container's conmon (e.g. a recycled pid in a stale pid file) is not this one.
+    assert not env.conmon.supervising(ctr.cid, other.bundle)
+    await env.runtime.kill(ctr.cid, signal.SIGKILL)
+    await env.wait_exit(ctr)
+    conmon_pid = env.conmon.conmon_pid(ctr.bundle)
+    assert conmon_pid is not None
+    await until(lambda: proc_state(conmon_pid) is None, what="the exited conmon to be reaped")
+    assert not env.conmon.supervising(ctr.cid, ctr.bundle)
+    (ctr.bundle / "conmon.pid").unlink()
+    assert not env.conmon.supervising(ctr.cid, ctr.bundle)
+    await env.runtime.kill(other.cid, signal.SIGKILL)
+    await env.wait_exit(other)
+    for c in (ctr, other):
+        await env.remove(c)
 
 
 async def test_exec_sync(env: Env, tmp_path: Path) -> None:

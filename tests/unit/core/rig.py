@@ -24,7 +24,7 @@ from cri_async.core.model import (
     Sandbox,
     SandboxConfig,
 )
-from cri_async.core.ports import BackendStatus
+from cri_async.core.ports import BackendStatus, ProcessStatus
 from cri_async.core.runtime import Runtime
 from cri_async.registry.fake_store import CatalogImage, FakeImageStore
 from cri_async.store.db import SQLiteStore
@@ -108,6 +108,16 @@ class Backend(FakeBackend):
         self.kills.append((container.id, signal))
         await super().kill(container, signal)
 
+    async def recover(self, container: Container) -> ProcessStatus:
+        if "recover" in self.fail:
+            raise Broken("recover failed")
+        return await super().recover(container)
+
+    async def reconcile(self, sandboxes: set[str], containers: set[str]) -> list[str]:
+        if self.gate is not None and "reconcile" in self.gated:  # not a call to record
+            await self.gate.wait()
+        return await super().reconcile(sandboxes, containers)
+
 
 @dataclass
 class Rig:
@@ -147,10 +157,18 @@ class Rig:
         await self.runtime.containers.start(cid)
         return cid
 
-    async def restart(self) -> Runtime:
-        """A new Runtime on the same database and backend root, as after a crash."""
+    async def restart(
+        self, *, hold: set[str] | None = None, fail: set[str] | None = None
+    ) -> Runtime:
+        """A new Runtime on the same database and backend root, as after a crash; the
+        backend calls named in ``hold`` wait at its gate (``backend.gate.set()``), those
+        in ``fail`` raise."""
         await self.runtime.close()
         self.backend = Backend("", self.root / "fake")
+        self.backend.fail = fail or set()
+        if hold:
+            self.backend.gate = asyncio.Event()
+            self.backend.gated = hold
         self.runtime = Runtime(self.store, {"": self.backend}, self.images, limits=LIMITS)
         await self.runtime.start()
         return self.runtime

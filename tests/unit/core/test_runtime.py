@@ -136,6 +136,8 @@ async def test_half_created_objects_are_rolled_back_at_start(rig: Rig) -> None:
     await ctx.containers.put(ghost_ctr)
     (rig.root / "fake" / ghost_ctr.id).mkdir(parents=True)  # what the backend had made
     runtime = await rig.restart()
+    assert runtime.settled is not None
+    await runtime.settled  # rollbacks run in the background: invisible records only
     assert rig.backend.called("delete_container") == [ghost_ctr.id]
     assert rig.backend.called("remove_sandbox") == [ghost_pod.id]
     assert not (rig.root / "fake" / ghost_ctr.id).exists()
@@ -144,6 +146,59 @@ async def test_half_created_objects_are_rolled_back_at_start(rig: Rig) -> None:
     assert [s.id for s in runtime.ctx.sandboxes.live()] == [pod]
     await rig.pod("ghost")  # the half-made pod's name was never held
     await rig.container(pod, "g")
+
+
+async def test_a_start_cut_short_after_the_process_started_is_running_after_restart(
+    rig: Rig,
+) -> None:
+    """A crash between the runtime's start and its commit leaves a CREATED record of a
+    running process: startup finds it started, and watches it."""
+    pod = await rig.pod()
+    cut = await rig.container(pod, "cut", "sh", "-c", "sleep 1; exit 4")
+    never = await rig.container(pod, "never")
+    await rig.backend.start_container(rig.runtime.ctx.containers.get(cut))  # no commit
+    runtime = await rig.restart()
+    c = runtime.containers.status(cut)
+    assert c.state is ContainerState.RUNNING and c.started_at > 0
+    assert runtime.containers.status(never).state is ContainerState.CREATED
+    await until(lambda: runtime.containers.status(cut).state is ContainerState.EXITED)
+    assert runtime.containers.status(cut).exit_code == 4  # watched: its exit is recorded
+    await runtime.containers.start(never)
+    assert runtime.containers.status(never).state is ContainerState.RUNNING
+
+
+async def test_a_container_that_cannot_be_recovered_does_not_stop_the_start(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    pod = await rig.pod()
+    cid = await rig.started(pod, "run")
+    runtime = await rig.restart(fail={"recover"})
+    assert runtime.containers.status(cid).state is ContainerState.RUNNING  # as recorded
+    assert f"cannot recover container {cid}" in caplog.text
+    await rig.container(pod, "more")  # and the runtime serves
+
+
+async def test_startup_serves_before_its_sweep_which_spares_what_rpcs_make(rig: Rig) -> None:
+    """The orphan sweep runs in the background. Whatever is created while it runs has a
+    record before it has host objects, so the sweep never takes it for an orphan."""
+    pod = await rig.pod()
+    running = await rig.started(pod, "run")
+    orphan = rig.root / "fake" / ("a" * 64)
+    orphan.mkdir(parents=True)  # host state whose record is gone
+    runtime = await rig.restart(hold={"reconcile"})
+    assert runtime.settled is not None and not runtime.settled.done()
+    # Served meanwhile: state, names and running containers are all there.
+    assert runtime.containers.status(running).state is ContainerState.RUNNING
+    with pytest.raises(AlreadyExists):
+        await rig.container(pod, "run")
+    made = await rig.container(pod, "made-during-the-sweep")
+    assert (rig.root / "fake" / made).is_dir()
+    rig.backend.gate.set()  # type: ignore[union-attr]
+    await runtime.settled
+    assert not orphan.exists()
+    assert (rig.root / "fake" / made).is_dir()
+    await runtime.containers.start(made)
+    assert runtime.containers.status(made).state is ContainerState.RUNNING
 
 
 async def test_close_lets_an_inflight_create_finish(rig: Rig) -> None:

@@ -22,6 +22,7 @@ from cri_async.store.db import SQLiteStore
 
 class Tracker:
     observer = Observer()
+    max_request_bytes = 16 << 20
 
     def __init__(self, rpc_timeout: float) -> None:
         self.rpc_timeout = rpc_timeout
