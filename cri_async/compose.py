@@ -21,6 +21,8 @@ from cri_async.config import Config, ConfigError
 from cri_async.core.images import ImageStore
 from cri_async.core.model import NodeNetwork
 from cri_async.core.ports import OCIRuntime, StateStore
+from cri_async.core.runtime import Runtime
+from cri_async.core.streaming import RuntimeStreams
 from cri_async.monitor.conmon import Conmon
 from cri_async.monitor.reaper import Reaper
 from cri_async.network.cni import CNI
@@ -35,6 +37,8 @@ from cri_async.registry.hosts import HostResolver
 from cri_async.registry.limits import UnpackLimits
 from cri_async.registry.manifest import Platform, host
 from cri_async.registry.store import OCIImageStore
+from cri_async.streaming.server import StreamingServer
+from cri_async.streaming.service import StreamingService
 
 
 def pause_argv() -> list[str] | None:
@@ -185,6 +189,13 @@ class BackendFactory:
         )
         self._shims.append(backend)
         return backend
+
+
+def build_streaming(config: Config, runtime: Runtime) -> tuple[StreamingServer, StreamingService]:
+    """The streaming server (sessions land in the runtime's backends) and the service that
+    validates Exec/Attach/PortForward and issues its URLs."""
+    server = StreamingServer(RuntimeStreams(runtime.ctx), config.streaming)
+    return server, StreamingService(runtime.containers, runtime.sandboxes, server)
 
 
 def catalog(config: Config) -> list[CatalogImage]:

@@ -27,6 +27,7 @@ MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MS_SHARED = 1 << 20
 MNT_DETACH = 0x2
+CLONE_NEWNET = 0x40000000
 
 # x86_64 and aarch64 share these (asm-generic numbering for the new mount API).
 SYS_MOVE_MOUNT = 429
@@ -91,6 +92,11 @@ def umount(target: str, *, detach: bool = True) -> bool:
             return False
         raise OSError(err, f"umount {target}: {os.strerror(err)}")
     return True
+
+
+def setns(fd: int, nstype: int) -> None:
+    """Move the calling thread into the namespace ``fd`` refers to."""
+    _check(_libc.setns(fd, nstype), "setns")
 
 
 def _syscall(nr: int, *args: object, what: str) -> int:

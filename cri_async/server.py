@@ -16,7 +16,7 @@ from grpclib._typing import IServable
 from grpclib.server import Server as GRPCServer
 
 from cri_async import __version__, criu, files, linux, observe
-from cri_async.compose import BackendFactory, build_image_store
+from cri_async.compose import BackendFactory, build_image_store, build_streaming
 from cri_async.config import Config
 from cri_async.core.context import Limits
 from cri_async.core.errors import Unavailable
@@ -118,6 +118,7 @@ class Server:
             node=node,
             checkpoint_unsupported=criu.unsupported_reason,
         )
+        self.streaming, self.streaming_service = build_streaming(config, self.runtime)
         ctx = self.runtime.ctx
         self.observer.metrics.watch_state(
             StateSources(
@@ -191,8 +192,11 @@ class Server:
                 self._cni_watch = asyncio.create_task(self.cni.watch(), name="cni-watch")
             await self.runtime.start()
             await self.observer.start()
+            await self.streaming.start()  # URLs need its address before any RPC answers
             services: list[IServable] = [
-                RuntimeService(self.runtime, self, self.config.runtime.cgroup_driver),
+                RuntimeService(
+                    self.runtime, self, self.config.runtime.cgroup_driver, self.streaming_service
+                ),
                 ImageService(self.images, self, self._container_fs),
                 AdminService(self.images, self),
             ]
@@ -207,6 +211,7 @@ class Server:
                 os.umask(old_umask)
             os.chmod(self.socket_path, self.config.server.mode)
         except BaseException:
+            await self.streaming.close()
             await self.observer.close()
             await self.runtime.close()
             await self.images.close()
@@ -232,6 +237,7 @@ class Server:
             log.warning("shutdown: cancelling %d RPCs still running", self._inflight)
         grpc.close()
         await grpc.wait_closed()
+        await self.streaming.close()  # ends sessions; exec'd processes are killed
         await self.runtime.close(self.config.server.shutdown_timeout)
         if self._cni_watch is not None:
             self._cni_watch.cancel()

@@ -13,8 +13,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cri_async"
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
     # observe: metrics and spans of each RPC; faults: the test-only crash points (inert
-    # unless CRI_ASYNC_TEST_CRASH_FILE is set).
-    "services": {"core", "api", "observe", "faults"},
+    # unless CRI_ASYNC_TEST_CRASH_FILE is set); streaming: the other half of the edge, which
+    # Exec/Attach/PortForward trade for URLs.
+    "services": {"core", "api", "observe", "faults", "streaming"},
 }
 # Parts that implement ports (or are pure helpers of those that do): never the edge, the
 # composition root or the server.

@@ -7,7 +7,9 @@ they lay one out. The shim v2 backend uses the layout alone (its shims supervise
 
 Layout: bundles ``<root>/containers/<id>``, exit files ``<root>/exits``, conmon sockets
 ``<socket_dir>`` (short and shared by all handlers: attach paths must fit sun_path),
-writable layers ``<layers_root>/<id>``.
+writable layers ``<layers_root>/<id>``, streaming exec sessions
+``<bundle>/sessions/<session id>`` (each with a conmon of its own, see
+``monitor.execattach``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -28,6 +31,8 @@ from cri_async.backends import specinputs, usernsfs
 from cri_async.core.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from cri_async.core.model import Container, ContainerUser, Image, Sandbox, UserNamespace
 from cri_async.core.ports import ExecResult, ExitStatus
+from cri_async.core.streams import Session, Stdio, StreamStartError
+from cri_async.monitor import execattach
 from cri_async.monitor.conmon import Conmon, ConmonError, ExitInfo
 from cri_async.oci import spec as oci
 from cri_async.oci.errors import SpecError, SpecUnsupported
@@ -316,6 +321,51 @@ class Bundles(BundleLayout):
             cmd = process.get("args")
             raise DeadlineExceeded(f"command {cmd!r} timed out after {timeout:g}s")
         return ExecResult(done.exit_code, done.stdout, done.stderr)
+
+    # -- streaming -----------------------------------------------------------------------
+    def sessions(self, cid: str) -> Path:
+        """The container's exec session directories live here."""
+        return self.bundle(cid) / "sessions"
+
+    async def exec_session(
+        self,
+        container: Container,
+        process: dict[str, Any],
+        stdio: Stdio,
+        *,
+        marker: str = "",
+        kill: execattach.Killer = execattach.kill_by_pidfile,
+    ) -> Session:
+        """Run ``process`` for a streaming client under a conmon of its own (``marker``:
+        an empty file to put in the session directory for the runtime's wrapper)."""
+        directory = self.sessions(container.id) / secrets.token_hex(12)
+
+        def prepare() -> execattach.SessionFiles:
+            sf = execattach.prepare(directory, process)
+            if marker:
+                (directory / marker).touch()
+            return sf
+
+        sf = await asyncio.to_thread(prepare)
+        try:
+            return await self.conmon.exec_attach(
+                container.id, sf, tty=stdio.tty, stdin=stdio.stdin, kill=kill
+            )
+        except ConmonError as e:
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+            raise StreamStartError(str(e)) from None
+
+    async def attach_session(self, container: Container) -> Session:
+        """The container's own stdio, through its conmon's attach socket."""
+        cid = container.id
+
+        async def wait() -> int:
+            return (await self.wait(cid)).exit_code
+
+        try:
+            return await self.conmon.attach(self.bundle(cid), tty=container.config.tty, wait=wait)
+        except OSError as e:
+            raise StreamStartError(f"cannot attach to container {cid}: {e.strerror or e}") from None
 
     def log_path(self, container: Container) -> str:
         """Where conmon writes the container's CRI log."""

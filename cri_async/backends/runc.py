@@ -3,6 +3,9 @@
 A pod is its host side (``PodHost``: pinned namespaces, shared files, network, cgroup; no
 pause process unless its containers share a PID namespace). A container is a bundle
 (``Bundles``: overlay rootfs, config.json, conmon) started with the runtime's ``start``.
+
+Streaming: exec runs under a conmon of its own in exec-attach mode, attach connects to the
+container's conmon, port-forward dials inside the pod's netns (``network.netns``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Sequence
 from cri_async.backends.bundles import Bundles, exit_status
 from cri_async.backends.features import runtime_features
 from cri_async.backends.ocicli import RuntimeCLI, RuntimeCLIError
-from cri_async.core.errors import FailedPrecondition, Unimplemented
+from cri_async.core.errors import FailedPrecondition
 from cri_async.core.model import Container, ContainerState, Image, Resources, Sandbox
 from cri_async.core.ports import (
     BackendStatus,
@@ -30,6 +33,7 @@ from cri_async.core.ports import (
     StartError,
 )
 from cri_async.core.streams import Session, Stdio
+from cri_async.network import netns
 from cri_async.oci import spec as oci
 from cri_async.oci.errors import SpecError
 from cri_async.pods.host import PodHost, cgroup_parent
@@ -182,15 +186,18 @@ class RuncBackend:
 
     # -- streaming (Exec/Attach/PortForward) ----------------------------------------------
     async def exec_session(self, container: Container, cmd: Sequence[str], stdio: Stdio) -> Session:
-        raise Unimplemented(f"streaming exec is not available on handler {self.handler!r} yet")
+        process = await self.bundles.process_spec(container, cmd)
+        process["terminal"] = stdio.tty
+        return await self.bundles.exec_session(container, process, stdio)
 
     async def attach_session(self, container: Container, stdio: Stdio) -> Session:
-        raise Unimplemented(f"attach is not available on handler {self.handler!r} yet")
+        return await self.bundles.attach_session(container)
 
     async def port_forward(
         self, sandbox: Sandbox, port: int
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        raise Unimplemented(f"port forwarding is not available on handler {self.handler!r} yet")
+        # A host-network pod has no pinned netns: its ports are the host's.
+        return await netns.open_connection(sandbox.backend_info.get("netns") or None, port)
 
     # -- startup and shutdown ----------------------------------------------------------
     async def reconcile(self, sandboxes: set[str], containers: set[str]) -> list[str]:

@@ -50,7 +50,11 @@ done
 if [ "$cmd" = create ] && [ -n "$bundle" ] && [ -p "$bundle/@START_FIFO@" ]; then
     exec 3<>"$bundle/@START_FIFO@" || exit 1
     setsid @RUNSC@ "$@" 3<&- || exit
-    setsid "$0" @HOLD_FLAG@ "$bundle" "$cid" &
+    # A background command gets /dev/null as stdin (dash opens it before the command's
+    # own redirections): hand conmon's stdin over through fd 4.
+    exec 4<&0
+    setsid "$0" @HOLD_FLAG@ "$bundle" "$cid" <&4 4<&- &
+    exec 4<&-
     echo "$!" >"$pidfile"
     exit 0
 fi

@@ -1,63 +1,13 @@
 """The gVisor backend: one runsc sandbox per pod, the pod's containers inside it.
 
-A pod is its host side (``PodHost``: pinned namespaces, pod files, network, cgroup) plus an *infra
-container* that is the gVisor sandbox: a read-only rootfs holding one static pause binary
-(Debian's ``catatonit -P``, or busybox-static ``sleep``), created and started by
-RunPodSandbox with the annotations ``io.kubernetes.cri.container-type=sandbox`` and
-``io.kubernetes.cri.sandbox-id=<pod id>``; its runsc container id is the pod id. No image
-is pulled for it. Containers carry ``container-type=container`` and the same sandbox id,
-so runsc starts them inside that sandbox.
-
-Networking: by default runsc runs with ``--network=host`` and the infra spec names
-the pod's pinned netns, so the sandbox uses the host kernel's stack *inside the pod netns*:
-the pod's interfaces and loopback are the netns's, as with runc, and host-side tools that
-enter the netns (port-forward, CNI) see what the containers see. ``network="sandbox"``
-selects gVisor's own netstack (more isolation); its setup, in both ``create`` and ``start``
-of the sandbox, refuses any netns on this kernel (gVisor #10704), so those two commands run
-under the tested workaround ``unshare -m --propagation private sh -c 'mount -t tmpfs none
-/proc/sys/net && exec "$@"'``. In that mode the pod's loopback lives inside gVisor and a
-host-side connection into the netns does not reach it, hence host mode is the default.
-``network="none"`` gives the pod a loopback only. A host-network pod always gets host mode.
-
-conmon and runsc: conmon's ``-r`` is a wrapper script (``runsc-wrapper.sh``, written
-per handler root by ``probe``) that drops ``--tty`` and runs runsc in its own session.
-
-Container stdio and exit codes. runsc gives a subcontainer the stdio of the ``runsc start``
-process, not of ``create``, and every subcontainer's host pid is the sandbox's, so plain
-conmon sees neither output nor exit. The wrapper solves both without giving up
-conmon: when conmon runs ``create`` for a bundle holding the ``start`` FIFO, the wrapper runs
-``runsc create`` and then forks a *holder* (the wrapper re-run with ``--cri-async-hold``),
-writing the holder's pid as the container pid. The holder keeps conmon's stdio pipes and
-blocks on the FIFO. StartContainer writes a line to it; the holder runs ``runsc start``
-with conmon's pipes as its stdio (so the sandbox writes the container's output straight into
-conmon, which writes the CRI log and handles attach and log reopening as it does for runc),
-reports start's exit code on the ``started`` FIFO, then runs ``runsc wait`` and exits with
-the container's exit status, which conmon records as the exit file. Holder and conmon
-outlive a restart of cri-async just as conmon does for runc. The cost is one idle ``runsc
-wait`` per running container (about 4 MB of private memory; the binary's pages are shared).
-If the sandbox itself dies, ``runsc wait`` fails: the container exits 255 with a message
-saying so, or 137/OOMKilled when the sandbox's memory cgroup recorded an OOM kill.
-
-The alternative, one gVisor sandbox per container, would let conmon work unchanged but
-costs a sandbox boot (~170 ms and a Sentry's memory) per container, and containers of a pod
-would no longer share a kernel (loopback, IPC, /dev/shm semantics differ from Kubernetes').
-
-What gVisor cannot do (host namespaces, privileged, sysctls, ...) is refused before anything
-is made (``runsclimits``); the spec is adjusted to what runsc needs (``runscspec``: PID
-namespace modes, masked and read-only paths as mounts, oomScoreAdj >= 0). The spec's
-seccomp profile is enforced because ``--oci-seccomp`` is always passed. Containers with a
-tty are refused: runsc wants the console socket at ``create`` and uses it at ``start``,
-after conmon has closed it.
-
-Resources: there is no ``runsc update``; UpdateContainerResources writes the v1
-cgroup files of the container's ``cgroupsPath`` (which runsc creates). All of a pod's host
-processes live in the sandbox's cgroup (``<pod cgroup>/<pod id>``), so the host enforces
-the pod-level limits only; per-container values are recorded for accounting.
-
-Exec: through conmon as for runc. The exec'd process runs inside the sandbox, so
-killing the host-side ``runsc exec`` on timeout would leave it running: the wrapper asks
-runsc for its sandbox pid (``--internal-pid-file``) and a timed-out exec is killed by that
-pid as well.
+A pod is its host side (``PodHost``) plus an *infra container* that is the gVisor sandbox
+(a pause binary, created and started by RunPodSandbox; its runsc id is the pod id);
+containers join it through the ``io.kubernetes.cri.container-type``/``sandbox-id``
+annotations. conmon supervises each container through the wrapper ``runsc-wrapper.sh``
+and its *holder* (``runschold``), because a subcontainer's stdio and exit belong to
+``runsc start``, not ``create``. What gVisor cannot do is refused first (``runsclimits``);
+the spec is adjusted for runsc (``runscspec``). docs/runtimes.md ("How the runsc backend
+works") has the design: networking modes, the holder, resources, exec and streaming.
 """
 
 from __future__ import annotations
@@ -103,12 +53,16 @@ from cri_async.core.ports import (
     ProcessStatus,
     StartError,
 )
-from cri_async.core.streams import Session, Stdio
+from cri_async.core.streams import Session, Stdio, StreamStartError
+from cri_async.monitor.execattach import SessionFiles
 from cri_async.monitor.reaper import Reaper
+from cri_async.network import netns
 from cri_async.oci.errors import runtime_message
 from cri_async.pods.host import PodHost, cgroup_parent
 
 log = logging.getLogger(__name__)
+
+UNPRIVILEGED_PORTS = "net.ipv4.ip_unprivileged_port_start"
 
 
 class RunscBackend:
@@ -210,12 +164,22 @@ class RunscBackend:
                 raise FailedPrecondition(status.message)
         sandbox = await self.pods.create(sandbox)
         try:
+            await self._allow_low_ports(sandbox)
             pid = await self._start_infra(sandbox)
         except BaseException:
             await asyncio.shield(self.remove_sandbox(sandbox))
             raise
         info = dict(sandbox.backend_info, infra=sandbox.id, infraPid=str(pid))
         return sandbox.evolve(backend_info=info)
+
+    async def _allow_low_ports(self, sandbox: Sandbox) -> None:
+        """In host mode the sandbox binds the pod's ports as an unprivileged host process, so
+        ports below 1024 (nginx's 80) need ``ip_unprivileged_port_start`` lowered in the
+        pod's netns (runsc applies no sysctls itself), as containerd does for every pod."""
+        path = sandbox.backend_info.get("netns")
+        if path and self._sandbox_network(sandbox) == "host":
+            value = sandbox.config.sysctls.get(UNPRIVILEGED_PORTS, "0")
+            await netns.call_in_netns(path, lambda: netns.write_sysctl(UNPRIVILEGED_PORTS, value))
 
     def _sandbox_network(self, sandbox: Sandbox) -> str:
         # A host-network pod has no netns pin: runsc then uses the host's stack.
@@ -478,15 +442,37 @@ class RunscBackend:
 
     # -- streaming (Exec/Attach/PortForward) ----------------------------------------------
     async def exec_session(self, container: Container, cmd: Sequence[str], stdio: Stdio) -> Session:
-        raise Unimplemented(f"streaming exec is not available on handler {self.handler!r} yet")
+        try:
+            await self._check_exec_seccomp(container)
+        except FailedPrecondition as e:
+            raise StreamStartError(str(e)) from None
+        process = await self.bundles.process_spec(container, cmd)
+        process["terminal"] = stdio.tty
+
+        async def kill(sf: SessionFiles) -> None:
+            """The process lives in the sandbox: kill it there, then runsc's waiter."""
+            pid = files.read_pid(sf.dir / INTERNAL_PID)
+            if pid is not None:
+                await self.cli.kill_pid(container.id, pid, signals.SIGKILL)
+            proc.kill_tree(files.read_pid(sf.pidfile))
+
+        return await self.bundles.exec_session(
+            container, process, stdio, marker=INTERNAL_PID, kill=kill
+        )
 
     async def attach_session(self, container: Container, stdio: Stdio) -> Session:
-        raise Unimplemented(f"attach is not available on handler {self.handler!r} yet")
+        return await self.bundles.attach_session(container)
 
     async def port_forward(
         self, sandbox: Sandbox, port: int
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        raise Unimplemented(f"port forwarding is not available on handler {self.handler!r} yet")
+        network = self._sandbox_network(sandbox)
+        if network != "host":
+            raise Unimplemented(
+                f"port forwarding needs runsc network mode host; pod {sandbox.id} uses "
+                f"{network!r}, whose loopback lives inside gVisor"
+            )
+        return await netns.open_connection(sandbox.backend_info.get("netns") or None, port)
 
     # -- startup and shutdown ----------------------------------------------------------
     async def reconcile(self, sandboxes: set[str], containers: set[str]) -> list[str]:

@@ -20,7 +20,9 @@ Protocol facts (tested with conmon 2.1.6, runc 1.1.5 and crun 1.8.1):
   opens ``LOG.tmp`` (truncating) and renames it over ``LOG``. A reopen is done only once a
   file other than the one there before stands at ``LOG``.
 * The attach socket is bound at ``SOCKET_DIR/CID/attach`` through a symlink ``SOCKET_DIR/CID``
-  to the bundle, so that path has to fit ``sun_path`` (107 bytes plus NUL).
+  to the bundle, so that path has to fit ``sun_path`` (107 bytes plus NUL). Streaming
+  sessions connect to it (``attach``) or run an exec under a conmon of their own
+  (``exec_attach``, see ``execattach``).
 """
 
 from __future__ import annotations
@@ -34,14 +36,16 @@ import math
 import os
 import shutil
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cri_async import cgroupfs, files, waits
 from cri_async.logs.crilog import EXEC_SYNC_OUTPUT_LIMIT
-from cri_async.monitor import execsync, syncpipe
+from cri_async.monitor import execattach, execsync, syncpipe
+from cri_async.monitor.attach import AttachSocket, ConmonSession, write_ctl
+from cri_async.monitor.execattach import ExecAttach, SessionFiles
 from cri_async.monitor.execsync import ExecOutcome
 from cri_async.monitor.reaper import Reaper
 from cri_async.oci.errors import runtime_message
@@ -359,15 +363,11 @@ class Conmon:
     @staticmethod
     def _ctl(bundle: Path, message: str) -> None:
         try:
-            fd = os.open(bundle / "ctl", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            write_ctl(bundle, message)
         except OSError as e:
             if e.errno in (errno.ENXIO, errno.ENOENT):
                 raise ConmonError(f"conmon for {bundle} is not running") from None
             raise
-        try:
-            os.write(fd, message.encode())
-        finally:
-            os.close(fd)
 
     async def reopen_log(self, bundle: Path, log_path: str, timeout: float = 10.0) -> None:
         """Make conmon reopen the log file (after it was rotated away) and return once it
@@ -408,3 +408,46 @@ class Conmon:
     async def resize(self, bundle: Path, rows: int, cols: int) -> None:
         """Resize the container's tty."""
         self._ctl(bundle, f"1 {rows} {cols}\n")
+
+    # ----------------------------------------------------------------------------------------
+    # streaming sessions
+
+    async def attach(
+        self, bundle: Path, *, tty: bool, wait: Callable[[], Awaitable[int]]
+    ) -> ConmonSession:
+        """A session on the container's attach socket (output written from now on);
+        ``wait`` gives the container's exit code. OSError if conmon does not listen."""
+        sock = await AttachSocket.connect(bundle)
+
+        async def resize(rows: int, cols: int) -> None:
+            with contextlib.suppress(ConmonError):  # conmon is gone, and the container
+                await self.resize(bundle, rows, cols)
+
+        return ConmonSession(sock, tty=tty, resize=resize, wait=wait)
+
+    async def exec_attach(
+        self,
+        cid: str,
+        sf: SessionFiles,
+        *,
+        tty: bool,
+        stdin: bool,
+        kill: execattach.Killer = execattach.kill_by_pidfile,
+    ) -> ExecAttach:
+        """Start the process of a prepared session directory (``execattach.prepare``;
+        its name is the session id) under a conmon of its own. StreamStartError if it
+        cannot start."""
+        session_id = sf.dir.name
+        link = Path(self.socket_dir) / session_id
+        argv = execattach.conmon_argv(
+            self.conmon,
+            cid=cid,
+            session_id=session_id,
+            sf=sf,
+            runtime_path=self.runtime_path,
+            runtime_args=self.runtime_args,
+            socket_dir=self.socket_dir,
+            tty=tty,
+            stdin=stdin,
+        )
+        return await ExecAttach.start(argv, sf, link=link, tty=tty, kill=kill)

@@ -4,6 +4,10 @@ conmon gets two inherited pipe fds named by ``_OCI_SYNCPIPE`` (conmon writes JSO
 us) and ``_OCI_STARTPIPE`` (conmon blocks until we write a byte, so it can be moved into a
 cgroup before it forks anything). conmon's own diagnostics go to a file, never a pipe: its
 daemon half would keep a pipe open for the container's lifetime.
+
+An exec-attach session (``--exec-attach``) adds a third, ``_OCI_ATTACHPIPE``: conmon writes
+``{"data": 0}`` there once its attach socket listens, and reads a *second* byte from the
+start pipe before it runs the runtime, so that no output is written before we connect.
 """
 
 from __future__ import annotations
@@ -58,24 +62,33 @@ class Session:
         self.diagnostics = diagnostics
         self._start_w = -1
         self._reader: asyncio.StreamReader | None = None
-        self._transport: asyncio.BaseTransport | None = None
+        self._attach_reader: asyncio.StreamReader | None = None
+        self._transports: list[asyncio.BaseTransport] = []
 
-    def go(self) -> None:
-        """Let conmon go on (after it was moved into its cgroup). If it has already exited
-        (it checks its arguments and opens the log first), its exit status and diagnostics
-        say why: the caller reads them next."""
+    def go(self, *, more: bool = False) -> None:
+        """Let conmon go on (after it was moved into its cgroup). ``more``: keep the pipe
+        for another byte (exec-attach waits for a second one before running the runtime).
+        If conmon has already exited (it checks its arguments and opens the log first), its
+        exit status and diagnostics say why: the caller reads them next."""
         try:
             os.write(self._start_w, b"0")
         except BrokenPipeError:
             pass
         finally:
-            os.close(self._start_w)
-            self._start_w = -1
+            if not more:
+                os.close(self._start_w)
+                self._start_w = -1
 
     @property
     def reader(self) -> asyncio.StreamReader:
         assert self._reader is not None
         return self._reader
+
+    @property
+    def attach_reader(self) -> asyncio.StreamReader:
+        """The attach pipe (``spawn(..., attach=True)`` only)."""
+        assert self._attach_reader is not None
+        return self._attach_reader
 
     def diagnostics_tail(self) -> str:
         return tail(self.diagnostics)
@@ -84,9 +97,8 @@ class Session:
         if self._start_w >= 0:
             os.close(self._start_w)
             self._start_w = -1
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        while self._transports:
+            self._transports.pop().close()
 
 
 async def _open_reader(fd: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
@@ -105,21 +117,29 @@ async def _open_reader(fd: int) -> tuple[asyncio.StreamReader, asyncio.BaseTrans
 
 @contextlib.asynccontextmanager
 async def spawn(
-    argv: Sequence[str], *, cwd: Path, extra_env: dict[str, str] | None = None
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    extra_env: dict[str, str] | None = None,
+    attach: bool = False,
 ) -> AsyncIterator[Session]:
-    """Start conmon with both pipes. If the body raises (a timeout, a cancellation) conmon
-    is killed if it is still our child; our pipe ends are closed on leaving. It runs in
-    ``cwd`` because it drops stray files (an "oom" marker) there; the runtime sees a minimal
-    environment (never e.g. NOTIFY_SOCKET or LISTEN_FDS)."""
+    """Start conmon with both pipes (and the attach pipe with ``attach``). If the body
+    raises (a timeout, a cancellation) conmon is killed if it is still our child; our pipe
+    ends are closed on leaving. It runs in ``cwd`` because it drops stray files (an "oom"
+    marker) there; the runtime sees a minimal environment (never e.g. NOTIFY_SOCKET or
+    LISTEN_FDS)."""
     sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
     start_r, start_w = os.pipe2(os.O_CLOEXEC)
+    attach_r, attach_w = os.pipe2(os.O_CLOEXEC) if attach else (-1, -1)
     env = {
         "PATH": os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"),
         "_OCI_SYNCPIPE": str(sync_w),
         "_OCI_STARTPIPE": str(start_r),
+        **({"_OCI_ATTACHPIPE": str(attach_w)} if attach else {}),
         **(extra_env or {}),
     }
-    child_ends = [sync_w, start_r]  # conmon's; ours to close once it has them
+    child_ends = [fd for fd in (sync_w, start_r, attach_w) if fd >= 0]
+    ours = [fd for fd in (sync_r, attach_r) if fd >= 0]  # until a reader owns them
 
     def close_child_ends() -> None:
         while child_ends:
@@ -134,19 +154,24 @@ async def spawn(
                 stderr=errf.fileno(),
                 env=env,
                 cwd=cwd,
-                pass_fds=(sync_w, start_r),
+                pass_fds=tuple(child_ends),
             ) as process:
                 close_child_ends()
                 session = Session(process, errf)
                 session._start_w, start_w = start_w, -1
-                fd, sync_r = sync_r, -1  # the reader owns it from here
-                session._reader, session._transport = await _open_reader(fd)
+                ours.remove(sync_r)
+                session._reader, transport = await _open_reader(sync_r)
+                session._transports.append(transport)
+                if attach:
+                    ours.remove(attach_r)
+                    session._attach_reader, transport = await _open_reader(attach_r)
+                    session._transports.append(transport)
                 yield session
     finally:
         close_child_ends()
         if start_w >= 0:
             os.close(start_w)
-        if sync_r >= 0:
-            os.close(sync_r)
+        for fd in ours:
+            os.close(fd)
         if session is not None:
             session._close()

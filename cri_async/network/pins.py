@@ -28,12 +28,12 @@ import os
 import socket
 import struct
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from cri_async import linux, proc
 from cri_async.core.model import IDMapping, UserNamespace
+from cri_async.network.netns import in_fresh_thread
 
 KINDS = ("net", "ipc", "uts", "pid", "user")
 CHILD = Path(__file__).with_name("usernschild.py")
@@ -60,15 +60,6 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
-
-
-def _settle(fut: asyncio.Future[int], outcome: int | BaseException) -> None:
-    if fut.done():
-        return
-    if isinstance(outcome, BaseException):
-        fut.set_exception(outcome)
-    else:
-        fut.set_result(outcome)
 
 
 def _loopback_up() -> None:
@@ -206,22 +197,16 @@ class NamespacePinner:
                 await self.unpin(sandbox_id)
                 raise PinError(f"cannot create pod namespaces: {e}") from None
             return self._pins(files, pause_pid)
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[int] = loop.create_future()
-
-        def run() -> None:
-            try:
-                pause_pid = _unshare_and_pin(files, hostname or "pod", pause)
-            except BaseException as e:
-                loop.call_soon_threadsafe(_settle, done, e)
-            else:
-                loop.call_soon_threadsafe(_settle, done, pause_pid)
-
         # A fresh thread, never a pooled one: it leaves its namespaces and then ends, so no
         # other work can ever run inside a pod's namespaces.
-        threading.Thread(target=run, name=f"pin-{sandbox_id[:12]}", daemon=True).start()
+        work = asyncio.ensure_future(
+            in_fresh_thread(
+                lambda: _unshare_and_pin(files, hostname or "pod", pause),
+                name=f"pin-{sandbox_id[:12]}",
+            )
+        )
         try:
-            pause_pid = await asyncio.shield(done)
+            pause_pid = await asyncio.shield(work)
         except OSError as e:
             await self.unpin(sandbox_id)
             raise PinError(f"cannot create pod namespaces: {e}") from None

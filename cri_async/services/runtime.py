@@ -13,6 +13,7 @@ from cri_async.core.errors import Unimplemented
 from cri_async.core.filters import Filter
 from cri_async.core.model import Container, ContainerState, Sandbox, SandboxState
 from cri_async.core.runtime import Runtime
+from cri_async.core.streams import Stdio
 from cri_async.services import convert
 from cri_async.services import stats as stats_pb
 from cri_async.services.rpc import (
@@ -21,6 +22,12 @@ from cri_async.services.rpc import (
     server_stream,
     unary,
     unbounded_stream,
+)
+from cri_async.streaming.service import (
+    AttachRequest,
+    ExecRequest,
+    PortForwardRequest,
+    StreamingService,
 )
 
 STREAM_CHUNK = 256  # items per message on the Stream* list RPCs
@@ -32,10 +39,17 @@ def chunks(items: Sequence[T], size: int = STREAM_CHUNK) -> list[Sequence[T]]:
 
 
 class RuntimeService(Service, api_grpc.RuntimeServiceBase):
-    def __init__(self, runtime: Runtime, tracker: Tracker, cgroup_driver: str) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        tracker: Tracker,
+        cgroup_driver: str,
+        streaming: StreamingService | None = None,
+    ) -> None:
         super().__init__(tracker)
         self.rt = runtime
         self.cgroup_driver = cgroup_driver
+        self.streaming = streaming
         self._containers = convert.MessageCache(convert.container)
         self._sandboxes = convert.MessageCache(convert.pod_sandbox)
         self._stats_msgs: dict[str, tuple[Container, object, pb.ContainerStats]] = {}
@@ -348,21 +362,30 @@ class RuntimeService(Service, api_grpc.RuntimeServiceBase):
         finally:
             sub.close()
 
-    # -- not implemented yet: UNIMPLEMENTED, naming the piece that will bring each ---------
+    # -- streaming: each answers a one-time URL on the streaming server ---------------
+    def _streams(self) -> StreamingService:
+        if self.streaming is None:
+            raise Unimplemented("this server runs without a streaming server")
+        return self.streaming
 
     @unary
     async def Exec(self, req: pb.ExecRequest) -> pb.ExecResponse:
-        raise Unimplemented("Exec needs the streaming server, which cri-async does not have yet")
+        stdio = Stdio(req.stdin, req.stdout, req.stderr, req.tty)
+        url = self._streams().issue_exec(ExecRequest(req.container_id, tuple(req.cmd), stdio))
+        return pb.ExecResponse(url=url)
 
     @unary
     async def Attach(self, req: pb.AttachRequest) -> pb.AttachResponse:
-        raise Unimplemented("Attach needs the streaming server, which cri-async does not have yet")
+        stdio = Stdio(req.stdin, req.stdout, req.stderr, req.tty)
+        url = self._streams().issue_attach(AttachRequest(req.container_id, stdio))
+        return pb.AttachResponse(url=url)
 
     @unary
     async def PortForward(self, req: pb.PortForwardRequest) -> pb.PortForwardResponse:
-        raise Unimplemented(
-            "PortForward needs the streaming server, which cri-async does not have yet"
-        )
+        request = PortForwardRequest(req.pod_sandbox_id, tuple(req.port))
+        return pb.PortForwardResponse(url=self._streams().issue_port_forward(request))
+
+    # -- not implemented: UNIMPLEMENTED, naming what is missing -----------------------
 
     @unary
     async def UpdatePodSandboxResources(

@@ -59,6 +59,8 @@ __all__ = [
 class Transport(enum.Enum):
     SPDY = "spdy"
     WEBSOCKET = "websocket"
+    # port-forward only: SPDY inside a WebSocket (client-go's tunnelling dialer, KEP-4006)
+    SPDY_OVER_WEBSOCKET = "spdy-over-websocket"
 
 
 class _Command(Protocol):
@@ -133,6 +135,8 @@ async def open_command(
     (the server counts streams from it). ``protocols`` overrides what is offered, in
     preference order (default: v5 first, as current client-go). ``flow_control=False``
     makes the SPDY client behave as Go's (no SPDY/3.1 windows, TCP back-pressure only)."""
+    if transport is Transport.SPDY_OVER_WEBSOCKET:
+        raise ValueError("SPDY over WebSocket carries port-forward only")
     stdio = Stdio(stdin=stdin, stdout=stdout, stderr=stderr and not tty, tty=tty)
     impl: _Command
     if transport is Transport.SPDY:
@@ -315,11 +319,14 @@ async def open_port_forward(
     flow_control: bool = True,
 ) -> PortForward:
     """Connect to a port-forward URL. Over WebSocket, ``ports`` must be the CRI request's
-    (each gets its connection right away); over SPDY every ``connect`` names its port.
+    (each gets its connection right away); over SPDY (also tunnelled in a WebSocket) every
+    ``connect`` names its port.
     ``flow_control`` as for ``open_command``."""
     impl: _Forwarder
     if transport is Transport.SPDY:
         impl = await SpdyPortForwardSession.open(url, ssl_context, flow_control)
+    elif transport is Transport.SPDY_OVER_WEBSOCKET:
+        impl = await SpdyPortForwardSession.open(url, ssl_context, flow_control, tunnel=True)
     else:
         if not ports:
             raise ValueError("WebSocket port-forward needs the ports of the request")

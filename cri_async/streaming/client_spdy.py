@@ -1,6 +1,7 @@
 """Client sessions over SPDY/3.1, as client-go's: exec/attach streams opened one at a
 time (error, stdin, stdout, stderr, resize), each after the previous reply; port-forward
-as (error, data) stream pairs tied by ``requestid``. The client announces SPDY/3.1 flow
+as (error, data) stream pairs tied by ``requestid``, over an HTTP/1.1 upgrade or tunnelled
+in a WebSocket. The client announces SPDY/3.1 flow
 control, so a server that honours it never has to buffer more than the window we grant.
 """
 
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 
 from cri_async.streaming import spdy_frames as f
 from cri_async.streaming.backend import OutputChunk, OutputStream, Stdio, TerminalSize
-from cri_async.streaming.client_http import upgrade_spdy
+from cri_async.streaming.client_http import UpgradeFailed, upgrade_spdy, upgrade_websocket
 from cri_async.streaming.queues import ClosableQueue
 from cri_async.streaming.remotecommand import (
     PORT_FORWARD_PROTOCOL,
@@ -24,6 +25,8 @@ from cri_async.streaming.remotecommand import (
 )
 from cri_async.streaming.spdy_io import SpdyEndpoint, SpdyStream, StreamError
 from cri_async.streaming.spdy_session import Role, SpdyConnection
+from cri_async.streaming.ws_io import WebSocketEndpoint
+from cri_async.streaming.ws_tunnel import PORT_FORWARD_TUNNEL, TunnelReader, TunnelWriter
 
 STREAM_WINDOW = 256 * 1024
 SESSION_WINDOW = 4 * 1024 * 1024
@@ -53,6 +56,35 @@ async def _endpoint(
     )
     ep.start()
     return ep, up.protocol
+
+
+async def _tunnel_endpoint(
+    url: str, ssl_context: ssl.SSLContext | None, flow_control: bool
+) -> SpdyEndpoint:
+    """A port-forward SPDY session inside a WebSocket (``ws_tunnel``), as client-go's
+    tunnelling dialer."""
+    up, wsconn = await upgrade_websocket(url, [PORT_FORWARD_TUNNEL], ssl_context)
+    if up.protocol != PORT_FORWARD_TUNNEL:
+        up.writer.close()
+        raise UpgradeFailed(403, f"the server chose {up.protocol!r}, not the SPDY tunnel")
+    ws = WebSocketEndpoint(wsconn, up.reader, up.writer, idle_timeout=IDLE_TIMEOUT)
+    ws.start()
+    conn = SpdyConnection(
+        Role.CLIENT,
+        initial_window=STREAM_WINDOW,
+        session_window=SESSION_WINDOW,
+        flow_control=flow_control,
+    )
+    ep = SpdyEndpoint(
+        conn,
+        TunnelReader(ws),
+        TunnelWriter(ws),
+        idle_timeout=IDLE_TIMEOUT,
+        stream_buffer=STREAM_WINDOW,
+        connection_buffer=SESSION_WINDOW,
+    )
+    ep.start()
+    return ep
 
 
 async def _keepalive(ep: SpdyEndpoint) -> None:
@@ -212,8 +244,16 @@ class SpdyPortForwardSession:
 
     @classmethod
     async def open(
-        cls, url: str, ssl_context: ssl.SSLContext | None, flow_control: bool = True
+        cls,
+        url: str,
+        ssl_context: ssl.SSLContext | None,
+        flow_control: bool = True,
+        *,
+        tunnel: bool = False,
     ) -> SpdyPortForwardSession:
+        """``tunnel``: inside a WebSocket (KEP-4006) rather than an HTTP/1.1 upgrade."""
+        if tunnel:
+            return cls(await _tunnel_endpoint(url, ssl_context, flow_control))
         ep, _ = await _endpoint(url, [PORT_FORWARD_PROTOCOL], ssl_context, flow_control)
         return cls(ep)
 

@@ -4,7 +4,8 @@ over HTTP/1.1, upgraded to SPDY/3.1 or WebSocket, optionally behind TLS.
 Per connection, in kubelet's order: read the request head, consume the token (unknown,
 reused, expired or wrong-kind tokens: 404), negotiate the subprotocol (400 without one,
 403 with no match), check the upgrade headers (400), answer 101, then hand the socket to
-the session. Every connection is a task the server tracks, so ``close()`` ends them all.
+the session. A WebSocket port-forward may carry SPDY inside (``ws_tunnel``). Every
+connection is a task the server tracks, so ``close()`` ends them all.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ from cri_async.streaming.timeouts import Timeouts
 from cri_async.streaming.tls import self_signed_context, server_context
 from cri_async.streaming.tokens import TokenCache
 from cri_async.streaming.ws_io import WebSocketEndpoint
+from cri_async.streaming.ws_tunnel import PORT_FORWARD_TUNNEL as TUNNEL
+from cri_async.streaming.ws_tunnel import TunnelReader, TunnelWriter, wants_tunnel
 
 log = logging.getLogger("cri_async.streaming")
 
@@ -273,15 +276,21 @@ class StreamingServer:
         offered_header = req.header_values("sec-websocket-protocol")
         offered = [p.strip() for v in offered_header for p in v.split(",")]
         supported = ch.PORT_FORWARD_PROTOCOLS if kind is Route.PORT_FORWARD else ch.EXEC_PROTOCOLS
-        protocol = ch.negotiate(offered, supported)
-        if protocol is None:
-            await self._answer(writer, response(403, ""))
-            return
         headers = [
             ("Upgrade", "websocket"),
             ("Connection", "Upgrade"),
             ("Sec-WebSocket-Accept", websocket_accept(key)),
         ]
+        if isinstance(target, PortForwardTarget) and wants_tunnel(
+            offered, [p.value for p in supported]
+        ):
+            writer.write(switching_protocols([*headers, ("Sec-WebSocket-Protocol", TUNNEL)]))
+            await self._tunnel(req, target, reader, writer)
+            return
+        protocol = ch.negotiate(offered, supported)
+        if protocol is None:
+            await self._answer(writer, response(403, ""))
+            return
         if offered_header:
             headers.append(("Sec-WebSocket-Protocol", protocol.value))
         writer.write(switching_protocols(headers))
@@ -293,3 +302,26 @@ class StreamingServer:
                 )
             else:
                 await ws_handlers.serve_command(ep, protocol, target, self.backend, self.timeouts)
+
+    async def _tunnel(
+        self,
+        req: Request,
+        target: PortForwardTarget,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        """A SPDY port-forward session inside the WebSocket (``ws_tunnel``)."""
+        conn = Connection(ConnectionType.SERVER, trailing_data=req.trailing)
+        async with WebSocketEndpoint(conn, reader, writer, idle_timeout=self.timeouts.idle) as ws:
+            spdy = SpdyConnection(
+                Role.SERVER, initial_window=STREAM_WINDOW, session_window=SESSION_WINDOW
+            )
+            async with SpdyEndpoint(
+                spdy,
+                TunnelReader(ws),
+                TunnelWriter(ws),
+                idle_timeout=self.timeouts.idle,
+                stream_buffer=STREAM_WINDOW,
+                connection_buffer=SESSION_WINDOW,
+            ) as ep:
+                await spdy_handlers.serve_port_forward(ep, target, self.backend, self.timeouts)

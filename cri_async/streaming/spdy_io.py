@@ -6,7 +6,8 @@ and the reader stops taking bytes off the socket while any stream holds more tha
 ``stream_buffer`` bytes or all of them together more than ``connection_buffer`` (TCP then
 pushes back on the peer; a flow-controlling peer never gets that far, because the windows
 we grant are no larger). Writers wait for send window (when the peer enforces it) and for
-the transport to drain.
+the transport to drain. The byte pair is an asyncio stream pair, or anything shaped like
+one (``ByteReader``/``ByteWriter``: the WebSocket tunnel of ``ws_tunnel``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
+from typing import Protocol
 
 from cri_async.streaming import spdy_frames as f
 from cri_async.streaming import spdy_session as s
@@ -25,6 +27,27 @@ log = logging.getLogger("cri_async.streaming.spdy")
 
 READ_CHUNK = 256 * 1024
 REPLY_TIMEOUT = 30.0
+
+
+class ByteReader(Protocol):
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class Abortable(Protocol):
+    def abort(self) -> None: ...
+
+
+class ByteWriter(Protocol):
+    """What SpdyEndpoint uses of an ``asyncio.StreamWriter``."""
+
+    def write(self, data: bytes) -> None: ...
+    async def drain(self) -> None: ...
+    def can_write_eof(self) -> bool: ...
+    def write_eof(self) -> None: ...
+    def close(self) -> None: ...
+    async def wait_closed(self) -> None: ...
+    @property
+    def transport(self) -> Abortable: ...
 
 
 class StreamError(ConnectionError):
@@ -129,8 +152,8 @@ class SpdyEndpoint:
     def __init__(
         self,
         conn: s.SpdyConnection,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        reader: ByteReader,
+        writer: ByteWriter,
         *,
         idle_timeout: float,
         initial_data: bytes = b"",

@@ -111,6 +111,13 @@ class WebSocketEndpoint:
             self._send_event(TextMessage(data=message))
         else:
             self._send_event(BytesMessage(data=message))
+        await self.drain()
+
+    def send_nowait(self, data: bytes) -> None:
+        """A binary message, handed to the transport now (``drain`` waits for room)."""
+        self._send_event(BytesMessage(data=data))
+
+    async def drain(self) -> None:
         try:
             await self.writer.drain()
         except (ConnectionError, RuntimeError) as e:

@@ -2,7 +2,8 @@
 
 It keeps a tiny on-disk record per container under its root directory, the way conmon
 keeps exit files, so containers "keep running" across a cri-async restart and their exits
-are not lost. Logs are real CRI-format files at the kubelet-given path.
+are not lost. Logs are real CRI-format files at the kubelet-given path. Exec and attach
+stream simulated output (see streams.py); there is no network to forward ports into.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from cri_async.backends.fake.process import FakeProcess
 from cri_async.backends.fake.script import NotFound, Timeline, simulate
+from cri_async.backends.fake.streams import FakeSession, refuse_stdin
 from cri_async.core.errors import DeadlineExceeded, FailedPrecondition, Internal, Unimplemented
 from cri_async.core.model import (
     Container,
@@ -38,7 +40,7 @@ from cri_async.core.ports import (
     StartError,
 )
 from cri_async.core.sandboxes import pod_hostname
-from cri_async.core.streams import Session, Stdio
+from cri_async.core.streams import Session, Stdio, StreamStartError
 from cri_async.logs.crilog import OutputCapture, Stream
 from cri_async.logs.logfile import LogFile
 
@@ -61,6 +63,7 @@ class FakeBackend:
         self.hooks: dict[str, ExecHook] = {}
         self._procs: dict[str, FakeProcess] = {}
         self._logs: dict[str, LogFile] = {}
+        self._attached: dict[str, set[FakeSession]] = {}
 
     # -- readiness -------------------------------------------------------------------
     async def probe(self) -> BackendStatus:
@@ -157,8 +160,15 @@ class FakeBackend:
             tmp = exit_file.with_suffix(".tmp")
             tmp.write_text(json.dumps({"code": status.exit_code, "at": status.finished_at}))
             os.replace(tmp, exit_file)
+            for session in self._attached.pop(container.id, set()):
+                session.end()
 
-        proc = FakeProcess(pid, timeline, log.write, on_exit)
+        def write(stream: Stream, data: bytes) -> None:
+            log.write(stream, data)
+            for session in self._attached.get(container.id, ()):
+                session.feed(stream, data)
+
+        proc = FakeProcess(pid, timeline, write, on_exit)
         self._procs[container.id] = proc
         return proc
 
@@ -262,15 +272,70 @@ class FakeBackend:
 
     # -- streaming (Exec/Attach/PortForward) ----------------------------------------------
     async def exec_session(self, container: Container, cmd: Sequence[str], stdio: Stdio) -> Session:
-        raise Unimplemented(f"streaming exec is not available on handler {self.handler!r} yet")
+        refuse_stdin(stdio, self.handler)
+        hook = self.hooks.get(os.path.basename(cmd[0])) if cmd else None
+        if hook is not None:
+            return self._hook_session(hook(container, cmd), stdio.tty)
+        try:
+            timeline = self._timeline(self._spec(container), cmd)
+        except NotFound as e:
+            raise StreamStartError(f"failed to exec in container {container.id}: {e}") from None
+        proc: FakeProcess | None = None
+
+        async def wait() -> ExitStatus:
+            assert proc is not None
+            return await asyncio.shield(proc.exited)
+
+        def release(_: FakeSession) -> None:
+            assert proc is not None
+            proc.kill(9)
+            proc.cancel()
+
+        session = FakeSession(stdio.tty, wait, release)
+        proc = FakeProcess(next(_pids), timeline, session.feed, lambda _status: session.end())
+        return session
+
+    @staticmethod
+    def _hook_session(run: Awaitable[ExecResult], tty: bool) -> FakeSession:
+        task = asyncio.ensure_future(run)
+
+        async def wait() -> ExitStatus:
+            result = await asyncio.shield(task)
+            return ExitStatus(result.exit_code, time.time_ns())
+
+        session = FakeSession(tty, wait, lambda _: task.cancel())
+
+        def done(t: asyncio.Future[ExecResult]) -> None:
+            if not t.cancelled() and t.exception() is None:
+                session.feed(Stream.STDOUT, t.result().stdout)
+                session.feed(Stream.STDERR, t.result().stderr)
+            session.end()
+
+        task.add_done_callback(done)
+        return session
 
     async def attach_session(self, container: Container, stdio: Stdio) -> Session:
-        raise Unimplemented(f"attach is not available on handler {self.handler!r} yet")
+        refuse_stdin(stdio, self.handler)
+        proc = self._procs.get(container.id)
+        if proc is None or proc.exited.done():
+            raise StreamStartError(f"container {container.id} is not running")
+        running = proc
+        attached = self._attached.setdefault(container.id, set())
+
+        async def wait() -> ExitStatus:
+            return await asyncio.shield(running.exited)
+
+        session = FakeSession(container.config.tty, wait, attached.discard)
+        attached.add(session)
+        return session
 
     async def port_forward(
         self, sandbox: Sandbox, port: int
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        raise Unimplemented(f"port forwarding is not available on handler {self.handler!r} yet")
+        raise Unimplemented(
+            f"handler {self.handler!r} simulates pods: there is no network namespace to "
+            "forward a port into"
+        )
 
     async def update_resources(self, container: Container, resources: Resources) -> None:
         return None

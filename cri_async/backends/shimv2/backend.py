@@ -49,7 +49,7 @@ from cri_async.core.ports import (
     StartError,
 )
 from cri_async.core.streams import Session, Stdio, StreamStartError
-from cri_async.network.netnsdial import dial
+from cri_async.network import netns
 from cri_async.oci import spec as oci
 from cri_async.oci.errors import SpecError
 from cri_async.pods.host import PodHost, cgroup_parent
@@ -356,7 +356,7 @@ class ShimBackend:
     async def port_forward(
         self, sandbox: Sandbox, port: int
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await dial(self.pods.paths(sandbox).netns, port)
+        return await netns.open_connection(self.pods.paths(sandbox).netns, port)
 
     # -- stats (shim_stats) ----------------------------------------------------------
     def reads_stats(self, container_id: str) -> bool:

@@ -1,6 +1,7 @@
-"""Port-forward over SPDY (portforward.k8s.io) and WebSocket (v4 channels with the port
-prefix): an HTTP server reached through a local listener, 256 MiB through one connection
-intact, and a refused port reported in kubelet's words."""
+"""Port-forward over SPDY (portforward.k8s.io), WebSocket (v4 channels with the port
+prefix) and SPDY tunnelled in WebSocket (KEP-4006): an HTTP server reached through a local
+listener, 256 MiB through one connection intact, and a refused port reported in kubelet's
+words."""
 
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ pytestmark = pytest.mark.socket
 TRANSPORTS = [
     pytest.param(Transport.SPDY, id="spdy"),
     pytest.param(Transport.WEBSOCKET, id="ws-v4"),
+    pytest.param(Transport.SPDY_OVER_WEBSOCKET, id="spdy-in-ws"),
+]
+SPDY_TRANSPORTS = [
+    pytest.param(Transport.SPDY, id="spdy"),
+    pytest.param(Transport.SPDY_OVER_WEBSOCKET, id="spdy-in-ws"),
 ]
 BIG = 256 * 1024 * 1024
 
@@ -102,12 +108,13 @@ async def test_http_through_a_local_listener(
     assert r.text == "hello from /index"
 
 
+@pytest.mark.parametrize("transport", SPDY_TRANSPORTS)
 async def test_spdy_many_connections_on_one_session(
-    server: StreamingServer, tcp: dict[str, int]
+    server: StreamingServer, tcp: dict[str, int], transport: Transport
 ) -> None:
     port = tcp["http"]
     url = server.issue(PortForwardTarget("pod", ()))
-    async with await client.open_port_forward(url) as pf:
+    async with await client.open_port_forward(url, transport=transport) as pf:
         local = await pf.listen(port)
         async with httpx.AsyncClient() as http:
             rs = await asyncio.wait_for(
@@ -134,13 +141,14 @@ async def test_256_mib_download_arrives_intact(
     assert h.hexdigest() == hashlib.sha256(pattern(BIG)).hexdigest()
 
 
+@pytest.mark.parametrize("transport", SPDY_TRANSPORTS)
 async def test_256_mib_upload_arrives_intact_and_half_close_passes_through(
-    server: StreamingServer, tcp: dict[str, int]
+    server: StreamingServer, tcp: dict[str, int], transport: Transport
 ) -> None:
     port = tcp["sink"]
     url = server.issue(PortForwardTarget("pod", ()))
     chunk = pattern(1024 * 1024)
-    async with await client.open_port_forward(url) as pf:
+    async with await client.open_port_forward(url, transport=transport) as pf:
         stream = await pf.connect(port)
         for _ in range(BIG // len(chunk)):
             await asyncio.wait_for(stream.write(chunk), 60)

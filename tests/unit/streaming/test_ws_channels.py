@@ -81,3 +81,15 @@ def test_port_prefix_is_little_endian_and_checked() -> None:
     assert ch.port_prefix(8080) == b"\x90\x1f"
     with pytest.raises(ch.ChannelProtocolError):
         ch.PortPrefixReader(80).feed(ch.port_prefix(81))
+
+
+def test_the_spdy_tunnel_is_chosen_in_the_clients_order() -> None:
+    from cri_async.streaming.ws_tunnel import PORT_FORWARD_TUNNEL, wants_tunnel
+
+    ours = [p.value for p in ch.PORT_FORWARD_PROTOCOLS]
+    assert PORT_FORWARD_TUNNEL == "SPDY/3.1+portforward.k8s.io"
+    assert wants_tunnel([PORT_FORWARD_TUNNEL], ours)
+    assert wants_tunnel(["x", " SPDY/3.1+portforward.k8s.io", "v4.channel.k8s.io"], ours)
+    assert not wants_tunnel(["v4.channel.k8s.io", PORT_FORWARD_TUNNEL], ours)
+    assert not wants_tunnel([], ours)
+    assert not wants_tunnel(["SPDY/3.1+channel.k8s.io"], ours)
