@@ -115,6 +115,8 @@ class BackendFactory:
             # sun_path (108 bytes): keep it short and shared by all handlers.
             socket_dir=str(Path(config.state.run_root) / "s"),
             reaper=self.reaper,
+            observer=self.observer,
+            backend=cli.name,
         )
         return Bundles(
             root=root,

@@ -48,6 +48,7 @@ from cri_async.monitor.attach import AttachSocket, ConmonSession, write_ctl
 from cri_async.monitor.execattach import ExecAttach, SessionFiles
 from cri_async.monitor.execsync import ExecOutcome
 from cri_async.monitor.reaper import Reaper
+from cri_async.observe import NO_OBSERVER, Observer
 from cri_async.oci.errors import runtime_message
 
 __all__ = ["SUN_PATH_MAX", "Conmon", "ConmonError", "ExecOutcome", "ExitInfo"]
@@ -98,8 +99,13 @@ class Conmon:
         log_level: str = "info",
         reaper: Reaper | None = None,
         create_timeout: float = 120.0,
+        observer: Observer = NO_OBSERVER,
+        backend: str = "",
     ) -> None:
         self.conmon = conmon
+        self.observer = observer
+        self.backend = backend
+        """The handler's runtime name, the ``backend`` label of conmon invocation metrics."""
         self.runtime_path = runtime_path
         """What conmon executes as the runtime (``-r``): the binary, or a wrapper (runsc)."""
         self.runtime_args = tuple(runtime_args)
@@ -196,7 +202,8 @@ class Conmon:
 
         try:
             async with asyncio.timeout(self.create_timeout):
-                return await self._create(cid, bundle, args, cgroup)
+                with self.observer.invocation("conmon", self.backend, "create"):
+                    return await self._create(cid, bundle, args, cgroup)
         except TimeoutError:
             self._abort_create(bundle)
             raise ConmonError(
@@ -351,7 +358,8 @@ class Conmon:
         if deadline is not None:
             args += ["-T", str(math.ceil(deadline) + execsync.BACKSTOP)]
         try:
-            return await execsync.collect(args, call, cid, deadline, limit)
+            with self.observer.invocation("conmon", self.backend, "exec"):
+                return await execsync.collect(args, call, cid, deadline, limit)
         except execsync.ExecFailed as e:
             raise ConmonError(str(e)) from None
         finally:
@@ -450,4 +458,5 @@ class Conmon:
             tty=tty,
             stdin=stdin,
         )
-        return await ExecAttach.start(argv, sf, link=link, tty=tty, kill=kill)
+        with self.observer.invocation("conmon", self.backend, "exec-attach"):
+            return await ExecAttach.start(argv, sf, link=link, tty=tty, kill=kill)

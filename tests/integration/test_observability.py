@@ -262,9 +262,9 @@ async def test_one_span_per_rpc_continues_the_callers_trace(
 async def test_runtime_invocations_are_counted(
     tmp_path: Path, busybox_ref: str, request: pytest.FixtureRequest, collector: Collector
 ) -> None:
-    """Every OCI runtime invocation of a real container's life is a metric sample and a
-    child span of the RPC that caused it, labelled by component, runtime and verb; a pull
-    is a child span of PullImage."""
+    """Every OCI runtime and conmon invocation of a real container's life is a metric
+    sample and a child span of the RPC that caused it, labelled by component, runtime and
+    verb; a pull is a child span of PullImage."""
     require("runc")
     cfg = dataclasses.replace(
         Config(),
@@ -290,20 +290,25 @@ async def test_runtime_invocations_are_counted(
             pod, container_config("c", busybox_ref, command=["sleep", "1000"]), pcfg
         )
         await cli.start_container(cid)
+        await cli.runtime.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["true"], timeout=10))
         await cli.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0))
         await cli.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod))
         after = await scrape(srv)
 
-    def calls(verb: str) -> float:
-        labels = (("backend", "runc"), ("component", "oci"), ("result", "ok"), ("verb", verb))
+    def calls(verb: str, component: str = "oci") -> float:
+        labels = (("backend", "runc"), ("component", component), ("result", "ok"), ("verb", verb))
         return after.get(("cri_async_invocations_total", labels), 0.0)
 
     assert calls("start") == 1
     assert calls("kill") >= 1
     assert calls("delete") >= 1
+    assert calls("create", "conmon") == 1
+    assert calls("exec", "conmon") == 1
     spans = collector.named()
     ((_, start_rpc, _),) = spans["RuntimeService/StartContainer"]
     assert [p for _, _, p in spans["oci start"]] == [start_rpc]
+    ((_, create_rpc, _),) = spans["RuntimeService/CreateContainer"]
+    assert [p for _, _, p in spans["conmon create"]] == [create_rpc]
     ((_, pull_rpc, _),) = spans["ImageService/PullImage"]
     assert [p for _, _, p in spans["registry pull"]] == [pull_rpc]
 
