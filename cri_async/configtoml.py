@@ -167,7 +167,9 @@ stream_creation_timeout = 30.0
 # Serve HTTPS. Without the two files, a self-signed certificate is made at startup (as
 # containerd does); note that clients which verify certificates refuse it.
 tls = false
+# PEM certificate chain served when tls is true (set together with tls_key_file).
 tls_cert_file = ""
+# PEM private key of tls_cert_file.
 tls_key_file = ""
 
 [metrics]
