@@ -23,7 +23,13 @@ from cri_async.streaming.remotecommand import (
     encode_resize,
     parse_status,
 )
-from cri_async.streaming.spdy_io import SpdyEndpoint, SpdyStream, StreamError
+from cri_async.streaming.spdy_io import (
+    ByteReader,
+    ByteWriter,
+    SpdyEndpoint,
+    SpdyStream,
+    StreamError,
+)
 from cri_async.streaming.spdy_session import Role, SpdyConnection
 from cri_async.streaming.ws_io import WebSocketEndpoint
 from cri_async.streaming.ws_tunnel import PORT_FORWARD_TUNNEL, TunnelReader, TunnelWriter
@@ -39,23 +45,7 @@ async def _endpoint(
     url: str, protocols: Sequence[str], ssl_context: ssl.SSLContext | None, flow_control: bool
 ) -> tuple[SpdyEndpoint, str]:
     up = await upgrade_spdy(url, protocols, ssl_context)
-    conn = SpdyConnection(
-        Role.CLIENT,
-        initial_window=STREAM_WINDOW,
-        session_window=SESSION_WINDOW,
-        flow_control=flow_control,
-    )
-    ep = SpdyEndpoint(
-        conn,
-        up.reader,
-        up.writer,
-        idle_timeout=IDLE_TIMEOUT,
-        initial_data=up.trailing,
-        stream_buffer=STREAM_WINDOW,
-        connection_buffer=SESSION_WINDOW,
-    )
-    ep.start()
-    return ep, up.protocol
+    return _client_endpoint(up.reader, up.writer, flow_control, up.trailing), up.protocol
 
 
 async def _tunnel_endpoint(
@@ -69,6 +59,13 @@ async def _tunnel_endpoint(
         raise UpgradeFailed(403, f"the server chose {up.protocol!r}, not the SPDY tunnel")
     ws = WebSocketEndpoint(wsconn, up.reader, up.writer, idle_timeout=IDLE_TIMEOUT)
     ws.start()
+    return _client_endpoint(TunnelReader(ws), TunnelWriter(ws), flow_control)
+
+
+def _client_endpoint(
+    reader: ByteReader, writer: ByteWriter, flow_control: bool, initial_data: bytes = b""
+) -> SpdyEndpoint:
+    """A started client SPDY session over ``reader``/``writer`` (a socket or a tunnel)."""
     conn = SpdyConnection(
         Role.CLIENT,
         initial_window=STREAM_WINDOW,
@@ -77,9 +74,10 @@ async def _tunnel_endpoint(
     )
     ep = SpdyEndpoint(
         conn,
-        TunnelReader(ws),
-        TunnelWriter(ws),
+        reader,
+        writer,
         idle_timeout=IDLE_TIMEOUT,
+        initial_data=initial_data,
         stream_buffer=STREAM_WINDOW,
         connection_buffer=SESSION_WINDOW,
     )

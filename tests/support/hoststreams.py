@@ -281,3 +281,17 @@ class HostStreamBackend:
             await proc.kill()
         for session in self.execs:
             await session.close()
+
+
+async def endless_output(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A port-forward target (``asyncio.start_server`` handler) that writes until the peer
+    goes away: the far end of forwarded connections that a client abandons mid-stream."""
+    chunk = b"y" * 65536
+    try:
+        while True:
+            writer.write(chunk)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()

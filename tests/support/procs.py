@@ -1,5 +1,6 @@
 """What tests look up about processes in /proc: who mentions a string on its command line
-(leftover checks), a process's state, and whether it has a handler for a signal yet."""
+(leftover checks), a process's state, whether it has a handler for a signal yet, and how
+many descriptors this process holds (leak checks)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ def processes_mentioning(needle: str) -> dict[int, str]:
         if needle.encode() in cmdline:
             found[int(entry)] = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
     return found
+
+
+def open_fds() -> int:
+    """How many file descriptors this process has open."""
+    return len(os.listdir("/proc/self/fd"))
 
 
 def proc_state(pid: int) -> str | None:

@@ -22,33 +22,18 @@ from cri_async.streaming import client
 from tests.integration.conftest import wait_state
 from tests.integration.streaming.conftest import SPDY, WS_V5, Variant
 from tests.integration.streaming.realnode import TUNNEL, Node, real_node
+from tests.support.hoststreams import endless_output
 from tests.support.poll import until
-from tests.support.procs import processes_mentioning
+from tests.support.procs import open_fds, processes_mentioning
 
 pytestmark = [pytest.mark.root, pytest.mark.registry]
 
 PORT = 9000
 
 
-def fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 def procs(cgroups_path: str) -> set[int]:
     text = (CGROUP_ROOT / "pids" / cgroups_path.strip("/") / "cgroup.procs").read_text()
     return {int(p) for p in text.split()}
-
-
-async def endless(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    chunk = b"y\n" * 32768
-    try:
-        while True:
-            writer.write(chunk)
-            await writer.drain()
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()
 
 
 async def abandon_exec(node: Node, cid: str, v: Variant) -> None:
@@ -94,9 +79,9 @@ async def test_200_abandoned_sessions_leave_nothing(tmp_path: Path, busybox_ref:
         ticker = await node.container(
             pod, "ticker", ["sh", "-c", "while :; do echo tick; sleep 0.02; done"]
         )
-        # The forwarded connections' far end: endless output, from a server in the pod's
+        # The forwarded connections' far end: endless_output output, from a server in the pod's
         # netns with a real backlog (busybox `nc -ll` listens with a backlog of 2).
-        source = await node.serve_in_pod(pod[0], PORT, endless)
+        source = await node.serve_in_pod(pod[0], PORT, endless_output)
         server = node.srv.server
         assert server is not None
         backend = server.backends[""]
@@ -114,7 +99,7 @@ async def test_200_abandoned_sessions_leave_nothing(tmp_path: Path, busybox_ref:
                 procs(cgroup),
                 len(os.listdir(sessions)) if sessions.exists() else 0,
                 len(os.listdir(socket_dir)),
-                fds(),
+                open_fds(),
             )
 
         # Warm-up: one of each, so that lazily made loop resources count as the baseline.

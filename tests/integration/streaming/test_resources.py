@@ -20,17 +20,14 @@ from cri_async.streaming.spdy_io import SpdyEndpoint
 from cri_async.streaming.spdy_session import Role, SpdyConnection
 from tests.integration.runtime.conftest import until
 from tests.integration.streaming.conftest import SPDY, WS_V4, WS_V5, Variant
-from tests.support.hoststreams import HostStreamBackend
+from tests.support.hoststreams import HostStreamBackend, endless_output
+from tests.support.procs import open_fds
 
 pytestmark = pytest.mark.socket
 
 STREAMING = ExecTarget(
     "ctr", ("sh", "-c", "printf started; exec sleep 1000"), Stdio(stdin=True, stdout=True)
 )
-
-
-def fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 def children() -> set[int]:
@@ -73,18 +70,6 @@ async def abandon_setup(srv: StreamingServer) -> None:
     ep.abort()
 
 
-async def _endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    chunk = b"z" * 65536
-    try:
-        while True:
-            writer.write(chunk)
-            await writer.drain()
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()
-
-
 async def settle(
     srv: StreamingServer, backend: HostStreamBackend, fd0: int, kids0: set[int]
 ) -> None:
@@ -95,7 +80,7 @@ async def settle(
                 srv.connections == 0
                 and all(s.closed for s in backend.execs)
                 and children() <= kids0
-                and fds() <= fd0
+                and open_fds() <= fd0
             )
             if done:
                 return
@@ -105,13 +90,13 @@ async def settle(
 async def test_200_abandoned_sessions_leave_nothing(
     server: StreamingServer, backend: HostStreamBackend
 ) -> None:
-    source = await asyncio.start_server(_endless, "127.0.0.1", 0)
+    source = await asyncio.start_server(endless_output, "127.0.0.1", 0)
     port = source.sockets[0].getsockname()[1]
     try:
         await abandon_exec(server, SPDY)  # warm-up: lazily created loop resources
         await settle(server, backend, 10**6, children())
         tasks0 = len(asyncio.all_tasks())
-        fd0 = fds()
+        fd0 = open_fds()
         kids0 = children()
         work = (
             [abandon_exec(server, SPDY) for _ in range(60)]
@@ -126,7 +111,7 @@ async def test_200_abandoned_sessions_leave_nothing(
         assert len(backend.execs) == 1 + 140 + 0  # the setup-abandoned never started
         await settle(server, backend, fd0, kids0)
         assert len(asyncio.all_tasks()) <= tasks0
-        assert fds() <= fd0
+        assert open_fds() <= fd0
         assert children() == kids0
         assert all(
             s.process.proc is not None and s.process.proc.returncode is not None
